@@ -21,7 +21,49 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH", help="TOML config (default /etc/edge-defender/config.toml when present)")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML config (default /etc/edge-defender/config.toml when present)",
+    )
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from agent.service.collect import collect
+
+    if args.jsonl and (args.format == "cbor" or args.short_names):
+        raise SystemExit("edge-defender collect: --jsonl writes long-named JSON envelopes")
+    return collect(
+        _config(args),
+        count=1 if args.once else args.count,
+        interval_s=args.interval,
+        fmt=args.format,
+        short_names=args.short_names,
+        jsonl=args.jsonl,
+    )
+
+
+def _register_collect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("collect", help="sample the device and print metrics reports")
+    _add_config_arg(p)
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--once", action="store_true", help="print one report")
+    amount.add_argument(
+        "--count", type=int, default=0, metavar="N", help="print N reports (default: until stopped)"
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between samples (default 1)",
+    )
+    p.add_argument("--format", choices=("json", "cbor"), default="json")
+    p.add_argument("--short-names", action="store_true", help="use the short key names")
+    p.add_argument(
+        "--jsonl", action="store_true", help="one metrics-history envelope per line (replay input)"
+    )
+    p.set_defaults(handler=_run_collect)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-defender {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # Each command module registers its parsers here.
+    _register_collect(sub)
     return parser
 
 
