@@ -1,0 +1,511 @@
+"""The agent's local store (state_dir/agent.db): violation events, the active violations,
+the rule core's alarm state, metrics history and the network counters.
+
+Each logical change is one transaction, so a kill or power cut at any instant leaves
+either all of it or none: recording events, replacing the active set and saving the
+alarm state they came from commit together. Events and active violations are kept as
+their AWS JSON shapes (ViolationEvent, ActiveViolation) next to indexed columns for the
+filters of ListViolationEvents / ListActiveViolations. A verification state is a
+property of the violation, not of one copy of it, so it lives in its own table and is
+merged in on read: it survives the rule core replacing the active set and applies to
+events recorded later for the same violation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.core.events import UNKNOWN, EventType
+from agent.core.report import make_envelope, parse_envelope
+from agent.service.logs import kv
+from agent.store.db import open_db
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "agent.db"
+
+CriteriaType = Literal["STATIC", "STATISTICAL", "MACHINE_LEARNING"]
+CRITERIA_TYPES: tuple[CriteriaType, ...] = ("STATIC", "STATISTICAL", "MACHINE_LEARNING")
+VERIFICATION_STATES = ("FALSE_POSITIVE", "BENIGN_POSITIVE", "TRUE_POSITIVE", "UNKNOWN")
+EVENT_TYPES = tuple(t.value for t in EventType)
+MAX_RESULTS = 250  # AWS's maximum and, for these verbs, the default
+MAX_DESCRIPTION = 1000
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE violation_events (
+        id INTEGER PRIMARY KEY,  -- insertion order, the tie-break within one instant
+        time REAL NOT NULL,
+        violation_id TEXT NOT NULL,
+        thing_name TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        criteria_type TEXT,
+        suppressed INTEGER NOT NULL,
+        verification_state TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX violation_events_time ON violation_events (time, id);
+    CREATE INDEX violation_events_violation ON violation_events (violation_id);
+    CREATE TABLE active_violations (
+        violation_id TEXT PRIMARY KEY,
+        start_time REAL NOT NULL,
+        thing_name TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        criteria_type TEXT,
+        suppressed INTEGER NOT NULL,
+        verification_state TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX active_violations_start ON active_violations (start_time, violation_id);
+    CREATE TABLE verifications (
+        violation_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        description TEXT
+    );
+    CREATE TABLE blobs (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE metrics_history (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX metrics_history_time ON metrics_history (time, id);
+    """,
+)
+
+_ALARM_STATE = "alarm_state"
+_COUNTERS = "network_counters"
+# VerificationStateDescription's pattern is [^\p{Cntrl}]*.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class StoreError(ValueError):
+    """A store operation refused; nothing was written."""
+
+
+class StoreNotFound(StoreError):
+    """The store file does not exist (the daemon has not run with this state_dir)."""
+
+
+class InvalidRequest(StoreError):
+    """A bad query parameter; `param` is its AWS name (nextToken, maxResults, ...)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = message
+
+
+class ViolationNotFound(StoreError):
+    """No event or active violation has this id (AWS: ResourceNotFoundException)."""
+
+
+def history_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / STORE_FILE
+
+
+def _criteria_type(behavior: Mapping[str, Any]) -> CriteriaType | None:
+    """The ListViolationEvents behaviorCriteriaType a behavior falls under, if any."""
+    criteria = behavior.get("criteria")
+    if not isinstance(criteria, Mapping):
+        return None
+    if "mlDetectionConfig" in criteria:
+        return "MACHINE_LEARNING"
+    if "statisticalThreshold" in criteria:
+        return "STATISTICAL"
+    if "value" in criteria:
+        return "STATIC"
+    return None
+
+
+def _dumps(value: object, what: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{what}: not storable as JSON: {e}") from None
+
+
+def _time(record: Mapping[str, Any], key: str, what: str) -> float:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StoreError(f"{what}: {key} must be epoch seconds (a finite number), got {value!r}")
+    return float(value)
+
+
+def _columns(record: object, what: str) -> tuple[Mapping[str, Any], tuple[Any, ...]]:
+    """The record checked as an object, and its shared columns: (violationId, thingName,
+    securityProfileName, criteria type, suppressed, verificationState)."""
+    if not isinstance(record, Mapping):
+        raise StoreError(f"{what}: must be a JSON object")
+    for key in ("violationId", "thingName", "securityProfileName"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise StoreError(f"{what}: {key} must be a non-empty string")
+    behavior = record.get("behavior")
+    if not isinstance(behavior, Mapping) or not isinstance(behavior.get("name"), str):
+        raise StoreError(f"{what}: behavior must be an object with a name")
+    state = record.get("verificationState", UNKNOWN)
+    if state not in VERIFICATION_STATES:
+        raise StoreError(
+            f"{what}: verificationState must be one of {', '.join(VERIFICATION_STATES)},"
+            f" got {state!r}"
+        )
+    return record, (
+        record["violationId"],
+        record["thingName"],
+        record["securityProfileName"],
+        _criteria_type(behavior),
+        int(bool(behavior.get("suppressAlerts", False))),
+        state,
+    )
+
+
+def _body(record: Mapping[str, Any], state: str, what: str) -> str:
+    # verificationState is always in the answer, as AWS gives it.
+    return _dumps({**record, "verificationState": state}, what)
+
+
+def _event_row(event: object, index: int) -> tuple[Any, ...]:
+    what = f"event {index}"
+    checked, columns = _columns(event, what)
+    if checked.get("violationEventType") not in EVENT_TYPES:
+        raise StoreError(
+            f"{what}: violationEventType must be one of {', '.join(EVENT_TYPES)},"
+            f" got {checked.get('violationEventType')!r}"
+        )
+    time = _time(checked, "violationEventTime", what)
+    return (time, *columns, _body(checked, columns[-1], what))
+
+
+def _active_row(active: object, index: int) -> tuple[Any, ...]:
+    what = f"active violation {index}"
+    checked, columns = _columns(active, what)
+    start = _time(checked, "violationStartTime", what)
+    return (start, *columns, _body(checked, columns[-1], what))
+
+
+def _encode_token(kind: str, key: Sequence[object]) -> str:
+    raw = json.dumps([kind, *key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(kind: str, token: str, key_types: tuple[type, ...]) -> list[Any]:
+    """The keyset a token of this listing kind carries; anything else is InvalidRequest."""
+    bad = InvalidRequest("nextToken", f"{token!r} is not a token returned by this listing")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        decoded = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise bad from None
+    if not isinstance(decoded, list) or len(decoded) != len(key_types) + 1 or decoded[0] != kind:
+        raise bad
+    key = decoded[1:]
+    for value, tp in zip(key, key_types, strict=True):
+        if isinstance(value, bool) or not isinstance(value, tp):
+            raise bad
+    return key
+
+
+def _check_max_results(max_results: int) -> None:
+    if isinstance(max_results, bool) or not isinstance(max_results, int):
+        raise InvalidRequest("maxResults", f"must be an integer, got {max_results!r}")
+    if not 1 <= max_results <= MAX_RESULTS:
+        raise InvalidRequest("maxResults", f"must be 1-{MAX_RESULTS}, got {max_results}")
+
+
+def _check_enum(param: str, value: str | None, allowed: Sequence[str]) -> None:
+    if value is not None and value not in allowed:
+        raise InvalidRequest(param, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _filters(
+    *,
+    thing_name: str | None,
+    security_profile_name: str | None,
+    behavior_criteria_type: str | None,
+    list_suppressed_alerts: bool | None,
+    verification_state: str | None,
+) -> tuple[list[str], list[object]]:
+    """WHERE clauses shared by both listings (table alias `t`, verifications `v`)."""
+    _check_enum("behaviorCriteriaType", behavior_criteria_type, CRITERIA_TYPES)
+    _check_enum("verificationState", verification_state, VERIFICATION_STATES)
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, value in (
+        ("t.thing_name", thing_name),
+        ("t.profile", security_profile_name),
+        ("t.criteria_type", behavior_criteria_type),
+        ("COALESCE(v.state, t.verification_state)", verification_state),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    # None lists both kinds (as AWS does); True only suppressed, False only unsuppressed.
+    if list_suppressed_alerts is not None:
+        clauses.append("t.suppressed = ?")
+        params.append(int(list_suppressed_alerts))
+    return clauses, params
+
+
+def _with_verification(body: str, state: str | None, description: str | None) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(body)
+    if state is not None:
+        record["verificationState"] = state
+        if description is None:
+            record.pop("verificationStateDescription", None)
+        else:
+            record["verificationStateDescription"] = description
+    return record
+
+
+class History:
+    """The store on one open connection. Not thread-safe; one per process or thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front (waiting out a busy writer): a deferred
+        # transaction that read first would fail midway with SQLITE_BUSY_SNAPSHOT instead.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
+    # -- writes -------------------------------------------------------------------------
+
+    def record(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        active: Sequence[Mapping[str, Any]],
+        alarm_state: Mapping[str, Any],
+    ) -> None:
+        """Append `events`, replace the active set with `active` and save the rule core's
+        `alarm_state`, all in one transaction. Everything is checked before writing."""
+        event_rows = [_event_row(e, i) for i, e in enumerate(events)]
+        active_rows = [_active_row(a, i) for i, a in enumerate(active)]
+        ids = [row[1] for row in active_rows]
+        if len(set(ids)) != len(ids):
+            raise StoreError("active violations: a violationId appears twice")
+        state = _dumps(alarm_state, "alarm state")
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO violation_events (time, violation_id, thing_name, profile,"
+                " criteria_type, suppressed, verification_state, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                event_rows,
+            )
+            conn.execute("DELETE FROM active_violations")
+            conn.executemany(
+                "INSERT INTO active_violations (start_time, violation_id, thing_name, profile,"
+                " criteria_type, suppressed, verification_state, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                active_rows,
+            )
+            self._put_blob(conn, _ALARM_STATE, state)
+
+    def put_verification_state(
+        self, violation_id: str, state: str, description: str | None = None
+    ) -> None:
+        """Set the verification state of a violation: its events and its active entry."""
+        _check_enum("verificationState", state, VERIFICATION_STATES)
+        if description is not None:
+            if len(description) > MAX_DESCRIPTION:
+                raise InvalidRequest(
+                    "verificationStateDescription", f"longer than {MAX_DESCRIPTION} characters"
+                )
+            if _CONTROL.search(description):
+                raise InvalidRequest(
+                    "verificationStateDescription", "must not contain control characters"
+                )
+        with self._transaction() as conn:
+            known = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM violation_events WHERE violation_id = ?)"
+                " OR EXISTS (SELECT 1 FROM active_violations WHERE violation_id = ?)",
+                (violation_id, violation_id),
+            ).fetchone()[0]
+            if not known:
+                raise ViolationNotFound(
+                    f"no violation with id {violation_id!r} (ResourceNotFoundException)"
+                )
+            conn.execute(
+                "INSERT INTO verifications (violation_id, state, description) VALUES (?, ?, ?)"
+                " ON CONFLICT (violation_id)"
+                " DO UPDATE SET state = excluded.state, description = excluded.description",
+                (violation_id, state, description),
+            )
+
+    def add_metrics(self, timestamp: float, report: Mapping[str, Any]) -> None:
+        """Append one report to the metrics history, as a replay envelope."""
+        envelope = make_envelope(timestamp, dict(report))
+        ts, _ = parse_envelope(envelope)  # refuses what replay would refuse
+        body = _dumps(envelope, "metrics report")
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO metrics_history (time, body) VALUES (?, ?)", (ts, body))
+
+    def save_counters(self, counters: Mapping[str, Any]) -> None:
+        body = _dumps(counters, "network counters")
+        with self._transaction() as conn:
+            self._put_blob(conn, _COUNTERS, body)
+
+    def prune(self, now: float, *, events_max_age_s: float, metrics_max_age_s: float) -> None:
+        """Drop events and metrics history older than their retention. Active violations
+        stay however old they are: they are the rule core's current state."""
+        with self._transaction() as conn:
+            events = conn.execute(
+                "DELETE FROM violation_events WHERE time < ?", (now - events_max_age_s,)
+            ).rowcount
+            metrics = conn.execute(
+                "DELETE FROM metrics_history WHERE time < ?", (now - metrics_max_age_s,)
+            ).rowcount
+            conn.execute(
+                "DELETE FROM verifications WHERE violation_id NOT IN"
+                " (SELECT violation_id FROM violation_events"
+                " UNION SELECT violation_id FROM active_violations)"
+            )
+        if events or metrics:
+            log.info(kv("store_pruned", events=events, metrics=metrics))
+
+    @staticmethod
+    def _put_blob(conn: sqlite3.Connection, name: str, body: str) -> None:
+        conn.execute(
+            "INSERT INTO blobs (name, body) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            (name, body),
+        )
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _get_blob(self, name: str) -> dict[str, Any] | None:
+        row = self._conn.execute("SELECT body FROM blobs WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def load_alarm_state(self) -> dict[str, Any] | None:
+        """The alarm state saved by the last record(), or None on a fresh store."""
+        return self._get_blob(_ALARM_STATE)
+
+    def load_counters(self) -> dict[str, Any] | None:
+        return self._get_blob(_COUNTERS)
+
+    def list_violation_events(
+        self,
+        start_time: float,
+        end_time: float,
+        *,
+        thing_name: str | None = None,
+        security_profile_name: str | None = None,
+        behavior_criteria_type: str | None = None,
+        list_suppressed_alerts: bool | None = None,
+        verification_state: str | None = None,
+        max_results: int = MAX_RESULTS,
+        next_token: str | None = None,
+    ) -> dict[str, Any]:
+        """ListViolationEvents: events with start_time <= time < end_time, oldest first
+        (ties in recording order). nextToken is present only when more events follow."""
+        _check_max_results(max_results)
+        if end_time < start_time:
+            raise InvalidRequest("endTime", "is before startTime")
+        clauses, params = _filters(
+            thing_name=thing_name,
+            security_profile_name=security_profile_name,
+            behavior_criteria_type=behavior_criteria_type,
+            list_suppressed_alerts=list_suppressed_alerts,
+            verification_state=verification_state,
+        )
+        clauses[:0] = ["t.time >= ?", "t.time < ?"]
+        params[:0] = [start_time, end_time]
+        if next_token is not None:
+            clauses.append("(t.time, t.id) > (?, ?)")
+            params.extend(_decode_token("events", next_token, (float, int)))
+        rows = self._conn.execute(
+            "SELECT t.time, t.id, t.body, v.state, v.description FROM violation_events t"
+            " LEFT JOIN verifications v ON v.violation_id = t.violation_id"
+            f" WHERE {' AND '.join(clauses)} ORDER BY t.time, t.id LIMIT ?",
+            [*params, max_results + 1],
+        ).fetchall()
+        page = rows[:max_results]
+        answer: dict[str, Any] = {
+            "violationEvents": [_with_verification(r[2], r[3], r[4]) for r in page]
+        }
+        if len(rows) > max_results:
+            answer["nextToken"] = _encode_token("events", page[-1][:2])
+        return answer
+
+    def list_active_violations(
+        self,
+        *,
+        thing_name: str | None = None,
+        security_profile_name: str | None = None,
+        behavior_criteria_type: str | None = None,
+        list_suppressed_alerts: bool | None = None,
+        verification_state: str | None = None,
+        max_results: int = MAX_RESULTS,
+        next_token: str | None = None,
+    ) -> dict[str, Any]:
+        """ListActiveViolations, ordered by violationStartTime then violationId."""
+        _check_max_results(max_results)
+        clauses, params = _filters(
+            thing_name=thing_name,
+            security_profile_name=security_profile_name,
+            behavior_criteria_type=behavior_criteria_type,
+            list_suppressed_alerts=list_suppressed_alerts,
+            verification_state=verification_state,
+        )
+        if next_token is not None:
+            clauses.append("(t.start_time, t.violation_id) > (?, ?)")
+            params.extend(_decode_token("active", next_token, (float, str)))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._conn.execute(
+            "SELECT t.start_time, t.violation_id, t.body, v.state, v.description"
+            " FROM active_violations t"
+            " LEFT JOIN verifications v ON v.violation_id = t.violation_id"
+            f" {where} ORDER BY t.start_time, t.violation_id LIMIT ?",
+            [*params, max_results + 1],
+        ).fetchall()
+        page = rows[:max_results]
+        answer: dict[str, Any] = {
+            "activeViolations": [_with_verification(r[2], r[3], r[4]) for r in page]
+        }
+        if len(rows) > max_results:
+            answer["nextToken"] = _encode_token("active", page[-1][:2])
+        return answer
+
+    def export_metrics(self, start_time: float, end_time: float) -> Iterator[dict[str, Any]]:
+        """Metrics-history envelopes with start_time <= timestamp < end_time, oldest first."""
+        cursor = self._conn.execute(
+            "SELECT body FROM metrics_history WHERE time >= ? AND time < ? ORDER BY time, id",
+            (start_time, end_time),
+        )
+        for (body,) in cursor:
+            yield json.loads(body)
+
+
+def open_history(path: str | Path, *, create: bool = True) -> History:
+    """The store at `path`, migrated to the current schema. With create=False a missing
+    file is StoreNotFound instead of a new empty store (for the query verbs)."""
+    path = Path(path)
+    if not create and not path.exists():
+        raise StoreNotFound(f"no store at {path} (has the agent run with this state_dir?)")
+    return History(open_db(path, MIGRATIONS))
