@@ -1,0 +1,79 @@
+"""Publisher set-up without a broker; tests/system/test_system_mqtt.py runs it against one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from awscrt.mqtt5 import ExtendedValidationAndFlowControlOptions as FlowControl
+
+from agent.publish.mqtt import Publisher, flow_control_for
+from agent.service.config import Config, ConfigError, MqttConfig
+from agent.store.spool import Spool
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    s = Spool(tmp_path / "spool.db", 1 << 20)
+    yield s
+    s.close()
+
+
+def config(**mqtt: object) -> Config:
+    return Config(thing_name="pi-7", mqtt=MqttConfig(**mqtt), config_file="/etc/ed.toml")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("a1b2c3-ats.iot.eu-west-1.amazonaws.com", FlowControl.AWS_IOT_CORE_DEFAULTS),
+        ("A1B2C3-ATS.IOT.US-EAST-1.AMAZONAWS.COM.", FlowControl.AWS_IOT_CORE_DEFAULTS),
+        ("a1b2c3.ats.iot.cn-north-1.amazonaws.com.cn", FlowControl.AWS_IOT_CORE_DEFAULTS),
+        ("broker.local", FlowControl.NONE),
+        ("127.0.0.1", FlowControl.NONE),
+        ("amazonaws.com.attacker.example", FlowControl.NONE),
+        ("notamazonaws.com", FlowControl.NONE),
+    ],
+)
+def test_aws_limits_apply_only_to_aws_endpoints(endpoint: str, expected: FlowControl) -> None:
+    assert flow_control_for(endpoint) is expected
+
+
+def test_endpoint_is_required(spool: Spool) -> None:
+    with pytest.raises(ConfigError, match=r"^/etc/ed.toml: mqtt.endpoint: required"):
+        Publisher(config(), spool)
+
+
+def test_tls_needs_a_client_certificate_and_key(spool: Spool) -> None:
+    with pytest.raises(ConfigError, match=r"mqtt.cert_file and mqtt.key_file: required"):
+        Publisher(config(endpoint="broker.local", cert_file="/x/cert.pem"), spool)
+
+
+def test_plain_connection_needs_no_certificate(spool: Spool) -> None:
+    Publisher(config(endpoint="broker.local", tls=False), spool)
+
+
+def test_missing_certificate_file_is_a_config_error(spool: Spool, tmp_path: Path) -> None:
+    publisher = Publisher(
+        config(
+            endpoint="broker.local",
+            cert_file=str(tmp_path / "missing.pem"),
+            key_file=str(tmp_path / "missing.key"),
+        ),
+        spool,
+    )
+    with pytest.raises(ConfigError, match=r"cannot use them: .*missing\.pem"):
+        publisher.start()
+    assert not publisher.connected
+
+
+def test_unusable_pem_is_a_config_error(spool: Spool, tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    publisher = Publisher(
+        config(endpoint="broker.local", cert_file=str(cert), key_file=str(key)), spool
+    )
+    with pytest.raises(ConfigError, match=r"^/etc/ed.toml: mqtt.cert_file, mqtt.key_file"):
+        publisher.start()

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agent.store.spool import Spool
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "spool.db"
+
+
+def ids(spool: Spool) -> list[int]:
+    return [item.id for item in spool.pending(1000)]
+
+
+def test_put_pending_ack_in_id_order(path: Path) -> None:
+    spool = Spool(path, 1000)
+    a = spool.put("metrics", "t/m", b"one", now=10.0)
+    b = spool.put("violation", "t/v", b"two!", now=11.0)
+    c = spool.put("metrics", "t/m", b"three", now=12.0)
+    assert a is not None and b is not None and c is not None
+    assert a < b < c
+    items = spool.pending(2)
+    assert [(i.id, i.kind, i.topic, i.payload, i.created) for i in items] == [
+        (a, "metrics", "t/m", b"one", 10.0),
+        (b, "violation", "t/v", b"two!", 11.0),
+    ]
+    assert spool.depth() == (3, 12)
+    spool.ack(a, c)
+    assert ids(spool) == [b]
+    assert spool.depth() == (1, 4)
+    spool.ack(a)  # again, or after an eviction: nothing happens
+    assert ids(spool) == [b]
+
+
+def test_messages_survive_reopen(path: Path) -> None:
+    spool = Spool(path, 1000)
+    first = spool.put("violation", "t/v", b"\x00\xffcbor", now=1.0)
+    spool.close()
+    reopened = Spool(path, 1000)
+    assert [(i.id, i.payload) for i in reopened.pending(10)] == [(first, b"\x00\xffcbor")]
+
+
+def test_ids_are_never_reused(path: Path) -> None:
+    """A late PUBACK for an evicted or acked message must not hit a newer one."""
+    spool = Spool(path, 1000)
+    old = spool.put("metrics", "t", b"x", now=0.0)
+    assert old is not None
+    spool.ack(old)
+    spool.close()
+    spool = Spool(path, 1000)
+    new = spool.put("metrics", "t", b"y", now=0.0)
+    assert new is not None and new > old
+
+
+def test_full_spool_drops_oldest_metrics_first(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(path, 30)
+    m1 = spool.put("metrics", "t", b"m" * 10, now=0.0)
+    v1 = spool.put("violation", "t", b"v" * 10, now=1.0)
+    m2 = spool.put("metrics", "t", b"m" * 10, now=2.0)
+    with caplog.at_level(logging.WARNING):
+        m3 = spool.put("metrics", "t", b"m" * 10, now=3.0)
+    assert ids(spool) == [v1, m2, m3]
+    assert spool.drops() == {"metrics": 1, "violation": 0}
+    assert f'spool_drop id={m1} kind=metrics bytes=10 reason="spool full"' in caplog.text
+    # A violation needs room too: the metrics go, oldest first, before any violation.
+    v2 = spool.put("violation", "t", b"v" * 20, now=4.0)
+    assert ids(spool) == [v1, v2]
+    assert spool.drops() == {"metrics": 3, "violation": 0}
+    assert spool.depth() == (2, 30)
+
+
+def test_new_metrics_report_is_dropped_before_any_violation(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(path, 30)
+    v1 = spool.put("violation", "t", b"v" * 15, now=0.0)
+    m1 = spool.put("metrics", "t", b"m" * 5, now=1.0)
+    with caplog.at_level(logging.WARNING):
+        refused = spool.put("metrics", "t/m", b"m" * 20, now=2.0)
+    # Evicting m1 is not enough and violations go last: the new report is dropped and
+    # m1, which could not have made room, is kept.
+    assert refused is None
+    assert ids(spool) == [v1, m1]
+    assert spool.drops() == {"metrics": 1, "violation": 0}
+    assert "spool_drop kind=metrics topic=t/m bytes=20 max_bytes=30" in caplog.text
+
+
+def test_violations_go_only_when_nothing_else_is_left_oldest_first(path: Path) -> None:
+    spool = Spool(path, 30)
+    spool.put("violation", "t", b"a" * 10, now=0.0)
+    v2 = spool.put("violation", "t", b"b" * 10, now=1.0)
+    spool.put("metrics", "t", b"m" * 10, now=2.0)
+    v3 = spool.put("violation", "t", b"c" * 20, now=3.0)
+    # The metrics report goes first, then the oldest violation.
+    assert ids(spool) == [v2, v3]
+    assert spool.drops() == {"metrics": 1, "violation": 1}
+
+
+def test_message_larger_than_the_spool_is_refused(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(path, 30)
+    kept = spool.put("metrics", "t", b"m" * 10, now=0.0)
+    with caplog.at_level(logging.ERROR):
+        assert spool.put("violation", "things/x/v", b"v" * 31, now=1.0) is None
+    assert ids(spool) == [kept]
+    assert spool.drops() == {"metrics": 0, "violation": 1}
+    assert (
+        'spool_drop kind=violation topic=things/x/v bytes=31 max_bytes=30 reason="larger than'
+        ' the whole spool"' in caplog.text
+    )
+
+
+def test_drop_counts_persist_across_reopen(path: Path) -> None:
+    spool = Spool(path, 10)
+    spool.put("metrics", "t", b"m" * 10, now=0.0)
+    spool.put("metrics", "t", b"m" * 10, now=1.0)
+    spool.put("violation", "t", b"v" * 11, now=2.0)
+    spool.close()
+    assert Spool(path, 10).drops() == {"metrics": 1, "violation": 1}
+
+
+def test_discard_counts_and_logs(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(path, 100)
+    item = spool.put("violation", "t", b"v", now=0.0)
+    assert item is not None
+    with caplog.at_level(logging.WARNING):
+        spool.discard(item, "broker refused it: NOT_AUTHORIZED")
+        spool.discard(item, "again")  # already gone: not counted twice
+    assert spool.depth() == (0, 0)
+    assert spool.drops() == {"metrics": 0, "violation": 1}
+    assert caplog.text.count("spool_drop") == 1
+    assert 'reason="broker refused it: NOT_AUTHORIZED"' in caplog.text
+
+
+def test_unknown_kind_is_an_error(path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown spool kind"):
+        Spool(path, 100).put("audit", "t", b"x", now=0.0)  # type: ignore[arg-type]
