@@ -21,6 +21,9 @@ class ConfigError(ValueError):
 
 
 def _default_state_dir() -> str:
+    # Set by systemd for the unit's StateDirectory= (the service runs as its own user).
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"]
     if os.geteuid() == 0:
         return "/var/lib/edge-defender"
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

@@ -1,0 +1,198 @@
+"""`edge-defender check-config`: is the config usable, are the TLS files right, do the
+profiles load? One plain line per problem, `<file>: <what is wrong>`, so an operator
+(or the unit's ExecStartPre) sees at once what to fix.
+
+Only the standard library reads the certificates: OpenSSL (through `ssl`) parses them
+and matches the key; the validity dates come from a few lines of DER walking, since
+`ssl` has no public API for them and a Pi should not need `cryptography` for this."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.core.profile import ProfileError
+from agent.service.config import ConfigError, MqttConfig, load_config
+from agent.service.logs import kv
+from agent.service.profiles import load_profiles
+
+log = logging.getLogger(__name__)
+
+EXPIRY_WARNING_S = 30 * 86400
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {'warning: ' if self.warning else ''}{self.message}"
+
+
+def check_tls_files(mqtt: MqttConfig) -> list[str]:
+    """The problems with the configured certificate, key and CA file, one line each;
+    empty when TLS can start. Certificates expiring soon are logged as warnings."""
+    problems = []
+    for finding in tls_findings(mqtt, time.time()):
+        if finding.warning:
+            log.warning(kv("tls_file_warning", file=finding.path, warning=finding.message))
+        else:
+            problems.append(str(finding))
+    return problems
+
+
+def tls_findings(mqtt: MqttConfig, now: float) -> list[Finding]:
+    if not mqtt.tls:
+        return []
+    if bool(mqtt.cert_file) != bool(mqtt.key_file):
+        have, lacking = ("cert_file", "key_file") if mqtt.cert_file else ("key_file", "cert_file")
+        return [Finding(f"mqtt.{lacking}", f"required when mqtt.{have} is set")]
+    findings = []
+    if mqtt.cert_file and mqtt.key_file:
+        cert = _check_certificates(mqtt.cert_file, now)
+        findings += cert
+        findings += _check_key(mqtt.key_file, mqtt.cert_file, cert_usable=not _problems(cert))
+    if mqtt.ca_file:
+        findings += _check_certificates(mqtt.ca_file, now)
+    return findings
+
+
+def check_config(path: str | None) -> list[Finding]:
+    """Everything wrong with the config at `path` (default: the usual one) and the files
+    it names. A config that does not load stops the check there."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        return [_finding(str(e))]
+    findings = tls_findings(cfg.mqtt, time.time())
+    try:
+        if not load_profiles(cfg.detect.profiles):
+            patterns = ", ".join(cfg.detect.profiles)
+            message = f"detect.profiles: no security profile in {patterns}; nothing is judged"
+            findings.append(Finding(cfg.config_file, message, warning=True))
+    except ProfileError as e:
+        findings += [_finding(line) for line in e.located()]
+    return findings
+
+
+def _finding(line: str) -> Finding:
+    """A finding from an error text that is already `<file>: <what is wrong>`."""
+    path, _, message = line.partition(": ")
+    return Finding(path, message)
+
+
+def run_check_config(path: str | None) -> int:
+    findings = check_config(path)
+    for finding in findings:
+        print(finding)
+    if _problems(findings):
+        return 1
+    print("configuration ok")
+    return 0
+
+
+def _problems(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if not f.warning]
+
+
+def _check_certificates(path: str, now: float) -> list[Finding]:
+    """Every PEM certificate in `path` must parse and be valid at `now`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return [Finding(path, f"cannot read: {e.strerror}")]
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        return [Finding(path, "no PEM certificate in it (-----BEGIN CERTIFICATE-----)")]
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+            cadata=data.decode("ascii", "replace")
+        )
+    except ssl.SSLError as e:
+        return [Finding(path, f"not a valid X.509 certificate ({e.reason or e})")]
+    findings = []
+    for i, block in enumerate(blocks):
+        which = f"certificate {i + 1} of {len(blocks)}: " if len(blocks) > 1 else ""
+        not_before, not_after = _validity(base64.b64decode(block))
+        if now < not_before:
+            findings.append(Finding(path, f"{which}not valid before {_iso(not_before)}"))
+        elif now >= not_after:
+            findings.append(Finding(path, f"{which}expired on {_iso(not_after)}"))
+        elif not_after - now < EXPIRY_WARNING_S:
+            days = int((not_after - now) // 86400)
+            message = f"{which}expires on {_iso(not_after)}, in {days} days"
+            findings.append(Finding(path, message, warning=True))
+    return findings
+
+
+def _check_key(path: str, cert_path: str, *, cert_usable: bool) -> list[Finding]:
+    try:
+        mode = os.stat(path).st_mode & 0o777
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return [Finding(path, f"cannot read: {e.strerror}")]
+    findings = []
+    if mode & 0o077:
+        message = f"mode {mode:04o} lets group or others in; want 0600 (chmod 600 {path})"
+        findings.append(Finding(path, message))
+    if b"ENCRYPTED" in data:
+        findings.append(Finding(path, "encrypted with a passphrase; the agent needs it without"))
+    elif cert_usable:
+        try:
+            # An empty password: an encrypted key must fail, not prompt on a terminal.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_path, path, password=b"")
+        except ssl.SSLError as e:
+            if e.reason == "KEY_VALUES_MISMATCH":
+                findings.append(Finding(path, f"does not match the certificate {cert_path}"))
+            else:
+                findings.append(Finding(path, "not a PEM private key OpenSSL can read"))
+    return findings
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _der(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(tag, content start, content end) of each DER element in data[start:end]."""
+    pos = start
+    while pos < end:
+        tag, length = data[pos], data[pos + 1]
+        pos += 2
+        if length & 0x80:
+            size = length & 0x7F
+            length = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+        yield tag, pos, pos + length
+        pos += length
+
+
+def _validity(der: bytes) -> tuple[float, float]:
+    """notBefore and notAfter (epoch seconds) of a DER certificate OpenSSL accepted."""
+    _, cert_start, cert_end = next(_der(der, 0, len(der)))
+    _, tbs_start, tbs_end = next(_der(der, cert_start, cert_end))
+    # TBSCertificate: [0] version (optional), serialNumber, signature, issuer, validity, ...
+    fields = [f for f in _der(der, tbs_start, tbs_end) if f[0] != 0xA0]
+    _, start, end = fields[3]
+    not_before, not_after = (_der_time(tag, der[s:e]) for tag, s, e in _der(der, start, end))
+    return not_before, not_after
+
+
+def _der_time(tag: int, text: bytes) -> float:
+    value = text.decode("ascii")
+    if tag == 0x17:  # UTCTime, YYMMDDHHMMSSZ: years 50-99 are 19xx (RFC 5280)
+        value = ("19" if int(value[:2]) >= 50 else "20") + value
+    return datetime.strptime(value, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC).timestamp()
