@@ -28,6 +28,18 @@ def _add_config_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_run(args: argparse.Namespace) -> int:
+    from agent.service.daemon import run
+
+    return run(args.config)
+
+
+def _register_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the agent: sample, judge on the device, store, report")
+    _add_config_arg(p)
+    p.set_defaults(handler=_run_run)
+
+
 def _run_collect(args: argparse.Namespace) -> int:
     from agent.service.collect import collect
 
@@ -66,12 +78,92 @@ def _register_collect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_collect)
 
 
+def _run_query(args: argparse.Namespace) -> int:
+    from agent.service.query import run
+
+    return run(args, _config(args))
+
+
+def _register_query(sub: argparse._SubParsersAction) -> None:
+    from agent.service.query import add_parsers
+
+    add_parsers(sub, _add_config_arg, _run_query)
+
+
+def _run_check_config(args: argparse.Namespace) -> int:
+    from agent.service.checks import run_check_config
+
+    return run_check_config(args.config)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from agent.service.status import run_status
+
+    return run_status(_config(args), args.output)
+
+
+def _run_install_service(args: argparse.Namespace) -> int:
+    from agent.service.install import run_install_service
+
+    return run_install_service(args.root, args.exec, net_admin=args.net_admin)
+
+
+def _run_uninstall_service(args: argparse.Namespace) -> int:
+    from agent.service.install import run_uninstall_service
+
+    return run_uninstall_service(args.root, purge=args.purge)
+
+
+def _register_operations(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-config", help="check the config, TLS files and profiles; exit 1 on any problem"
+    )
+    _add_config_arg(p)
+    p.set_defaults(handler=_run_check_config)
+    p = sub.add_parser("status", help="what the running agent is doing (from its status file)")
+    _add_config_arg(p)
+    p.add_argument("--output", choices=("table", "json"), default="table")
+    p.set_defaults(handler=_run_status)
+    root_help = "work on the tree under DIR (an image being built); run no systemd tool"
+    p = sub.add_parser("install-service", help="install the systemd service on this device")
+    p.add_argument("--root", metavar="DIR", help=root_help)
+    p.add_argument(
+        "--exec",
+        metavar="PATH",
+        help="program the unit runs, as on the device (default: this installation's)",
+    )
+    p.add_argument(
+        "--net-admin", action="store_true", help="also install the CAP_NET_ADMIN drop-in"
+    )
+    p.set_defaults(handler=_run_install_service)
+    p = sub.add_parser("uninstall-service", help="remove the systemd service; keeps config, state")
+    p.add_argument("--root", metavar="DIR", help=root_help)
+    p.add_argument("--purge", action="store_true", help="also remove config, keys and state")
+    p.set_defaults(handler=_run_uninstall_service)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from agent.service.replay import run
+
+    return run(args)
+
+
+def _register_detect(sub: argparse._SubParsersAction) -> None:
+    from agent.service.replay import add_parsers
+
+    add_parsers(sub, _add_config_arg, _run_detect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-defender", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-defender {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_detect(sub)
+    _register_run(sub)
     _register_collect(sub)
+    _register_query(sub)
+    _register_operations(sub)
     return parser
 
 

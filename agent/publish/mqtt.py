@@ -116,7 +116,9 @@ def _error_name(error: BaseException | None) -> str:
 class Publisher:
     """Sends what the spool holds to `cfg.mqtt`; see the module docstring for threads."""
 
-    def __init__(self, cfg: Config, spool: Spool) -> None:
+    def __init__(self, cfg: Config, spool: Spool, wake: threading.Event | None = None) -> None:
+        """`wake` is set whenever awscrt has news; a caller that waits on more than the
+        publisher (signals, timers) passes its own event."""
         m = cfg.mqtt
         if not m.endpoint:
             raise ConfigError(f"{cfg.config_file}: mqtt.endpoint: required to publish")
@@ -136,7 +138,7 @@ class Publisher:
         self._violations_topic = violations_topic(cfg.detect.violations_topic, cfg.thing_name)
         self._client: mqtt5.Client | None = None
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
-        self._wake = threading.Event()
+        self._wake = wake or threading.Event()
         self._stopped = threading.Event()
         # Bumped on every disconnect: a failure from an older connection is stale.
         self._epoch = 0

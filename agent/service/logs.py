@@ -4,6 +4,7 @@ priority prefix when stderr goes to the journal."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -22,7 +23,11 @@ def kv(event: str, **fields: object) -> str:
     """`event k=v ...`; values with spaces or quotes are quoted so a line stays parseable."""
     parts = [event]
     for key, value in fields.items():
-        text = str(value)
+        text = (
+            json.dumps(value, separators=(",", ":"))
+            if isinstance(value, dict | list)
+            else str(value)
+        )
         if not text or any(c in text for c in ' "=\n'):
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
         parts.append(f"{key}={text}")
