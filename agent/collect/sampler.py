@@ -1,0 +1,60 @@
+"""One collection cycle: sockets, network stats and custom metrics into a Sample."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agent.collect.custom import CustomMetrics
+from agent.collect.interfaces import AddressMap
+from agent.collect.netstats import NetStats
+from agent.collect.sockets import SocketReader, SocketSnapshot
+from agent.core.report import NetworkStats, Sample
+from agent.service.config import Config
+from agent.service.logs import kv
+
+log = logging.getLogger(__name__)
+
+
+class Sampler:
+    """`sample()` once per cycle. `counters_path` keeps the network counters across
+    restarts (the daemon passes state_dir/"netcounters.json"); None keeps them in memory,
+    so the first sample has no network_stats. A part that cannot be read is logged and
+    left as None in the sample; the cycle goes on."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        counters_path: Path | None,
+        proc_root: Path = Path("/proc"),
+        sys_root: Path = Path("/sys"),
+    ) -> None:
+        self._sockets = SocketReader(cfg.sampling.socket_source, proc_root)
+        self._netstats = NetStats(
+            cfg.sampling, state_path=counters_path, proc_root=proc_root, sys_root=sys_root
+        )
+        self._custom = CustomMetrics(cfg.custom_metrics, sys_root)
+
+    def sample(self) -> Sample:
+        sockets = self._read_sockets()
+        stats = self._read_netstats()
+        custom = self._custom.collect()
+        if sockets is None:
+            return Sample(network_stats=stats, custom=custom)
+        return Sample(sockets.tcp_ports, sockets.udp_ports, sockets.connections, stats, custom)
+
+    def _read_sockets(self) -> SocketSnapshot | None:
+        try:
+            # Interface addresses once per cycle, for every socket of it.
+            return self._sockets.read(AddressMap.current())
+        except (OSError, ValueError) as e:
+            log.warning(kv("sockets_unreadable", source=self._sockets.source, error=e))
+            return None
+
+    def _read_netstats(self) -> NetworkStats | None:
+        try:
+            return self._netstats.sample()
+        except (OSError, ValueError) as e:
+            log.warning(kv("netstats_unreadable", error=e))
+            return None
