@@ -1,0 +1,354 @@
+"""`edge-defender run` as a real process: store, broker, signals, crashes, clocks.
+
+The device's own sockets differ from machine to machine, so the behavior here
+judges a custom metric read from a file that each test sets: the profile says the
+level is normally below 10, so 50 violates and 5 conforms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from agent.publish.codec import decode
+
+if TYPE_CHECKING:
+    from tests.system.conftest import Broker, MqttTestClient
+
+pytestmark = pytest.mark.system
+
+THING = "daemon-test"
+TIMEOUT_S = 15.0
+FAKETIME_LIBS = [
+    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+    Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
+]
+
+
+def profile(threshold: float = 10, name: str = "level-high") -> dict[str, Any]:
+    return {
+        "securityProfileName": "test-profile",
+        "behaviors": [
+            {
+                "name": name,
+                "metric": "level",
+                "criteria": {"comparisonOperator": "less-than", "value": {"number": threshold}},
+            }
+        ],
+    }
+
+
+class Agent:
+    """One test's agent: its config, state, level file and process."""
+
+    def __init__(self, tmp: Path, interval_s: float = 0.2, extra: str = "") -> None:
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.level = tmp / "level"
+        self.profile = tmp / "profile.json"
+        self.config = tmp / "config.toml"
+        self.log = tmp / "agent.log"
+        self.set_level(5)
+        self.set_profile(profile())
+        self.config.write_text(
+            f"""\
+thing_name = "{THING}"
+state_dir = "{self.state}"
+[sampling]
+interval_s = {interval_s}
+socket_source = "proc"
+[detect]
+profiles = ["{self.profile}"]
+[[custom_metrics]]
+name = "level"
+type = "number"
+source = "file"
+path = "{self.level}"
+{extra}"""
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def set_level(self, value: float) -> None:
+        tmp = self.level.with_suffix(".tmp")
+        tmp.write_text(f"{value}\n")
+        tmp.replace(self.level)
+
+    def set_profile(self, doc: object) -> None:
+        self.profile.write_text(json.dumps(doc))
+
+    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, **(env or {})},
+            )
+        return self.process
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(TIMEOUT_S)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(TIMEOUT_S)
+            self.process = None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.state / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _run(self, *args: str) -> bytes:
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *args, "--config", str(self.config)],
+            capture_output=True,
+            check=True,
+            timeout=TIMEOUT_S,
+        ).stdout
+
+    def cli(self, *args: str) -> Any:
+        return json.loads(self._run(*args))
+
+    def events(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        token: list[str] = []
+        while True:
+            page = self.cli(
+                "list-violation-events", "--start-time", "0", "--end-time", "4000000000", *token
+            )
+            found += page["violationEvents"]
+            if "nextToken" not in page:
+                return found
+            token = ["--next-token", page["nextToken"]]
+
+    def history(self) -> list[dict[str, Any]]:
+        out = self._run("export-metrics", "--start-time", "0", "--end-time", "4000000000")
+        return [json.loads(line) for line in out.splitlines()]
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout_s: float = TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path)
+    yield a
+    a.kill()
+
+
+def test_local_run_records_alarm_and_clear_and_stops_cleanly(agent: Agent) -> None:
+    agent.start()
+    wait_until(lambda: agent.status().get("samples", 0) >= 2, "the first samples")
+    agent.set_level(50)
+    wait_until(lambda: agent.events(), "an in-alarm event")
+    active = agent.cli("list-active-violations")["activeViolations"]
+    assert [a["behavior"]["name"] for a in active] == ["level-high"]
+    assert active[0]["lastViolationValue"] == {"number": 50}
+    agent.set_level(5)
+    events = wait_until(lambda: len(agent.events()) >= 2 and agent.events(), "alarm-cleared")
+    assert [e["violationEventType"] for e in events] == ["in-alarm", "alarm-cleared"]
+    assert events[0]["violationId"] == events[1]["violationId"]
+    assert events[1]["metricValue"] == {"number": 5}
+    assert agent.cli("list-active-violations")["activeViolations"] == []
+    assert agent.stop() == 0
+    assert "stopped" in agent.log_text()
+    # The metrics history holds every sample as replay input.
+    records = agent.history()
+    assert len(records) >= 4
+    levels = [r["report"]["custom_metrics"]["level"][0]["number"] for r in records]
+    assert 50 in levels and levels[-1] == 5
+    times = [r["timestamp"] for r in records]
+    assert times == sorted(times)
+
+
+def test_kill_9_at_random_moments_never_repeats_an_alarm(agent: Agent) -> None:
+    rng = random.Random(7)
+    agent.set_level(50)
+    for round_ in range(12):
+        if round_ == 8:
+            agent.set_level(5)  # clears once, in some round
+        agent.start()
+        time.sleep(rng.uniform(0.3, 1.2))
+        agent.kill()
+    agent.start()
+    wait_until(lambda: agent.status().get("samples", 0) >= 2, "a healthy restart")
+    assert agent.stop() == 0
+    db = sqlite3.connect(agent.state / "agent.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    kinds = [e["violationEventType"] for e in agent.events()]
+    # One alarm for the whole stretch at 50 and one clear, however often it was killed.
+    assert kinds == ["in-alarm", "alarm-cleared"]
+
+
+def test_sighup_refuses_a_bad_profile_and_invalidates_a_changed_one(agent: Agent) -> None:
+    agent.set_level(50)
+    agent.start()
+    wait_until(lambda: agent.status().get("samples", 0) >= 1, "the first sample")
+    first = wait_until(lambda: agent.events(), "an in-alarm event")[0]
+    agent.set_profile({"securityProfileName": "test-profile", "behaviors": [{"metric": "x"}]})
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: "reload_refused" in agent.log_text(), "the refusal")
+    time.sleep(0.5)
+    assert [e["violationEventType"] for e in agent.events()] == ["in-alarm"]
+    agent.set_profile(profile(threshold=100))
+    agent.signal(signal.SIGHUP)
+    events = wait_until(lambda: len(agent.events()) >= 2 and agent.events(), "invalidation")
+    assert [e["violationEventType"] for e in events] == ["in-alarm", "alarm-invalidated"]
+    assert events[1]["violationId"] == first["violationId"]
+    time.sleep(0.6)  # 50 is normal under the new criteria: no new alarm
+    assert len(agent.events()) == 2
+    assert agent.cli("list-active-violations")["activeViolations"] == []
+    assert agent.stop() == 0
+
+
+def test_notify_protocol_ready_watchdog_stopping(agent: Agent, tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    agent.config.write_text(agent.config.read_text().replace("interval_s = 0.2", "interval_s = 5"))
+    started = time.monotonic()
+    agent.start({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    messages: list[tuple[float, str]] = []
+
+    def read_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with contextlib.suppress(TimeoutError):
+                messages.append((time.monotonic() - started, sock.recv(4096).decode()))
+
+    read_for(4.0)
+    agent.signal(signal.SIGTERM)
+    read_for(1.5)
+    assert agent.process is not None and agent.process.wait(TIMEOUT_S) == 0
+    sock.close()
+    texts = [m for _, m in messages]
+    assert "READY=1" in texts
+    ready_at = texts.index("READY=1")
+    pings = [t for t, m in messages[ready_at:] if m == "WATCHDOG=1"]
+    # WATCHDOG_USEC=1 s: pinged at least every half second although cycles are 5 s apart.
+    assert len(pings) >= 5
+    assert max(b - a for a, b in itertools.pairwise(pings)) < 1.0
+    assert texts[-1] == "STOPPING=1"
+
+
+def test_wall_clock_jumps_neither_stall_nor_burst(agent: Agent, tmp_path: Path) -> None:
+    lib = next((p for p in FAKETIME_LIBS if p.exists()), None)
+    if lib is None:
+        pytest.skip("libfaketime is not installed (apt-get install libfaketime)")
+    clock = tmp_path / "faketime"
+    clock.write_text("+0\n")
+    agent.start(
+        {
+            "LD_PRELOAD": str(lib),
+            "FAKETIME_TIMESTAMP_FILE": str(clock),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+    )
+    wait_until(lambda: agent.status().get("samples", 0) >= 1, "the first sample")
+
+    def samples_during(seconds: float) -> int:
+        before = agent.status()["samples"]
+        time.sleep(seconds)
+        return agent.status()["samples"] - before
+
+    steady = samples_during(2.0)
+    clock.write_text("-1h\n")  # NTP steps the clock back an hour
+    after_back = samples_during(2.0)
+    clock.write_text("+1d\n")  # and then forward a day
+    after_forward = samples_during(2.0)
+    # 0.2 s interval: about 10 samples per 2 s whatever the wall clock does.
+    for count in (steady, after_back, after_forward):
+        assert 6 <= count <= 13, (steady, after_back, after_forward)
+    assert agent.stop() == 0
+    times = [r["timestamp"] for r in agent.history()]
+    assert times == sorted(times), "the rule core's time went back"
+
+
+def test_reports_and_violations_reach_a_mutual_tls_broker(
+    tmp_path: Path, broker: Broker, mqtt_client: Callable[..., MqttTestClient]
+) -> None:
+    pki = broker.pki
+    agent = Agent(
+        tmp_path,
+        extra=f"""
+[mqtt]
+endpoint = "{broker.host}"
+port = {broker.port}
+ca_file = "{pki.ca_cert}"
+cert_file = "{pki.client_cert}"
+key_file = "{pki.client_key}"
+format = "json"
+short_names = true
+""",
+    )
+    agent.config.write_text(
+        agent.config.read_text().replace(
+            "interval_s = 0.2", "interval_s = 0.2\nreport_interval_s = 1"
+        )
+    )
+    watcher = mqtt_client("watcher")
+    metrics_topic = f"$aws/things/{THING}/defender/metrics/json"
+    violations_topic = f"things/{THING}/defender/violations"
+    watcher.subscribe(metrics_topic, violations_topic)
+    try:
+        agent.start()
+        wait_until(lambda: agent.status().get("broker", {}).get("connected"), "a connection")
+        agent.set_level(50)
+        wait_until(
+            lambda: any(t == violations_topic for t, _ in watcher.messages), "a violation event"
+        )
+        agent.set_level(5)
+        wait_until(
+            lambda: sum(t == violations_topic for t, _ in watcher.messages) >= 2, "the clear"
+        )
+        wait_until(lambda: sum(t == metrics_topic for t, _ in watcher.messages) >= 2, "reports")
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    reports = [decode(p, "json") for t, p in watcher.messages if t == metrics_topic]
+    ids = [r["hed"]["rid"] for r in reports]
+    assert ids == sorted(set(ids))
+    assert all(r["hed"]["v"] == "1.0" and "met" in r for r in reports)
+    assert all("level" in r["cmet"] for r in reports)
+    events = [decode(p, "json") for t, p in watcher.messages if t == violations_topic]
+    assert [e["violationEventType"] for e in events[:2]] == ["in-alarm", "alarm-cleared"]
+    assert events[0]["violationId"] == events[1]["violationId"]
+    assert events[0]["thingName"] == THING
+    assert events[0]["metricValue"] == {"number": 50}
