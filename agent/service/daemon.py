@@ -136,7 +136,7 @@ class Daemon:
         pending = counters.get("pending_network_stats")
         self.pending_stats = NetworkStats(**pending) if pending else _ZERO_STATS
         self.last_now = float(counters.get("last_now", 0.0))
-        self.sampler = Sampler(cfg, counters_path=self.state_dir / "netcounters.json")
+        self.sampler = self._sampler(cfg)
         self._start_publisher()
         log.info(
             kv(
@@ -148,6 +148,12 @@ class Daemon:
                 broker=cfg.mqtt.endpoint or "none",
             )
         )
+
+    def _sampler(self, cfg: Config) -> Sampler:
+        # The counters are only valid within one boot: under systemd they live on the
+        # RuntimeDirectory's tmpfs, sparing the SD card a synced write every cycle.
+        counters_dir = Path(os.environ.get("RUNTIME_DIRECTORY") or self.state_dir)
+        return Sampler(cfg, counters_path=counters_dir / "netcounters.json")
 
     def _start_publisher(self) -> None:
         if not self.cfg.mqtt.endpoint:
@@ -314,7 +320,7 @@ class Daemon:
             self.cfg = cfg
             self._start_publisher()
         if cfg.sampling != self.cfg.sampling or cfg.custom_metrics != self.cfg.custom_metrics:
-            self.sampler = Sampler(cfg, counters_path=self.state_dir / "netcounters.json")
+            self.sampler = self._sampler(cfg)
         self.cfg = cfg
         self.profile_names = [p.name for p in detect.profiles]
         self._say_inactive()

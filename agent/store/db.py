@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,4 +25,17 @@ def open_db(path: str | Path, migrations: Sequence[str]) -> sqlite3.Connection:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for number, script in enumerate(migrations[version:], start=version + 1):
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+    _match_owner(path)
     return conn
+
+
+def _match_owner(path: Path) -> None:
+    """Root running a query verb must not leave -wal/-shm files the service user
+    cannot open: give them the database file's owner."""
+    if os.geteuid() != 0:
+        return
+    st = path.stat()
+    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if side.stat().st_uid != st.st_uid:
+                os.chown(side, st.st_uid, st.st_gid)
