@@ -4,7 +4,9 @@ profiles load? One plain line per problem, `<file>: <what is wrong>`, so an oper
 
 Only the standard library reads the certificates: OpenSSL (through `ssl`) parses them
 and matches the key; the validity dates come from a few lines of DER walking, since
-`ssl` has no public API for them and a Pi should not need `cryptography` for this."""
+`ssl` has no public API for them and a Pi should not need `cryptography` for this.
+The daemon's own start check skips OpenSSL: loading `ssl` costs it ~4 MiB of RSS for
+good, and awscrt parses the files itself when it builds its TLS context."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import base64
 import logging
 import os
 import re
-import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,9 +45,10 @@ class Finding:
 
 def check_tls_files(mqtt: MqttConfig) -> list[str]:
     """The problems with the configured certificate, key and CA file, one line each;
-    empty when TLS can start. Certificates expiring soon are logged as warnings."""
+    empty when TLS can start (files there, key private, certificates well-formed and
+    valid now). Certificates expiring soon are logged as warnings."""
     problems = []
-    for finding in tls_findings(mqtt, time.time()):
+    for finding in tls_findings(mqtt, time.time(), openssl=False):
         if finding.warning:
             log.warning(kv("tls_file_warning", file=finding.path, warning=finding.message))
         else:
@@ -54,7 +56,8 @@ def check_tls_files(mqtt: MqttConfig) -> list[str]:
     return problems
 
 
-def tls_findings(mqtt: MqttConfig, now: float) -> list[Finding]:
+def tls_findings(mqtt: MqttConfig, now: float, *, openssl: bool = True) -> list[Finding]:
+    """`openssl` adds OpenSSL's own parse of every certificate and the key match."""
     if not mqtt.tls:
         return []
     if bool(mqtt.cert_file) != bool(mqtt.key_file):
@@ -62,11 +65,12 @@ def tls_findings(mqtt: MqttConfig, now: float) -> list[Finding]:
         return [Finding(f"mqtt.{lacking}", f"required when mqtt.{have} is set")]
     findings = []
     if mqtt.cert_file and mqtt.key_file:
-        cert = _check_certificates(mqtt.cert_file, now)
+        cert = _check_certificates(mqtt.cert_file, now, openssl)
         findings += cert
-        findings += _check_key(mqtt.key_file, mqtt.cert_file, cert_usable=not _problems(cert))
+        usable = openssl and not _problems(cert)
+        findings += _check_key(mqtt.key_file, mqtt.cert_file, match_cert=usable)
     if mqtt.ca_file:
-        findings += _check_certificates(mqtt.ca_file, now)
+        findings += _check_certificates(mqtt.ca_file, now, openssl)
     return findings
 
 
@@ -108,7 +112,7 @@ def _problems(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if not f.warning]
 
 
-def _check_certificates(path: str, now: float) -> list[Finding]:
+def _check_certificates(path: str, now: float, openssl: bool) -> list[Finding]:
     """Every PEM certificate in `path` must parse and be valid at `now`."""
     try:
         data = Path(path).read_bytes()
@@ -117,16 +121,22 @@ def _check_certificates(path: str, now: float) -> list[Finding]:
     blocks = _PEM_CERTIFICATE.findall(data)
     if not blocks:
         return [Finding(path, "no PEM certificate in it (-----BEGIN CERTIFICATE-----)")]
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
-            cadata=data.decode("ascii", "replace")
-        )
-    except ssl.SSLError as e:
-        return [Finding(path, f"not a valid X.509 certificate ({e.reason or e})")]
+    if openssl:
+        import ssl
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                cadata=data.decode("ascii", "replace")
+            )
+        except ssl.SSLError as e:
+            return [Finding(path, f"not a valid X.509 certificate ({e.reason or e})")]
     findings = []
     for i, block in enumerate(blocks):
         which = f"certificate {i + 1} of {len(blocks)}: " if len(blocks) > 1 else ""
-        not_before, not_after = _validity(base64.b64decode(block))
+        try:
+            not_before, not_after = _validity(base64.b64decode(block))
+        except (ValueError, IndexError, StopIteration):
+            return [Finding(path, f"{which}not a valid X.509 certificate (bad DER)")]
         if now < not_before:
             findings.append(Finding(path, f"{which}not valid before {_iso(not_before)}"))
         elif now >= not_after:
@@ -138,7 +148,7 @@ def _check_certificates(path: str, now: float) -> list[Finding]:
     return findings
 
 
-def _check_key(path: str, cert_path: str, *, cert_usable: bool) -> list[Finding]:
+def _check_key(path: str, cert_path: str, *, match_cert: bool) -> list[Finding]:
     try:
         mode = os.stat(path).st_mode & 0o777
         data = Path(path).read_bytes()
@@ -150,7 +160,9 @@ def _check_key(path: str, cert_path: str, *, cert_usable: bool) -> list[Finding]
         findings.append(Finding(path, message))
     if b"ENCRYPTED" in data:
         findings.append(Finding(path, "encrypted with a passphrase; the agent needs it without"))
-    elif cert_usable:
+    elif match_cert:
+        import ssl
+
         try:
             # An empty password: an encrypted key must fail, not prompt on a terminal.
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_path, path, password=b"")
@@ -181,7 +193,8 @@ def _der(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
 
 
 def _validity(der: bytes) -> tuple[float, float]:
-    """notBefore and notAfter (epoch seconds) of a DER certificate OpenSSL accepted."""
+    """notBefore and notAfter (epoch seconds) of a DER certificate; ValueError,
+    IndexError or StopIteration when it is not one."""
     _, cert_start, cert_end = next(_der(der, 0, len(der)))
     _, tbs_start, tbs_end = next(_der(der, cert_start, cert_end))
     # TBSCertificate: [0] version (optional), serialNumber, signature, issuer, validity, ...

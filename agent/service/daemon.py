@@ -137,7 +137,10 @@ class Daemon:
         self.pending_stats = NetworkStats(**pending) if pending else _ZERO_STATS
         self.last_now = float(counters.get("last_now", 0.0))
         self.sampler = self._sampler(cfg)
-        self._start_publisher()
+        try:
+            self._start_publisher()
+        except ConfigError as e:
+            raise StartError(str(e)) from e
         log.info(
             kv(
                 "started",
@@ -294,6 +297,8 @@ class Daemon:
         try:
             cfg = load_config(self.config_path)
             detect = _load_detect(cfg)
+            if cfg.mqtt.endpoint and (problems := check_tls_files(cfg.mqtt)):
+                raise ConfigError("\n".join(problems))
         except (ConfigError, ProfileError) as e:
             for line in str(e).splitlines():
                 log.error(kv("reload_refused", error=line))
@@ -317,8 +322,13 @@ class Daemon:
                 self.publisher.submit_event(doc, now)
         if cfg.mqtt != self.cfg.mqtt or cfg.thing_name != self.cfg.thing_name:
             self._stop_publisher()
-            self.cfg = cfg
-            self._start_publisher()
+            old, self.cfg = self.cfg, cfg
+            try:
+                self._start_publisher()
+            except ConfigError as e:
+                log.error(kv("reload_mqtt_refused", error=e))
+                self.cfg = cfg = dataclasses.replace(cfg, mqtt=old.mqtt, thing_name=old.thing_name)
+                self._start_publisher()
         if cfg.sampling != self.cfg.sampling or cfg.custom_metrics != self.cfg.custom_metrics:
             self.sampler = self._sampler(cfg)
         self.cfg = cfg
