@@ -1,0 +1,649 @@
+"""The alarm state machine of on-device Detect (spec/detect.md). Pure: time is an
+argument, `next_deadline()` says when to call `tick()` next, and nothing is read or
+logged here. Replay and the daemon drive the same code."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from agent.core.baseline import Baseline
+from agent.core.criteria import (
+    COMPARE,
+    PREPARE,
+    Check,
+    Compare,
+    static_check,
+    statistic_percent,
+)
+from agent.core.events import ActiveViolation, EventType, ViolationEvent
+from agent.core.metrics import (
+    DIMENSION_METRICS,
+    KIND_EVENT_KEY,
+    NUMERIC_KINDS,
+    Kind,
+    is_finite_number,
+)
+from agent.core.profile import Behavior, Dimension, MetricDimension, SecurityProfile
+from agent.core.topics import matches_any
+
+STATE_FORMAT = 1
+DEFAULT_STALE_AFTER_S = 172800.0
+DEFAULT_BASELINE_S = 14 * 86400.0
+DEFAULT_MIN_BASELINE_DATAPOINTS = 30
+DEFAULT_MAX_BASELINE_DATAPOINTS = 20_000
+_LISTS = (list, tuple)
+
+
+class InactiveBehavior(NamedTuple):
+    """A loaded behavior the detector does not judge, and why."""
+
+    profile: str
+    behavior: str
+    reason: str
+
+
+class _Mismatch(Exception):
+    """A sample value whose shape does not fit the behaviors on its metric."""
+
+
+_Extract = Callable[[object], object]
+
+
+def _topic_extractor(kind: Kind, dimension: Dimension | None, operator: str) -> _Extract:
+    """Reads a message metric given per topic ({topic: number}): the sum over the topics
+    the dimension selects for counters, the largest for aws:message-byte-size (None when
+    no topic is selected). Without a dimension a plain number is taken as is."""
+    keep = operator == "IN"
+
+    def extract(value: object) -> object:
+        if not isinstance(value, Mapping):
+            if dimension is None:
+                return value
+            raise _Mismatch("a dimension needs the metric per topic ({topic: number})")
+        if not all(is_finite_number(n) for n in value.values()):
+            raise _Mismatch("per-topic values must be finite numbers")
+        picked = [
+            n
+            for topic, n in value.items()
+            if dimension is None or matches_any(dimension.filters, topic) == keep
+        ]
+        if kind is Kind.COUNTER:
+            return sum(picked)
+        return max(picked, default=None)
+
+    return extract
+
+
+class _Rule:
+    """One judged behavior of one profile: compiled criteria and its alarm state."""
+
+    __slots__ = (
+        "acc",
+        "baseline",
+        "behavior",
+        "check",
+        "compare",
+        "duration",
+        "event_key",
+        "fleet",
+        "is_list",
+        "is_sum",
+        "last_dp",
+        "last_time",
+        "last_value",
+        "order",
+        "percent",
+        "profile",
+        "run",
+        "signature",
+        "start_time",
+        "to_alarm",
+        "to_clear",
+        "violation_id",
+        "win_end",
+    )
+
+    def __init__(
+        self,
+        profile: str,
+        order: tuple[int, int],
+        behavior: Behavior,
+        signature: str,
+        baseline: Baseline | None,
+    ) -> None:
+        criteria = behavior.criteria
+        kind = behavior.kind
+        assert criteria is not None and criteria.operator is not None and kind is not None
+        self.profile = profile
+        self.order = order  # (profile index, behavior index): event order of one instant
+        self.behavior = behavior
+        self.signature = signature
+        self.event_key = KIND_EVENT_KEY[kind]
+        self.is_list = kind not in NUMERIC_KINDS
+        self.is_sum = kind is Kind.COUNTER
+        self.duration = criteria.duration_s
+        self.to_alarm = criteria.to_alarm
+        self.to_clear = criteria.to_clear
+        self.baseline = baseline
+        self.check: Check | None = None
+        self.compare: Compare | None = None
+        self.percent: float | None = None
+        if criteria.statistic is not None:
+            self.compare = COMPARE[criteria.operator]
+            self.percent = statistic_percent(criteria.statistic)
+        else:
+            self.check = static_check(criteria, kind)
+        self.fleet: float | None = None  # a fleet-published threshold overrides the local one
+        # Outside an alarm `run` counts consecutive violating datapoints, inside it
+        # consecutive conforming ones; each kind resets the other.
+        self.run = 0
+        self.violation_id: str | None = None  # in alarm when set
+        self.start_time = 0.0
+        self.last_value: dict[str, Any] = {}
+        self.last_time = 0.0
+        self.last_dp = 0.0  # the latest judged datapoint while in alarm, for staleness
+        self.win_end: float | None = None  # end of the open window
+        self.acc: object = None  # the open window's value so far
+
+    @property
+    def is_plain(self) -> bool:
+        """Judged on every sample against a fixed value: the hot path."""
+        return self.duration is None and self.check is not None
+
+    def metric_value(self, value: Any) -> dict[str, Any]:
+        return {self.event_key: list(value) if self.is_list else value}
+
+
+def _signature(behavior: Behavior, dimension: Dimension | None) -> str:
+    """What decides how a behavior is judged; when it changes, its alarm state goes."""
+    return json.dumps(
+        [
+            behavior.metric,
+            dataclasses.asdict(behavior.dimension) if behavior.dimension else None,
+            list(dimension.filters) if dimension else None,
+            dataclasses.asdict(behavior.criteria) if behavior.criteria else None,
+        ],
+        sort_keys=True,
+    )
+
+
+def _inactive_reason(behavior: Behavior, dimensions: Mapping[str, Dimension]) -> str | None:
+    if behavior.criteria is not None and behavior.criteria.ml_confidence is not None:
+        return "mlDetectionConfig: on-device ML detection is not available yet"
+    if behavior.dimension is not None and behavior.dimension.name not in dimensions:
+        return f"metricDimension: dimension {behavior.dimension.name!r} is not loaded"
+    return None
+
+
+class _Group:
+    """The rules that read the same value (metric, dimension, kind): a sample's value is
+    fetched, narrowed to the dimension, checked and prepared once for all of them."""
+
+    __slots__ = ("extract", "metric", "numeric", "other", "plain", "prepare")
+
+    def __init__(
+        self,
+        key: tuple[str, MetricDimension | None, Kind],
+        rules: list[_Rule],
+        dimensions: Mapping[str, Dimension],
+    ) -> None:
+        metric, dim, kind = key
+        self.metric = metric
+        self.numeric = kind in NUMERIC_KINDS
+        self.extract: _Extract | None = None
+        if metric in DIMENSION_METRICS:
+            dimension = dimensions[dim.name] if dim else None
+            self.extract = _topic_extractor(kind, dimension, dim.operator if dim else "IN")
+        self.prepare = PREPARE.get(kind)
+        self.plain = [r for r in rules if r.is_plain]  # judged on every sample
+        self.other = [r for r in rules if not r.is_plain]  # windowed or statistical
+
+
+def _group(rules: list[_Rule], dimensions: Mapping[str, Dimension]) -> list[_Group]:
+    by_value: dict[tuple[str, MetricDimension | None, Kind], list[_Rule]] = {}
+    for rule in rules:
+        b = rule.behavior
+        assert b.kind is not None
+        by_value.setdefault((b.metric, b.dimension, b.kind), []).append(rule)
+    return [_Group(key, members, dimensions) for key, members in by_value.items()]
+
+
+class Detector:
+    """Judges samples against security profiles and emits ViolationEvents.
+
+    Call `observe(now, metrics)` per sample and `tick(now)` whenever the clock reaches
+    `next_deadline()`. `now` never goes back: a call with an earlier time raises
+    ValueError."""
+
+    def __init__(
+        self,
+        profiles: Iterable[SecurityProfile],
+        thing_name: str,
+        *,
+        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        baseline_s: float = DEFAULT_BASELINE_S,
+        min_baseline_datapoints: int = DEFAULT_MIN_BASELINE_DATAPOINTS,
+        max_baseline_datapoints: int = DEFAULT_MAX_BASELINE_DATAPOINTS,
+        dimensions: Iterable[Dimension] = (),
+        id_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        if stale_after_s <= 0 or baseline_s <= 0:
+            raise ValueError("stale_after_s and baseline_s must be positive")
+        if min_baseline_datapoints < 1 or max_baseline_datapoints < min_baseline_datapoints:
+            raise ValueError("need 1 <= min_baseline_datapoints <= max_baseline_datapoints")
+        self.thing_name = thing_name
+        self.stale_after_s = stale_after_s
+        self.baseline_s = baseline_s
+        self.min_baseline = min_baseline_datapoints
+        self.max_baseline = max_baseline_datapoints
+        self._new_id = id_factory
+        self.datapoints = 0  # behavior datapoints made so far
+        self._now = -math.inf
+        self._due = math.inf  # no deadline before this (a lower bound of next_deadline)
+        self._rules: list[_Rule] = []
+        self._groups: list[_Group] = []
+        self._inactive: list[InactiveBehavior] = []
+        self._mismatches: dict[tuple[str, str], str] = {}
+        # Alarms whose behavior vanished or changed while the state was saved: they end
+        # at the next call, timed at its `now`.
+        self._orphans: list[ActiveViolation] = []
+        self._dimensions: dict[str, Dimension] = {}
+        self._install(list(profiles), {d.name: d for d in dimensions}, {})
+
+    # --- configuration -------------------------------------------------------------
+
+    def _install(
+        self,
+        profiles: list[SecurityProfile],
+        dimensions: dict[str, Dimension],
+        keep: dict[tuple[str, str], _Rule],
+    ) -> None:
+        """Compile `profiles`, reusing the rules in `keep` whose signature is unchanged
+        (they are removed from `keep`)."""
+        names = [p.name for p in profiles]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"security profile {dup!r} is given twice")
+        rules: list[_Rule] = []
+        inactive: list[InactiveBehavior] = []
+        for p_idx, profile in enumerate(profiles):
+            for b_idx, behavior in enumerate(profile.behaviors):
+                if behavior.criteria is None:
+                    continue  # valid, never alarms
+                reason = _inactive_reason(behavior, dimensions)
+                if reason is not None:
+                    inactive.append(InactiveBehavior(profile.name, behavior.name, reason))
+                    continue
+                dimension = dimensions[behavior.dimension.name] if behavior.dimension else None
+                signature = _signature(behavior, dimension)
+                rule = keep.get((profile.name, behavior.name))
+                if rule is not None and rule.signature == signature:
+                    del keep[(profile.name, behavior.name)]
+                    rule.behavior = behavior  # suppressAlerts may have changed
+                    rule.order = (p_idx, b_idx)
+                else:
+                    baseline = None
+                    if behavior.criteria.statistic is not None:
+                        baseline = Baseline(self.baseline_s, self.max_baseline)
+                    rule = _Rule(profile.name, (p_idx, b_idx), behavior, signature, baseline)
+                rules.append(rule)
+        self._groups = _group(rules, dimensions)
+        self._dimensions = dimensions
+        self._rules = rules
+        self._inactive = inactive
+        judged = {(r.profile, r.behavior.name) for r in rules}
+        self._mismatches = {k: v for k, v in self._mismatches.items() if k in judged}
+        self._due = -math.inf  # recomputed at the next call
+
+    def update_profiles(
+        self,
+        profiles: Iterable[SecurityProfile],
+        now: float,
+        dimensions: Iterable[Dimension] | None = None,
+    ) -> list[ViolationEvent]:
+        """Switch to a new set of profiles (and dimensions, when given). Unchanged
+        behaviors keep their state; alarms of changed or removed behaviors and profiles
+        end with alarm-invalidated at `now`."""
+        events = self._advance(now)
+        keep = {(r.profile, r.behavior.name): r for r in self._rules}
+        dims = self._dimensions if dimensions is None else {d.name: d for d in dimensions}
+        self._install(list(profiles), dims, keep)
+        for rule in sorted(keep.values(), key=lambda r: r.order):
+            if rule.violation_id is not None:
+                events.append(self._end(rule, now, EventType.ALARM_INVALIDATED, rule.last_value))
+        return _ordered(events)
+
+    def set_fleet_threshold(self, profile: str, behavior: str, value: float | None) -> None:
+        """Use `value` (a threshold published for the fleet) instead of the local
+        percentile for a statistical behavior; None goes back to the local one."""
+        for rule in self._rules:
+            if rule.profile == profile and rule.behavior.name == behavior:
+                if rule.percent is None:
+                    raise ValueError(f"{profile}/{behavior} has no statisticalThreshold")
+                rule.fleet = value
+                return
+        raise KeyError(f"no judged behavior {behavior!r} in profile {profile!r}")
+
+    # --- queries --------------------------------------------------------------------
+
+    def inactive_behaviors(self) -> list[InactiveBehavior]:
+        """Loaded behaviors that are not judged (ML detection, a missing dimension)."""
+        return list(self._inactive)
+
+    def mismatches(self) -> list[InactiveBehavior]:
+        """Behaviors that got a sample value of the wrong shape (a number for a list
+        metric, or the reverse); such values make no datapoint."""
+        return [InactiveBehavior(p, b, why) for (p, b), why in self._mismatches.items()]
+
+    def active_violations(self) -> list[ActiveViolation]:
+        active = [self._active(r) for r in self._rules if r.violation_id is not None]
+        return [*self._orphans, *active]
+
+    def next_deadline(self) -> float | None:
+        """When `tick` next has something to do (a window end or a staleness deadline),
+        or None. A time not after the last call means: now."""
+        if self._orphans:
+            return self._now
+        times = [r.win_end for r in self._rules if r.win_end is not None]
+        times += [r.last_dp + self.stale_after_s for r in self._rules if r.violation_id]
+        return min(times, default=None)
+
+    # --- time -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[ViolationEvent]:
+        """Close the windows the clock has passed and end stale alarms."""
+        return _ordered(self._advance(now))
+
+    def observe(self, now: float, metrics: Mapping[str, object]) -> list[ViolationEvent]:
+        """Judge one sample taken at `now`: {metric name: value} as `metrics_from_report`
+        gives it. Returns the events up to `now`, in time, then profile, then behavior
+        order."""
+        events = self._advance(now)
+        datapoints = 0
+        for group in self._groups:
+            v = metrics.get(group.metric)
+            if v is None:
+                continue
+            if group.extract is not None:
+                try:
+                    v = group.extract(v)
+                except _Mismatch as e:
+                    self._mismatch(group, str(e))
+                    continue
+                if v is None:
+                    continue
+            if group.numeric:
+                if not is_finite_number(v):
+                    self._mismatch(group, f"a finite number is expected, got {v!r}")
+                    continue
+            elif type(v) not in _LISTS:
+                self._mismatch(group, f"a list is expected, got {v!r}")
+                continue
+            prepared = v if group.prepare is None else group.prepare(v)
+            datapoints += len(group.plain)
+            for rule in group.plain:
+                ok = rule.check(prepared)  # type: ignore[misc]
+                if ok and rule.violation_id is None:
+                    rule.run = 0  # the common case: normal and nothing pending
+                else:
+                    self._judge(rule, now, v, ok, events)
+            for rule in group.other:
+                if rule.duration is None:
+                    self._datapoint(rule, now, v, events)
+                elif rule.win_end is None:
+                    rule.win_end = (now // rule.duration + 1) * rule.duration
+                    rule.acc = v
+                    self._due = min(self._due, rule.win_end)
+                elif rule.is_sum:
+                    rule.acc += v  # type: ignore[operator]
+                else:
+                    rule.acc = v
+        self.datapoints += datapoints
+        return _ordered(events)
+
+    # --- state ------------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """The alarm state as a JSON-able dict, for `restore_state` after a restart."""
+        rules = []
+        for r in self._rules:
+            entry: dict[str, Any] = {
+                "profile": r.profile,
+                "behavior": r.behavior.name,
+                "signature": r.signature,
+                "run": r.run,
+            }
+            if r.violation_id is not None:
+                entry["violation"] = self._active(r).to_json()
+                entry["lastDatapointTime"] = r.last_dp
+            if r.win_end is not None:
+                entry["window"] = {"end": r.win_end, "value": r.acc}
+            if r.baseline is not None:
+                entry["baseline"] = r.baseline.to_json()
+            if r.fleet is not None:
+                entry["fleetThreshold"] = r.fleet
+            rules.append(entry)
+        return {
+            "format": STATE_FORMAT,
+            "now": self._now if self._now > -math.inf else None,
+            "rules": rules,
+            "orphans": [o.to_json() for o in self._orphans],
+        }
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Take back `export_state` output, before the first observe. State of behaviors
+        that changed or vanished meanwhile is dropped; their alarms end with
+        alarm-invalidated at the next call. Raises ValueError for a malformed state."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"alarm state: not a format {STATE_FORMAT} state")
+        try:
+            self._restore(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"alarm state: malformed: {e!r}") from None
+        self._due = -math.inf
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        by_key = {(r.profile, r.behavior.name): r for r in self._rules}
+        orphans = [_violation_from_json(o) for o in state["orphans"]]
+        restores = []
+        for entry in state["rules"]:
+            rule = by_key.get((entry["profile"], entry["behavior"]))
+            violation = entry.get("violation")
+            if rule is None or rule.signature != entry["signature"]:
+                if violation is not None:
+                    orphans.append(_violation_from_json(violation))
+                continue
+            baseline = None
+            if rule.baseline is not None:
+                baseline = Baseline(self.baseline_s, self.max_baseline)
+                baseline.load(entry.get("baseline", []))
+            window = entry.get("window") or {"end": None, "value": None}
+            fleet = entry.get("fleetThreshold")
+            values = {
+                "run": int(entry["run"]),
+                "baseline": baseline,
+                "fleet": None if fleet is None else _number(fleet),
+                "win_end": None if window["end"] is None else _number(window["end"]),
+                "acc": None if window["value"] is None else _number(window["value"]),
+            }
+            if violation is not None:
+                active = _violation_from_json(violation)
+                values |= {
+                    "violation_id": active.violation_id,
+                    "start_time": active.violation_start_time,
+                    "last_time": active.last_violation_time,
+                    "last_value": active.last_violation_value,
+                    "last_dp": _number(entry["lastDatapointTime"]),
+                }
+            restores.append((rule, values))
+        # Everything is read before anything changes, so a bad state changes nothing.
+        for rule, values in restores:
+            for name, value in values.items():
+                setattr(rule, name, value)
+        self._orphans = orphans
+        if state["now"] is not None:
+            self._now = max(self._now, _number(state["now"]))
+
+    # --- internals ----------------------------------------------------------------
+
+    def _advance(self, now: float) -> list[_Keyed]:
+        """Move the clock to `now`: end orphaned alarms, close passed windows, end stale
+        alarms."""
+        if now < self._now:
+            raise ValueError(f"time went back: {now} after {self._now}")
+        self._now = now
+        events: list[_Keyed] = []
+        for o in self._orphans:
+            event = self._event(
+                o.violation_id,
+                o.security_profile_name,
+                o.behavior,
+                o.last_violation_value,
+                EventType.ALARM_INVALIDATED,
+                now,
+            )
+            events.append(((now, (-1, -1)), event))  # before the profiles now loaded
+        self._orphans = []
+        if now >= self._due:
+            for rule in self._rules:
+                self._run_deadlines(rule, now, events)
+            deadline = self.next_deadline()
+            self._due = math.inf if deadline is None else deadline
+        return events
+
+    def _run_deadlines(self, rule: _Rule, now: float, events: list[_Keyed]) -> None:
+        # Window ends and the staleness deadline, in their time order.
+        while True:
+            w = rule.win_end if rule.win_end is not None and rule.win_end <= now else math.inf
+            s = rule.last_dp + self.stale_after_s if rule.violation_id else math.inf
+            if s <= now and s <= w:  # at the same instant, stale first
+                events.append(self._end(rule, s, EventType.ALARM_INVALIDATED, rule.last_value))
+            elif w <= now:
+                value, rule.win_end, rule.acc = rule.acc, None, None
+                self._datapoint(rule, w, value, events)
+            else:
+                return
+
+    def _datapoint(self, rule: _Rule, t: float, v: Any, events: list[_Keyed]) -> None:
+        """A datapoint of a windowed or statistical behavior."""
+        self.datapoints += 1
+        if rule.check is not None:
+            ok = rule.check(v)
+        else:
+            baseline = rule.baseline
+            assert baseline is not None and rule.compare is not None and rule.percent is not None
+            earlier = baseline.before(t)
+            baseline.add(t, v)
+            threshold = rule.fleet
+            if threshold is None:
+                if len(earlier) < self.min_baseline or baseline.has_negative:
+                    return  # not judged: no event, counters untouched, staleness runs on
+                threshold = earlier.percentile(rule.percent)
+            ok = rule.compare(v, threshold)
+        if ok and rule.violation_id is None:
+            rule.run = 0
+        else:
+            self._judge(rule, t, v, ok, events)
+
+    def _judge(self, rule: _Rule, t: float, v: Any, ok: bool, events: list[_Keyed]) -> None:
+        """A violating datapoint, or a conforming one while in alarm."""
+        if rule.violation_id is None:
+            rule.run += 1
+            if rule.run >= rule.to_alarm:
+                rule.run = 0
+                rule.violation_id = self._new_id()
+                rule.start_time = rule.last_time = rule.last_dp = t
+                rule.last_value = rule.metric_value(v)
+                self._due = min(self._due, t + self.stale_after_s)
+                events.append(self._keyed(rule, t, EventType.IN_ALARM, rule.last_value))
+            return
+        rule.last_dp = t
+        if not ok:
+            rule.run = 0
+            rule.last_time = t
+            rule.last_value = rule.metric_value(v)
+            return
+        rule.run += 1
+        if rule.run >= rule.to_clear:
+            events.append(self._end(rule, t, EventType.ALARM_CLEARED, rule.metric_value(v)))
+
+    def _end(self, rule: _Rule, t: float, kind: EventType, value: Mapping[str, Any]) -> _Keyed:
+        keyed = self._keyed(rule, t, kind, value)
+        rule.violation_id = None
+        rule.run = 0
+        return keyed
+
+    def _keyed(self, rule: _Rule, t: float, kind: EventType, value: Mapping[str, Any]) -> _Keyed:
+        assert rule.violation_id is not None
+        event = self._event(rule.violation_id, rule.profile, rule.behavior.doc, value, kind, t)
+        return (t, rule.order), event
+
+    def _event(
+        self,
+        violation_id: str,
+        profile: str,
+        behavior: Mapping[str, Any],
+        value: Mapping[str, Any],
+        kind: EventType,
+        t: float,
+    ) -> ViolationEvent:
+        return ViolationEvent(
+            violation_id=violation_id,
+            thing_name=self.thing_name,
+            security_profile_name=profile,
+            behavior=behavior,
+            metric_value=value,
+            violation_event_type=kind,
+            violation_event_time=t,
+        )
+
+    def _active(self, rule: _Rule) -> ActiveViolation:
+        assert rule.violation_id is not None
+        return ActiveViolation(
+            violation_id=rule.violation_id,
+            thing_name=self.thing_name,
+            security_profile_name=rule.profile,
+            behavior=rule.behavior.doc,
+            last_violation_value=rule.last_value,
+            last_violation_time=rule.last_time,
+            violation_start_time=rule.start_time,
+        )
+
+    def _mismatch(self, group: _Group, reason: str) -> None:
+        for rule in group.plain + group.other:
+            self._mismatches.setdefault((rule.profile, rule.behavior.name), reason)
+
+
+_Keyed = tuple[tuple[float, tuple[int, int]], ViolationEvent]
+
+
+def _ordered(events: list[_Keyed]) -> list[ViolationEvent]:
+    """Events in time, then profile, then behavior order (stable for one behavior)."""
+    if len(events) > 1:
+        events.sort(key=lambda e: e[0])
+    return [e for _, e in events]
+
+
+def _number(x: object) -> float:
+    if not is_finite_number(x):
+        raise ValueError(f"{x!r} is not a finite number")
+    return x  # type: ignore[return-value]
+
+
+def _violation_from_json(doc: Mapping[str, Any]) -> ActiveViolation:
+    if not isinstance(doc["lastViolationValue"], dict) or not doc["violationId"]:
+        raise ValueError(f"violation {doc!r} lacks an id or a value")
+    return ActiveViolation(
+        violation_id=str(doc["violationId"]),
+        thing_name=doc["thingName"],
+        security_profile_name=doc["securityProfileName"],
+        behavior=doc["behavior"],
+        last_violation_value=doc["lastViolationValue"],
+        last_violation_time=_number(doc["lastViolationTime"]),
+        violation_start_time=_number(doc["violationStartTime"]),
+    )

@@ -1,0 +1,375 @@
+"""Parsing and validating security profiles, behaviors and dimensions."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.core.metrics import Kind
+from agent.core.profile import (
+    ProfileError,
+    is_dimension_doc,
+    parse_dimension,
+    parse_profile,
+    validate_behaviors,
+)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "detect"
+
+
+def b(name: Any = "b", metric: Any = "aws:all-bytes-out", **criteria: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"metric": metric}
+    if name is not None:
+        doc["name"] = name
+    if criteria:
+        doc["criteria"] = criteria
+    return doc
+
+
+LT = {"comparisonOperator": "less-than", "value": {"count": 5}}
+IN_PORTS = {"comparisonOperator": "in-port-set", "value": {"ports": [22]}}
+
+# (behaviors, the one error expected: substrings it must hold)
+INVALID = [
+    ([b(None, **LT)], ["behaviors[0]", "name: missing"]),
+    ([b("has space", **LT)], ["name:", "letters, digits"]),
+    ([b("x", **LT), b("x", **LT)], ["behaviors[1] 'x'", "duplicate of behaviors[0]"]),
+    (
+        [b(metric="aws:all-bytes-sideways", **LT)],
+        ["metric:", "unknown AWS metric", "aws:all-bytes-out"],
+    ),
+    ([b(metric=None, **LT)], ["metric: missing"]),
+    ([b(metric="cpu usage", **LT)], ["metric:", "custom metric name"]),
+    (
+        [b(comparisonOperator="in-cidr-set", value={"cidrs": ["10.0.0.0/8"]})],
+        ["'b'", "criteria.comparisonOperator", "does not fit aws:all-bytes-out", "less-than"],
+    ),
+    (
+        [b(metric="aws:listening-tcp-ports", **LT)],
+        ["criteria.comparisonOperator", "in-port-set, not-in-port-set"],
+    ),
+    (
+        [b(comparisonOperator="bigger", value={"count": 1})],
+        ["criteria.comparisonOperator", "unknown"],
+    ),
+    (
+        [b(**LT, statisticalThreshold={"statistic": "p90"})],
+        ["criteria:", "both value and statisticalThreshold"],
+    ),
+    ([b(comparisonOperator="less-than")], ["criteria:", "needs a value or a statisticalThreshold"]),
+    ([b(value={"count": 1})], ["criteria.comparisonOperator: missing"]),
+    ([b(comparisonOperator="less-than", value={"count": -1})], ["criteria.value.count", ">= 0"]),
+    (
+        [b(comparisonOperator="less-than", value={"ports": [1]})],
+        ["criteria.value", '{"count": ...}'],
+    ),
+    (
+        [b(comparisonOperator="less-than", value={"count": 1, "number": 2})],
+        ["criteria.value", "takes"],
+    ),
+    (
+        [b(comparisonOperator="less-than", value={"number": "5"})],
+        ["criteria.value.number", "finite"],
+    ),
+    (
+        [
+            b(
+                metric="aws:destination-ip-addresses",
+                comparisonOperator="in-cidr-set",
+                value={"cidrs": ["10.0.0.0/8", "10.0.0.300/8"]},
+            )
+        ],
+        ["criteria.value.cidrs[1]", "not a CIDR", "192.0.2.0/24"],
+    ),
+    (
+        [
+            b(
+                metric="aws:listening-udp-ports",
+                comparisonOperator="not-in-port-set",
+                value={"ports": [22, 65536]},
+            )
+        ],
+        ["criteria.value.ports[1]", "0-65535"],
+    ),
+    (
+        [
+            b(
+                metric="aws:listening-udp-ports",
+                comparisonOperator="in-port-set",
+                value={"ports": [-1]},
+            )
+        ],
+        ["ports[0]", "0-65535"],
+    ),
+    ([b(**LT, consecutiveDatapointsToAlarm=0)], ["criteria.consecutiveDatapointsToAlarm", "1-10"]),
+    ([b(**LT, consecutiveDatapointsToClear=11)], ["criteria.consecutiveDatapointsToClear", "1-10"]),
+    (
+        [b(**LT, consecutiveDatapointsToClear=2.5)],
+        ["criteria.consecutiveDatapointsToClear", "1-10"],
+    ),
+    (
+        [b(metric="aws:listening-tcp-ports", **IN_PORTS, durationSeconds=300)],
+        ["criteria.durationSeconds", "list metric", "remove it"],
+    ),
+    (
+        [
+            b(
+                metric="ssids",
+                comparisonOperator="in-set",
+                value={"strings": ["a"]},
+                durationSeconds=300,
+            )
+        ],
+        ["criteria.durationSeconds", "list metric"],
+    ),
+    ([b(**LT, durationSeconds=0)], ["criteria.durationSeconds", "positive integer"]),
+    ([b(**LT, durationSeconds=-300)], ["criteria.durationSeconds", "positive integer"]),
+    ([b(**LT, durationSeconds=True)], ["criteria.durationSeconds", "positive integer"]),
+    (
+        [b(comparisonOperator="less-than", statisticalThreshold={"statistic": "p95"})],
+        ["criteria.statisticalThreshold.statistic", "'p95' is unknown", "p99.9"],
+    ),
+    (
+        [
+            b(
+                metric="aws:destination-ip-addresses",
+                comparisonOperator="in-cidr-set",
+                statisticalThreshold={"statistic": "p90"},
+            )
+        ],
+        ["criteria.statisticalThreshold", "numeric metric"],
+    ),
+    (
+        [b(metric="my_ports", **IN_PORTS)],
+        ["criteria.comparisonOperator", "custom metric 'my_ports' cannot use it"],
+    ),
+    (
+        [{**b(**LT), "metricDimension": {"dimensionName": "topics"}}],
+        ["metricDimension:", "aws:num-messages-sent", "remove it from aws:all-bytes-out"],
+    ),
+    (
+        [
+            {
+                **b(metric="aws:num-messages-sent", **LT),
+                "metricDimension": {"dimensionName": "t", "operator": "OUT"},
+            }
+        ],
+        ["metricDimension.operator", "IN or NOT_IN"],
+    ),
+    (
+        [{**b(metric="aws:num-messages-sent", **LT), "metricDimension": "topics"}],
+        ["metricDimension:", "dimensionName"],
+    ),
+    ([{**b(**LT), "critera": {}}], ["'b'", "critera: unknown field", "criteria"]),
+    ([b(**LT, durationSecond=300)], ["criteria.durationSecond: unknown field"]),
+    ([{**b(**LT), "suppressAlerts": "yes"}], ["suppressAlerts", "true or false"]),
+    ([b(mlDetectionConfig={"confidenceLevel": "VERY"})], ["criteria.mlDetectionConfig", "LOW"]),
+    (
+        [b(comparisonOperator="less-than", mlDetectionConfig={"confidenceLevel": "LOW"})],
+        ["criteria.comparisonOperator", "not used with mlDetectionConfig"],
+    ),
+    (
+        [b(metric="aws:listening-tcp-ports", mlDetectionConfig={"confidenceLevel": "LOW"})],
+        ["ML detection needs a numeric metric"],
+    ),
+    ([{**b(), "criteria": []}], ["criteria: must be an object"]),
+    (["not an object"], ["behaviors[0]: must be an object"]),
+    ([b(f"b{i}", **LT) for i in range(101)], ["behaviors: 101 behaviors", "at most 100"]),
+]
+
+
+@pytest.mark.parametrize(("behaviors", "expected"), INVALID)
+def test_validation_rejects_and_says_where_and_what(behaviors, expected):
+    errors = validate_behaviors(behaviors)
+    assert len(errors) == 1, errors
+    for part in expected:
+        assert part in errors[0]
+    # the same through a whole profile, and parse_profile lists the same error
+    assert validate_behaviors({"securityProfileName": "p", "behaviors": behaviors}) == errors
+    with pytest.raises(ProfileError) as info:
+        parse_profile({"securityProfileName": "p", "behaviors": behaviors}, "p.json")
+    assert info.value.errors == errors
+    assert str(info.value) == f"p.json: {errors[0]}"
+
+
+VALID = [
+    b(**LT),
+    b("n", comparisonOperator="greater-than-equals", value={"number": 2.5}, durationSeconds=300),
+    b("p", "aws:listening-tcp-ports", **IN_PORTS, consecutiveDatapointsToAlarm=10),
+    b(
+        "c",
+        "aws:destination-ip-addresses",
+        comparisonOperator="not-in-cidr-set",
+        value={"cidrs": []},
+    ),
+    b("s", comparisonOperator="less-than", statisticalThreshold={"statistic": "p99.99"}),
+    b("cs", "cpu", comparisonOperator="less-than", value={"count": 90}),
+    b("ss", "ssids", comparisonOperator="not-in-set", value={"strings": ["x"]}),
+    b("ns", "fds", comparisonOperator="in-set", value={"numbers": [1, 2.5]}),
+    b("ip", "peers", comparisonOperator="in-cidr-set", value={"cidrs": ["192.0.2.9/24"]}),
+    b("ml", mlDetectionConfig={"confidenceLevel": "HIGH"}, consecutiveDatapointsToClear=3),
+    b("none"),
+    {**b("empty"), "criteria": {}},
+    {
+        **b("dim", "aws:message-byte-size", **LT),
+        "metricDimension": {"dimensionName": "t", "operator": "NOT_IN"},
+    },
+    {
+        **b(
+            "src",
+            "aws:source-ip-address",
+            comparisonOperator="in-cidr-set",
+            value={"cidrs": ["::/0"]},
+        ),
+        "exportMetric": True,
+    },
+]
+
+
+def test_valid_behaviors_parse_to_what_they_say():
+    assert validate_behaviors(VALID) == []
+    p = parse_profile({"securityProfileName": "p", "behaviors": VALID})
+    by_name = {x.name: x for x in p.behaviors}
+    assert by_name["b"].kind is Kind.COUNTER and by_name["b"].criteria.to_alarm == 1
+    assert by_name["n"].criteria.duration_s == 300
+    assert by_name["p"].kind is Kind.PORT_LIST and by_name["p"].criteria.to_alarm == 10
+    assert by_name["s"].criteria.statistic == "p99.99"
+    assert by_name["cs"].kind is Kind.NUMBER
+    assert by_name["ss"].kind is Kind.STRING_LIST
+    assert by_name["ns"].kind is Kind.NUMBER_LIST
+    assert by_name["ip"].kind is Kind.IP_LIST
+    assert by_name["ml"].criteria.ml_confidence == "HIGH" and by_name["ml"].criteria.to_clear == 3
+    assert by_name["none"].criteria is None and by_name["empty"].criteria is None
+    assert by_name["dim"].dimension.operator == "NOT_IN"
+    assert by_name["src"].doc["exportMetric"] is True
+
+
+def test_describe_security_profile_output_parses_with_its_extra_fields_kept():
+    doc = json.loads((FIXTURES / "profile-baseline.json").read_text())
+    p = parse_profile(doc, "profile-baseline.json")
+    assert p.name == "pi-baseline" and p.source == "profile-baseline.json"
+    assert [x.name for x in p.behaviors] == [x["name"] for x in doc["behaviors"]]
+    for key in (
+        "securityProfileArn",
+        "alertTargets",
+        "additionalMetricsToRetainV2",
+        "version",
+        "creationDate",
+    ):
+        assert p.doc[key] == doc[key]
+    assert p.behaviors[1].doc == doc["behaviors"][1]  # events carry the behavior as given
+
+
+def test_profile_errors_are_all_listed():
+    with pytest.raises(ProfileError) as info:
+        parse_profile(
+            {"securityProfileName": "bad name", "behaviors": [b(None), b("x", metric="aws:nope")]}
+        )
+    assert len(info.value.errors) == 3
+    assert info.value.errors[0].startswith("securityProfileName:")
+    with pytest.raises(ProfileError, match="must be a JSON object"):
+        parse_profile([])
+    with pytest.raises(ProfileError, match="behaviors: must be a list"):
+        parse_profile({"securityProfileName": "p", "behaviors": {}})
+    assert parse_profile({"securityProfileName": "p"}).behaviors == ()
+
+
+@pytest.mark.parametrize("doc", [{"name": "b", "metric": "aws:all-bytes-out"}, "text", 5, None])
+def test_validate_needs_a_profile_or_a_list(doc):
+    (error,) = validate_behaviors(doc)
+    assert "list of behaviors" in error
+
+
+def test_dimensions():
+    doc = json.loads((FIXTURES / "dimension-sensors.json").read_text())
+    assert is_dimension_doc(doc) and not is_dimension_doc({"securityProfileName": "p"})
+    d = parse_dimension(doc, "dim.json")
+    assert (d.name, d.filters, d.doc["arn"]) == (
+        "sensor-topics",
+        ("sensors/+/temperature", "sensors/alerts/#"),
+        doc["arn"],
+    )
+    with pytest.raises(ProfileError) as info:
+        parse_dimension({"name": "x y", "type": "TOPIC", "stringValues": ["a/#/b", 3]}, "dim.json")
+    assert [e.split(":")[0] for e in info.value.errors] == [
+        "dimension name",
+        "dimension 'x y'",
+        "dimension 'x y'",
+        "dimension 'x y'",
+    ]
+    assert "stringValues[0]" in info.value.errors[2] and "stringValues[1]" in info.value.errors[3]
+    with pytest.raises(ProfileError, match="1-100 MQTT topic filters"):
+        parse_dimension({"name": "x", "type": "TOPIC_FILTER", "stringValues": []})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+# Documents built from the real vocabulary reach the deeper checks.
+vocabulary = st.sampled_from(
+    [
+        "securityProfileName",
+        "behaviors",
+        "name",
+        "metric",
+        "criteria",
+        "comparisonOperator",
+        "value",
+        "count",
+        "number",
+        "numbers",
+        "strings",
+        "ports",
+        "cidrs",
+        "durationSeconds",
+        "consecutiveDatapointsToAlarm",
+        "consecutiveDatapointsToClear",
+        "statisticalThreshold",
+        "statistic",
+        "mlDetectionConfig",
+        "confidenceLevel",
+        "metricDimension",
+        "dimensionName",
+        "operator",
+        "suppressAlerts",
+        "less-than",
+        "in-cidr-set",
+        "in-port-set",
+        "in-set",
+        "aws:all-bytes-out",
+        "aws:listening-tcp-ports",
+        "aws:destination-ip-addresses",
+        "cpu",
+        "p90",
+        "10.0.0.0/8",
+        "::/0",
+        "stringValues",
+        "type",
+        "TOPIC_FILTER",
+        "a/#",
+    ]
+)
+vocab_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 70000) | st.floats() | vocabulary,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(vocabulary, inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(json_values, vocab_values))
+def test_parsers_raise_nothing_but_profile_error(doc):
+    for parse in (parse_profile, parse_dimension):
+        try:
+            parse(doc)
+        except ProfileError as e:
+            assert e.errors and all(isinstance(m, str) and m for m in e.errors)
+    errors = validate_behaviors(doc)
+    assert isinstance(errors, list) and all(isinstance(m, str) for m in errors)

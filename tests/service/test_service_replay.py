@@ -1,0 +1,186 @@
+"""`edge-defender replay` and `validate-security-profile-behaviors`, end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import botocore.session
+import pytest
+
+from agent.cli import main
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "detect"
+PROFILE = str(FIXTURES / "profile-baseline.json")
+METRICS = str(FIXTURES / "metrics-gateway.jsonl")
+T0 = 1730000100
+
+# What the gateway recording does against the baseline profile (see the fixture).
+EXPECTED = [
+    (T0 + 180, "tcp-ports", "in-alarm", {"ports": [22, 8080]}),
+    (T0 + 240, "tcp-ports", "alarm-cleared", {"ports": [22, 443]}),
+    (T0 + 300, "destinations", "in-alarm", {"cidrs": ["198.51.100.7"]}),
+    (T0 + 420, "destinations", "alarm-cleared", {"cidrs": ["192.0.2.10", "2001:db8::5"]}),
+    (T0 + 420, "cpu", "in-alarm", {"number": 95}),
+    (T0 + 480, "cpu", "alarm-cleared", {"number": 20}),
+    (T0 + 600, "bytes-out", "in-alarm", {"count": 300000}),
+]
+
+
+def replay(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["replay", "--profile", PROFILE, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_lines_in_time_order(capsys):
+    code, out, err = replay(capsys, "--metrics", METRICS, "--thing", "pi-7")
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    got = [
+        (e["violationEventTime"], e["behavior"]["name"], e["violationEventType"], e["metricValue"])
+        for e in events
+    ]
+    assert got == EXPECTED
+    assert {e["thingName"] for e in events} == {"pi-7"}
+    assert {e["securityProfileName"] for e in events} == {"pi-baseline"}
+    by_behavior = {}
+    for e in events:
+        by_behavior.setdefault(e["behavior"]["name"], set()).add(e["violationId"])
+    assert all(len(ids) == 1 for ids in by_behavior.values())  # in-alarm and end share an id
+    assert "12 samples" in err and "7 events" in err
+    assert "pi-baseline/bytes-in-ml not judged: mlDetectionConfig" in err
+
+
+def test_table_for_people(capsys):
+    code, out, _ = replay(capsys, "--metrics", METRICS, "--thing", "pi-7", "--output", "table")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["TIME", "PROFILE", "BEHAVIOR", "TYPE", "VALUE", "VIOLATION"]
+    assert len(rows) == len(EXPECTED)
+    columns = [header.index(name) for name in ("PROFILE", "BEHAVIOR", "TYPE", "VALUE", "VIOLATION")]
+    for row in rows:
+        for start in columns:  # every column starts where its heading does
+            assert row[start - 2 : start] == "  " and row[start] != " "
+    first = rows[0].split()
+    assert first[:4] == ["2024-10-27T03:38:00Z", "pi-baseline", "tcp-ports", "in-alarm"]
+    assert "(suppressed)" in rows[0] and "ports=22,8080" in rows[0]
+    assert len(first[-1]) == 8
+
+
+def test_stdin_and_thing_name_from_config(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('thing_name = "from-config"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "replay",
+            "--profile",
+            PROFILE,
+            "--metrics",
+            "-",
+            "--config",
+            str(config),
+        ],
+        input=Path(METRICS).read_bytes(),
+        capture_output=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(events) == len(EXPECTED) and {e["thingName"] for e in events} == {"from-config"}
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ("{not json", "not JSON"),
+        (
+            '{"timestamp": "yesterday", "report": {"header": {}}}',
+            "'timestamp' must be epoch seconds",
+        ),
+        (
+            '{"timestamp": 1, "report": {"header": {}, "metrics": '
+            '{"network_stats": {"bytes_out": -5}}}}',
+            "bytes_out",
+        ),
+        ('{"timestamp": NaN, "report": {"header": {}}}', "not a finite number"),
+        ("[1, 2]", "record must be a JSON object"),
+    ],
+)
+def test_a_malformed_line_is_an_error_naming_its_number(tmp_path, capsys, bad_line, message):
+    lines = Path(METRICS).read_text().splitlines()
+    lines.insert(2, "")  # a blank line holds nothing and is passed over
+    lines.insert(4, bad_line)
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text("\n".join(lines) + "\n")
+    code, _, err = replay(capsys, "--metrics", str(metrics))
+    assert code == 2
+    assert f"{metrics}:5: " in err and message in err
+    assert "samples" not in err  # no summary after an error
+
+
+def test_time_going_back_is_refused_naming_the_line(tmp_path, capsys):
+    lines = Path(METRICS).read_text().splitlines()
+    lines[6], lines[7] = lines[7], lines[6]
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text("\n".join(lines) + "\n")
+    code, _, err = replay(capsys, "--metrics", str(metrics))
+    assert code == 2
+    assert f"{metrics}:8: timestamp {float(T0 + 360)} goes back in time" in err and "line 7" in err
+
+
+def test_not_utf8_is_named_too(tmp_path, capsys):
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_bytes(Path(METRICS).read_bytes() + b'{"timestamp": 1\xff}\n')
+    code, _, err = replay(capsys, "--metrics", str(metrics))
+    assert code == 2 and f"{metrics}:13: not UTF-8" in err
+
+
+def test_bad_or_missing_inputs_exit_2(tmp_path, capsys):
+    code, _, err = replay(capsys, "--metrics", str(tmp_path / "nope.jsonl"))
+    assert code == 2 and "cannot read" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps({"securityProfileName": "x", "behaviors": [{"name": "b", "metric": "aws:nope"}]})
+    )
+    assert main(["replay", "--profile", str(bad), "--metrics", METRICS]) == 2
+    assert f"{bad}: behaviors[0] 'b': metric: unknown AWS metric" in capsys.readouterr().err
+    assert main(["replay", "--profile", str(tmp_path / "*.json.none"), "--metrics", METRICS]) == 2
+    assert "no security profile" in capsys.readouterr().err
+
+
+def validate(capsys, path: Path | str) -> tuple[int, dict]:
+    code = main(["validate-security-profile-behaviors", "--behaviors", str(path)])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out else {}
+
+
+def test_validate_valid_and_invalid(capsys):
+    response_shape = (
+        botocore.session.get_session()
+        .get_service_model("iot")
+        .shape_for("ValidateSecurityProfileBehaviorsResponse")
+    )
+    code, response = validate(capsys, PROFILE)
+    assert (code, response) == (0, {"valid": True, "validationErrors": []})
+    code, response = validate(capsys, FIXTURES / "behaviors-invalid.json")
+    assert code == 1 and response["valid"] is False
+    assert set(response) == set(response_shape.members)
+    messages = [e["errorMessage"] for e in response["validationErrors"]]
+    assert len(messages) == 4
+    assert messages[0].startswith("behaviors[0]: name: missing")
+    assert any("ports[1]: 70000 is not a port" in m for m in messages)
+    assert any("duplicate of behaviors[1]" in m for m in messages)
+    assert any("'in-cidr-set' does not fit aws:all-bytes-in" in m for m in messages)
+
+
+def test_validate_unreadable_input_exits_2(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text("{")
+    assert main(["validate-security-profile-behaviors", "--behaviors", str(bad)]) == 2
+    assert "not JSON" in capsys.readouterr().err
+    assert main(["validate-security-profile-behaviors", "--behaviors", str(tmp_path / "none")]) == 2
