@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.collect.sampler import Sampler
 from agent.core.evaluator import Detector
+from agent.core.events import ViolationEvent
 from agent.core.metrics import metrics_from_report
 from agent.core.profile import ProfileError
 from agent.core.report import NetworkStats, ReportIdClock, Sample, build_report, to_short_names
@@ -128,7 +129,12 @@ class Daemon:
         )
         saved = self.history.load_alarm_state()
         if saved is not None:
-            self.detector.restore_state(saved)
+            try:
+                self.detector.restore_state(saved)
+            except ValueError as e:
+                # Refusing to start would loop forever under systemd; judging afresh
+                # keeps the device watched. The stored events and history stay.
+                log.error(kv("alarm_state_discarded", error=e))
         self.profile_names = [p.name for p in detect.profiles]
         self._say_inactive()
         counters = self.history.load_counters() or {}
@@ -197,8 +203,9 @@ class Daemon:
                 self.reload()
                 sched = self._schedule()
             sched.run_pending()
-            self.wake.wait(sched.idle_seconds)
+            self.wake.wait(self._idle_s(sched))
             self.wake.clear()
+            self.tick()
             if self.publisher is not None:
                 self.publisher.pump()
         self.shutdown()
@@ -228,30 +235,13 @@ class Daemon:
         """Sample, judge, store: every sampling interval."""
         began = time.monotonic()
         sample = self.sampler.sample()
-        # The rule core's time never goes back, even when the wall clock is stepped.
-        now = max(time.time(), self.last_now)
-        self.last_now = now
+        now = self._now()
         report = build_report(
             sample, self.report_ids.next(now), max_list=self.cfg.sampling.max_list
         )
         assert self.history is not None
         self.history.add_metrics(now, report)
-        events = self.detector.observe(now, metrics_from_report(report))
-        self._save_state([e.to_json() for e in events])
-        for event in events:
-            doc = event.to_json()
-            log.warning(
-                kv(
-                    "violation",
-                    type=doc["violationEventType"],
-                    profile=doc["securityProfileName"],
-                    behavior=doc["behavior"]["name"],
-                    value=doc["metricValue"],
-                    violation_id=doc["violationId"],
-                )
-            )
-            if self.publisher is not None:
-                self.publisher.submit_event(doc, now)
+        self._emit(self.detector.observe(now, metrics_from_report(report)), now)
         if sample.network_stats is not None:
             self.pending_stats = _add(self.pending_stats, sample.network_stats)
         self.last_sample = sample
@@ -270,7 +260,7 @@ class Daemon:
         every sample since the previous report."""
         if self.publisher is None:
             return  # local only: the metrics history already holds every sample
-        now = max(time.time(), self.last_now)
+        now = self._now()
         sample = dataclasses.replace(self.last_sample, network_stats=self.pending_stats)
         report = build_report(
             sample, self.report_ids.next(now), max_list=self.cfg.sampling.max_list
@@ -304,22 +294,10 @@ class Daemon:
                 log.error(kv("reload_refused", error=line))
             self.notifier.ready()
             return
-        now = max(time.time(), self.last_now)
-        events = self.detector.update_profiles(detect.profiles, now, detect.dimensions)
-        self._save_state([e.to_json() for e in events], force=True)
-        for event in events:
-            doc = event.to_json()
-            log.warning(
-                kv(
-                    "violation",
-                    type=doc["violationEventType"],
-                    profile=doc["securityProfileName"],
-                    behavior=doc["behavior"]["name"],
-                    violation_id=doc["violationId"],
-                )
-            )
-            if self.publisher is not None:
-                self.publisher.submit_event(doc, now)
+        now = self._now()
+        self.detector.thing_name = cfg.thing_name
+        self._emit(self.detector.update_profiles(detect.profiles, now, detect.dimensions), now)
+        self._save_state([], force=True)
         if cfg.mqtt != self.cfg.mqtt or cfg.thing_name != self.cfg.thing_name:
             self._stop_publisher()
             old, self.cfg = self.cfg, cfg
@@ -337,7 +315,46 @@ class Daemon:
         log.info(kv("reloaded", profiles=len(detect.profiles), config=cfg.config_file))
         self.notifier.ready()
 
+    def tick(self) -> None:
+        """Between samples: close windows the clock has passed, end stale alarms."""
+        deadline = self.detector.next_deadline()
+        if deadline is not None and time.time() >= deadline:
+            now = self._now()
+            self._emit(self.detector.tick(now), now)
+
     # --- helpers ----------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """The rule core's clock: wall time that never goes back. After the wall clock is
+        stepped back it stands still until the wall clock catches up."""
+        self.last_now = max(time.time(), self.last_now)
+        return self.last_now
+
+    def _idle_s(self, sched: MonotonicScheduler) -> float | None:
+        idle = sched.idle_seconds
+        deadline = self.detector.next_deadline()
+        if deadline is None:
+            return idle
+        until = max(0.0, deadline - time.time())
+        return until if idle is None else min(idle, until)
+
+    def _emit(self, events: list[ViolationEvent], now: float) -> None:
+        """Store, log and publish events; stored first, with the state that made them."""
+        docs = [e.to_json() for e in events]
+        self._save_state(docs)
+        for doc in docs:
+            log.warning(
+                kv(
+                    "violation",
+                    type=doc["violationEventType"],
+                    profile=doc["securityProfileName"],
+                    behavior=doc["behavior"]["name"],
+                    value=doc["metricValue"],
+                    violation_id=doc["violationId"],
+                )
+            )
+            if self.publisher is not None:
+                self.publisher.submit_event(doc, now)
 
     def _save_state(self, events: list[dict[str, Any]], force: bool = False) -> None:
         """Events, the active set, the alarm state and the report counters: one

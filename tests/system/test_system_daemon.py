@@ -352,3 +352,21 @@ short_names = true
     assert events[0]["violationId"] == events[1]["violationId"]
     assert events[0]["thingName"] == THING
     assert events[0]["metricValue"] == {"number": 50}
+
+
+def test_a_window_closes_when_the_clock_passes_its_end_not_at_the_next_sample(
+    agent: Agent,
+) -> None:
+    doc = profile()
+    doc["behaviors"][0]["criteria"]["durationSeconds"] = 1
+    agent.set_profile(doc)
+    agent.set_level(50)
+    agent.config.write_text(agent.config.read_text().replace("interval_s = 0.2", "interval_s = 4"))
+    agent.start()
+    wait_until(lambda: agent.status().get("samples"), "the first sample")
+    event = wait_until(lambda: agent.events(), "the window's datapoint", timeout_s=3.0)[0]
+    # Judged by the clock within the 4 s between the first two samples.
+    assert agent.status()["samples"] == 1
+    assert event["violationEventType"] == "in-alarm"
+    assert event["violationEventTime"] == int(event["violationEventTime"])  # a window end
+    assert agent.stop() == 0
