@@ -10,8 +10,8 @@ case "$mode" in run | test) ;; *) echo "usage: $0 run|test" >&2; exit 2 ;; esac
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 packages=(python3 python3-venv python3-dev gcc iproute2)
-# The suite needs a real broker, `ss` and systemd-analyze.
-[ "$mode" = test ] && packages+=(mosquitto systemd openssl)
+# The suite needs a real broker, `ss`, systemd-analyze and libfaketime (clock jumps).
+[ "$mode" = test ] && packages+=(mosquitto systemd openssl libfaketime)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
