@@ -147,6 +147,7 @@ class Daemon:
             self._start_publisher()
         except ConfigError as e:
             raise StartError(str(e)) from e
+        self._spool_recorded(time.time())
         log.info(
             kv(
                 "started",
@@ -340,6 +341,8 @@ class Daemon:
 
     def _emit(self, events: list[ViolationEvent], now: float) -> None:
         """Store, log and publish events; stored first, with the state that made them."""
+        if not events:
+            return
         docs = [e.to_json() for e in events]
         self._save_state(docs)
         for doc in docs:
@@ -353,8 +356,19 @@ class Daemon:
                     violation_id=doc["violationId"],
                 )
             )
-            if self.publisher is not None:
-                self.publisher.submit_event(doc, now)
+        self._spool_recorded(now)
+
+    def _spool_recorded(self, now: float) -> None:
+        """Hand recorded events to the spool. The store lists them until then, so a crash
+        in between spools them at the next start (at least once, never lost)."""
+        if self.publisher is None:
+            return
+        assert self.history is not None
+        pending = self.history.unpublished_events()
+        for _, doc in pending:
+            self.publisher.submit_event(doc, now)
+        if pending:
+            self.history.mark_published([event_id for event_id, _ in pending])
 
     def _save_state(self, events: list[dict[str, Any]], force: bool = False) -> None:
         """Events, the active set, the alarm state and the report counters: one
@@ -367,6 +381,7 @@ class Daemon:
             events,
             [a.to_json() for a in self.detector.active_violations()],
             self.detector.export_state(),
+            publish=bool(self.cfg.mqtt.endpoint),
         )
         self.history.save_counters(
             {

@@ -80,6 +80,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX metrics_history_time ON metrics_history (time, id);
     """,
+    # Events recorded but not yet handed to the outbound spool (another file): a crash
+    # between the two leaves them here, and the next start spools them.
+    """
+    CREATE TABLE unpublished (
+        event_id INTEGER PRIMARY KEY REFERENCES violation_events (id) ON DELETE CASCADE
+    );
+    """,
 )
 
 _ALARM_STATE = "alarm_state"
@@ -301,9 +308,13 @@ class History:
         events: Sequence[Mapping[str, Any]],
         active: Sequence[Mapping[str, Any]],
         alarm_state: Mapping[str, Any],
+        *,
+        publish: bool = False,
     ) -> None:
         """Append `events`, replace the active set with `active` and save the rule core's
-        `alarm_state`, all in one transaction. Everything is checked before writing."""
+        `alarm_state`, all in one transaction. Everything is checked before writing.
+        With `publish`, the events are also listed by `unpublished_events` until
+        `mark_published`."""
         event_rows = [_event_row(e, i) for i, e in enumerate(events)]
         active_rows = [_active_row(a, i) for i, a in enumerate(active)]
         ids = [row[1] for row in active_rows]
@@ -311,12 +322,17 @@ class History:
             raise StoreError("active violations: a violationId appears twice")
         state = _dumps(alarm_state, "alarm state")
         with self._transaction() as conn:
-            conn.executemany(
-                "INSERT INTO violation_events (time, violation_id, thing_name, profile,"
-                " criteria_type, suppressed, verification_state, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                event_rows,
-            )
+            for row in event_rows:
+                cursor = conn.execute(
+                    "INSERT INTO violation_events (time, violation_id, thing_name, profile,"
+                    " criteria_type, suppressed, verification_state, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                if publish:
+                    conn.execute(
+                        "INSERT INTO unpublished (event_id) VALUES (?)", (cursor.lastrowid,)
+                    )
             conn.execute("DELETE FROM active_violations")
             conn.executemany(
                 "INSERT INTO active_violations (start_time, violation_id, thing_name, profile,"
@@ -355,6 +371,20 @@ class History:
                 " ON CONFLICT (violation_id)"
                 " DO UPDATE SET state = excluded.state, description = excluded.description",
                 (violation_id, state, description),
+            )
+
+    def unpublished_events(self) -> list[tuple[int, dict[str, Any]]]:
+        """(id, event) recorded with `publish` and not yet marked published, oldest first."""
+        rows = self._conn.execute(
+            "SELECT e.id, e.body FROM unpublished u JOIN violation_events e ON e.id = u.event_id"
+            " ORDER BY e.id"
+        )
+        return [(row[0], json.loads(row[1])) for row in rows]
+
+    def mark_published(self, event_ids: Sequence[int]) -> None:
+        with self._transaction() as conn:
+            conn.executemany(
+                "DELETE FROM unpublished WHERE event_id = ?", [(i,) for i in event_ids]
             )
 
     def add_metrics(self, timestamp: float, report: Mapping[str, Any]) -> None:

@@ -584,3 +584,29 @@ def test_missing_store_is_reported_and_not_created(tmp_path: Path) -> None:
     with pytest.raises(StoreNotFound, match=str(path)):
         open_history(path, create=False)
     assert not path.exists()
+
+
+def test_events_recorded_for_publishing_wait_until_marked(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    with open_history(path) as store:
+        behavior = {"name": "b", "metric": "aws:num-listening-tcp-ports"}
+        violation = {
+            "violationId": str(uuid.uuid4()),
+            "thingName": "t",
+            "securityProfileName": "p",
+            "behavior": behavior,
+        }
+        first = _event(violation, "in-alarm", {"count": 9}, T0)
+        second = _event(violation, "alarm-cleared", {"count": 1}, T0 + 10)
+        store.record([first], [], {"v": 1}, publish=True)
+        store.record([second], [], {"v": 2})  # local only: never listed
+    # A crash here: the next start finds what was not handed to the spool.
+    with open_history(path) as store:
+        pending = store.unpublished_events()
+        assert [doc["violationEventType"] for _, doc in pending] == ["in-alarm"]
+        assert pending[0][1]["metricValue"] == {"count": 9}
+        store.mark_published([event_id for event_id, _ in pending])
+        assert store.unpublished_events() == []
+        store.record([first], [], {"v": 3}, publish=True)
+        store.prune(T0 + 10 * 86400, events_max_age_s=86400, metrics_max_age_s=86400)
+        assert store.unpublished_events() == []  # pruned events go with their mark
