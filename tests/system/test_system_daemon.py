@@ -27,7 +27,7 @@ import pytest
 from agent.publish.codec import decode
 
 if TYPE_CHECKING:
-    from tests.system.conftest import Broker, MqttTestClient
+    from tests.system.conftest import Broker, MqttTestClient, Pki
 
 pytestmark = pytest.mark.system
 
@@ -370,3 +370,26 @@ def test_a_window_closes_when_the_clock_passes_its_end_not_at_the_next_sample(
     assert event["violationEventType"] == "in-alarm"
     assert event["violationEventTime"] == int(event["violationEventTime"])  # a window end
     assert agent.stop() == 0
+
+
+def test_a_key_others_can_read_stops_the_start_with_one_line(tmp_path: Path, pki: Pki) -> None:
+    key = tmp_path / "device.key"
+    key.write_bytes(pki.client_key.read_bytes())
+    key.chmod(0o644)
+    agent = Agent(
+        tmp_path,
+        extra=f"""
+[mqtt]
+endpoint = "127.0.0.1"
+ca_file = "{pki.ca_cert}"
+cert_file = "{pki.client_cert}"
+key_file = "{key}"
+""",
+    )
+    agent.start()
+    assert agent.process is not None
+    assert agent.process.wait(TIMEOUT_S) == 1
+    errors = [line for line in agent.log_text().splitlines() if "start_failed" in line]
+    assert len(errors) == 1
+    assert f"{key}: mode 0644 lets group or others in" in errors[0]
+    assert not (agent.state / "agent.db").exists()  # refused before touching the store
