@@ -111,7 +111,7 @@ def check_command(root: Path, command: Sequence[str]) -> None:
             raise InstallError(
                 f"{program}: {hidden} is hidden from the service (ProtectHome=, PrivateTmp=);"
                 " install the package elsewhere, e.g. a venv in /opt/edge-defender"
-                " (docs/deploy.md)"
+                " (README: Deploy on a Raspberry Pi)"
             )
     where = root / program.lstrip("/")
     if not (where.is_file() and os.access(where, os.X_OK)):
@@ -290,7 +290,7 @@ def _install_service(root: str | None, exec_path: str | None, *, net_admin: bool
     else:
         print("systemd is not running here: skipped systemctl daemon-reload")
     print(
-        f"next: edit /{_CONFIG}, put the certificates in /{_CONFIG_DIR}/certs (docs/deploy.md),"
+        f"next: edit /{_CONFIG}, put the certificates in /{_CONFIG_DIR}/certs (README: Deploy on a Raspberry Pi),"
         f" run `edge-defender check-config`, then `systemctl enable --now {UNIT}`"
         f" (after an upgrade: `systemctl restart {UNIT}`)"
     )
