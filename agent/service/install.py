@@ -290,7 +290,8 @@ def _install_service(root: str | None, exec_path: str | None, *, net_admin: bool
     else:
         print("systemd is not running here: skipped systemctl daemon-reload")
     print(
-        f"next: edit /{_CONFIG}, put the certificates in /{_CONFIG_DIR}/certs (README: Deploy on a Raspberry Pi),"
+        f"next: edit /{_CONFIG}, put the certificates in /{_CONFIG_DIR}/certs"
+        " (README: Deploy on a Raspberry Pi),"
         f" run `edge-defender check-config`, then `systemctl enable --now {UNIT}`"
         f" (after an upgrade: `systemctl restart {UNIT}`)"
     )
