@@ -183,6 +183,8 @@ def test_broker_outage_loses_nothing_and_drains_in_order(
     publisher = connected(make_publisher("json"))
     publisher.submit_report(report(1), now=1.0)
     assert [decode(p, "json") for _, p in watcher.wait_for(1)] == [report(1)]
+    # Its PUBACK may still be on the way: the outage starts once it is in.
+    assert pump_until(publisher, lambda: publisher.status()["spool_messages"] == 0, TIMEOUT_S)
 
     # Sent but never acknowledged: the broker is frozen, then dies.
     broker.pause()
