@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.service.config import Config
+from agent.service.text import iso_time, metric_value_text, table
 from agent.store.history import (
     CRITERIA_TYPES,
     MAX_RESULTS,
@@ -50,31 +51,6 @@ def parse_time(text: str) -> float:
     return value
 
 
-def _iso(seconds: object) -> str:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        return ""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _value_text(value: object) -> str:
-    """A MetricValue on one line: `count=5`, `cidrs=192.0.2.1,192.0.2.7`."""
-    if not isinstance(value, Mapping):
-        return ""
-    parts = []
-    for key, item in value.items():
-        text = ",".join(str(x) for x in item) if isinstance(item, list) else str(item)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    )
-
-
 def _print_page(
     args: argparse.Namespace,
     answer: Mapping[str, Any],
@@ -85,7 +61,7 @@ def _print_page(
     if args.output == "json":
         print(json.dumps(answer, indent=4, ensure_ascii=False))
         return
-    print(_table(headers, [row(item) for item in answer[key]]))
+    print(table(headers, [row(item) for item in answer[key]]))
     if "nextToken" in answer:
         print(f"nextToken: {answer['nextToken']}")
 
@@ -99,12 +75,12 @@ def _behavior_text(record: Mapping[str, Any]) -> str:
 # The store checked the keys read with [] when it recorded them.
 def _event_row(event: Mapping[str, Any]) -> list[str]:
     return [
-        _iso(event["violationEventTime"]),
+        iso_time(event["violationEventTime"]),
         event["violationEventType"],
         event["thingName"],
         event["securityProfileName"],
         _behavior_text(event),
-        _value_text(event.get("metricValue")),
+        metric_value_text(event.get("metricValue")),
         event["verificationState"],
         event["violationId"],
     ]
@@ -112,12 +88,12 @@ def _event_row(event: Mapping[str, Any]) -> list[str]:
 
 def _active_row(active: Mapping[str, Any]) -> list[str]:
     return [
-        _iso(active["violationStartTime"]),
-        _iso(active.get("lastViolationTime")),
+        iso_time(active["violationStartTime"]),
+        iso_time(active.get("lastViolationTime")),
         active["thingName"],
         active["securityProfileName"],
         _behavior_text(active),
-        _value_text(active.get("lastViolationValue")),
+        metric_value_text(active.get("lastViolationValue")),
         active["verificationState"],
         active["violationId"],
     ]

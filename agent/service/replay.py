@@ -10,8 +10,7 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 from agent.core.evaluator import Detector
 from agent.core.events import ViolationEvent
@@ -20,10 +19,10 @@ from agent.core.profile import ProfileError, validate_behaviors
 from agent.core.report import ReportError, parse_envelope
 from agent.service.config import load_config
 from agent.service.profiles import load_detect_files
+from agent.service.text import iso_time, metric_value_text, table
 
 VALIDATE = "validate-security-profile-behaviors"
 REPLAY = "replay"
-_TABLE_VALUE_CHARS = 48
 
 
 class ReplayError(ValueError):
@@ -149,39 +148,23 @@ def replay(
     return count
 
 
-def _iso(t: float) -> str:
-    text = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
-    return text.replace(".000+00:00", "Z").replace("+00:00", "Z")
-
-
-def _value_text(value: dict[str, Any]) -> str:
-    text = " ".join(
-        f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in value.items()
-    )
-    if len(text) > _TABLE_VALUE_CHARS:
-        return text[: _TABLE_VALUE_CHARS - 1] + "…"
-    return text
-
-
 def format_table(events: list[ViolationEvent]) -> list[str]:
     """Aligned columns for people; the id is cut to its first 8 characters."""
-    rows = [("TIME", "PROFILE", "BEHAVIOR", "TYPE", "VALUE", "VIOLATION")]
+    rows = []
     for e in events:
         kind = e.violation_event_type.value + (" (suppressed)" if e.suppressed else "")
         rows.append(
             (
-                _iso(e.violation_event_time),
+                iso_time(e.violation_event_time, "milliseconds"),
                 e.security_profile_name,
                 str(e.behavior.get("name", "")),
                 kind,
-                _value_text(dict(e.metric_value)),
+                metric_value_text(dict(e.metric_value)),
                 e.violation_id[:8],
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+    headers = ("TIME", "PROFILE", "BEHAVIOR", "TYPE", "VALUE", "VIOLATION")
+    return table(headers, rows).splitlines()
 
 
 def replay_command(

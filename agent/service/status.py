@@ -9,11 +9,11 @@ import os
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from agent.service.config import Config
+from agent.service.text import iso_time
 from agent.store.history import StoreNotFound, history_path, open_history
 
 STATUS_FILE = "status.json"
@@ -130,8 +130,7 @@ def _active_violations(state_dir: str) -> list[dict[str, Any]] | None:
 def _when(seconds: float | None, now: float) -> str:
     if seconds is None:
         return "never"
-    moment = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-    return f"{moment.replace('+00:00', 'Z')} ({now - seconds:.0f} s ago)"
+    return f"{iso_time(seconds)} ({now - seconds:.0f} s ago)"
 
 
 def _table(answer: dict[str, Any], now: float) -> str:
