@@ -466,22 +466,10 @@ class History:
         )
         clauses[:0] = ["t.time >= ?", "t.time < ?"]
         params[:0] = [start_time, end_time]
-        if next_token is not None:
-            clauses.append("(t.time, t.id) > (?, ?)")
-            params.extend(_decode_token("events", next_token, (float, int)))
-        rows = self._conn.execute(
-            "SELECT t.time, t.id, t.body, v.state, v.description FROM violation_events t"
-            " LEFT JOIN verifications v ON v.violation_id = t.violation_id"
-            f" WHERE {' AND '.join(clauses)} ORDER BY t.time, t.id LIMIT ?",
-            [*params, max_results + 1],
-        ).fetchall()
-        page = rows[:max_results]
-        answer: dict[str, Any] = {
-            "violationEvents": [_with_verification(r[2], r[3], r[4]) for r in page]
-        }
-        if len(rows) > max_results:
-            answer["nextToken"] = _encode_token("events", page[-1][:2])
-        return answer
+        return self._page(
+            "violationEvents", "violation_events", ("time", "id"), (float, int),
+            clauses, params, max_results, next_token,
+        )  # fmt: skip
 
     def list_active_violations(
         self,
@@ -503,23 +491,39 @@ class History:
             list_suppressed_alerts=list_suppressed_alerts,
             verification_state=verification_state,
         )
+        return self._page(
+            "activeViolations", "active_violations", ("start_time", "violation_id"),
+            (float, str), clauses, params, max_results, next_token,
+        )  # fmt: skip
+
+    def _page(
+        self,
+        answer_key: str,
+        table: str,
+        order: tuple[str, str],
+        order_types: tuple[type, type],
+        clauses: list[str],
+        params: list[Any],
+        max_results: int,
+        next_token: str | None,
+    ) -> dict[str, Any]:
+        """One page of `table` in `order`, with the verification state merged in. The
+        token is the keyset of the page's last row, tagged with the table."""
+        first, second = order
         if next_token is not None:
-            clauses.append("(t.start_time, t.violation_id) > (?, ?)")
-            params.extend(_decode_token("active", next_token, (float, str)))
+            clauses = [*clauses, f"(t.{first}, t.{second}) > (?, ?)"]
+            params = [*params, *_decode_token(table, next_token, order_types)]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._conn.execute(
-            "SELECT t.start_time, t.violation_id, t.body, v.state, v.description"
-            " FROM active_violations t"
+            f"SELECT t.{first}, t.{second}, t.body, v.state, v.description FROM {table} t"
             " LEFT JOIN verifications v ON v.violation_id = t.violation_id"
-            f" {where} ORDER BY t.start_time, t.violation_id LIMIT ?",
+            f" {where} ORDER BY t.{first}, t.{second} LIMIT ?",
             [*params, max_results + 1],
         ).fetchall()
         page = rows[:max_results]
-        answer: dict[str, Any] = {
-            "activeViolations": [_with_verification(r[2], r[3], r[4]) for r in page]
-        }
+        answer: dict[str, Any] = {answer_key: [_with_verification(*r[2:5]) for r in page]}
         if len(rows) > max_results:
-            answer["nextToken"] = _encode_token("active", page[-1][:2])
+            answer["nextToken"] = _encode_token(table, page[-1][:2])
         return answer
 
     def export_metrics(self, start_time: float, end_time: float) -> Iterator[dict[str, Any]]:
