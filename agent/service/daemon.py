@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,9 +40,9 @@ log = logging.getLogger(__name__)
 AWS_MIN_REPORT_INTERVAL_S = 300.0  # AWS IoT throttles Device Defender reports
 FLUSH_ON_STOP_S = 3.0
 PRUNE_INTERVAL_S = 3600.0
-# The alarm state is saved with every event; otherwise at most this often, to spare
-# the SD card a synced write every cycle (what is lost to a crash is a few datapoints
-# of consecutive counts and baseline, never an alarm).
+# The alarm state is saved with every event, at every report and otherwise this
+# often, to spare the SD card a synced write every cycle (what a crash loses is a few
+# datapoints of consecutive counts and baseline, never an alarm).
 STATE_SAVE_INTERVAL_S = 300.0
 _ZERO_STATS = NetworkStats(0, 0, 0, 0)
 
@@ -97,7 +98,6 @@ class Daemon:
         self.last_sample_time: float | None = None
         self.last_sample = Sample()
         self.last_now = 0.0  # the rule core's clock: wall time that never goes back
-        self.last_state_save = 0.0
         self.history: History | None = None
         self.publisher: Publisher | None = None
         self.spool: Spool | None = None
@@ -185,6 +185,7 @@ class Daemon:
         sched.every_s(self.cfg.sampling.interval_s, self.cycle)
         sched.every_s(report_interval_s(self.cfg), self.report)
         sched.every_s(PRUNE_INTERVAL_S, self.prune)
+        sched.every_s(STATE_SAVE_INTERVAL_S, self.save_state)
         watchdog_s = self.notifier.watchdog_interval_s()
         if watchdog_s is not None and watchdog_s / 2 < self.cfg.sampling.interval_s:
             # Cycles are too far apart to feed the watchdog alone.
@@ -217,7 +218,7 @@ class Daemon:
         log.info(kv("stopping"))
         self._stop_publisher()
         if self.history is not None:
-            self._save_state([])
+            self.save_state()
             self.history.close()
             self.history = None
         log.info(kv("stopped", samples=self.samples))
@@ -270,7 +271,7 @@ class Daemon:
             report = to_short_names(report)
         self.publisher.submit_report(report, now)
         self.pending_stats = _ZERO_STATS
-        self._save_state([], force=True)
+        self.save_state()
 
     def prune(self) -> None:
         assert self.history is not None
@@ -298,7 +299,7 @@ class Daemon:
         now = self._now()
         self.detector.thing_name = cfg.thing_name
         self._emit(self.detector.update_profiles(detect.profiles, now, detect.dimensions), now)
-        self._save_state([], force=True)
+        self.save_state()
         if cfg.mqtt != self.cfg.mqtt or cfg.thing_name != self.cfg.thing_name:
             self._stop_publisher()
             old, self.cfg = self.cfg, cfg
@@ -344,7 +345,7 @@ class Daemon:
         if not events:
             return
         docs = [e.to_json() for e in events]
-        self._save_state(docs)
+        self.save_state(docs)
         for doc in docs:
             log.warning(
                 kv(
@@ -370,13 +371,10 @@ class Daemon:
         if pending:
             self.history.mark_published([event_id for event_id, _ in pending])
 
-    def _save_state(self, events: list[dict[str, Any]], force: bool = False) -> None:
-        """Events, the active set, the alarm state and the report counters: one
-        transaction, so a crash leaves either all of it or none."""
+    def save_state(self, events: Sequence[dict[str, Any]] = ()) -> None:
+        """Events with the active set and the alarm state that made them (one
+        transaction: a crash leaves all of it or none), then the report counters."""
         assert self.history is not None
-        mono = time.monotonic()
-        if not events and not force and mono - self.last_state_save < STATE_SAVE_INTERVAL_S:
-            return
         self.history.record(
             events,
             [a.to_json() for a in self.detector.active_violations()],
@@ -390,7 +388,6 @@ class Daemon:
                 "last_now": self.last_now,
             }
         )
-        self.last_state_save = mono
 
     def _say_inactive(self) -> None:
         for item in self.detector.inactive_behaviors():

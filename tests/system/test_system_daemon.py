@@ -205,8 +205,12 @@ def test_kill_9_at_random_moments_never_repeats_an_alarm(agent: Agent) -> None:
         agent.start()
         time.sleep(rng.uniform(0.3, 1.2))
         agent.kill()
-    agent.start()
-    wait_until(lambda: agent.status().get("samples", 0) >= 2, "a healthy restart")
+    pid = agent.start().pid
+    # The status file of a killed run is still there: wait for this run's own.
+    wait_until(
+        lambda: agent.status().get("pid") == pid and agent.status()["samples"] >= 2,
+        "a healthy restart",
+    )
     assert agent.stop() == 0
     db = sqlite3.connect(agent.state / "agent.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
