@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from agent import __version__
-from agent.service.config import Config, ConfigError, load_config
-from agent.service.logs import setup_logging
+from agent.config import Config, ConfigError, load_config
+from agent.logs import setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from agent.collect.sockets import (
     SocketReader,
     diag_request,
 )
-from agent.service.config import Config
+from agent.config import Config
 
 SIZES = (0, 1000, 5000)
 # The old AWS IoT Device Defender Python agent, ms per cycle (from the project brief).

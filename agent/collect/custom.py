@@ -16,9 +16,9 @@ from pathlib import Path
 
 import psutil
 
+from agent.config import CustomMetricConfig
 from agent.core.report import CustomMetric, CustomValue, custom_metric_problem
-from agent.service.config import CustomMetricConfig
-from agent.service.logs import kv
+from agent.logs import kv
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from agent.config import SamplingConfig
 from agent.core.counters import (
     CounterState,
     IfCounters,
@@ -21,8 +22,7 @@ from agent.core.counters import (
     total,
 )
 from agent.core.report import NetworkStats
-from agent.service.config import SamplingConfig
-from agent.service.logs import kv
+from agent.logs import kv
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from agent.collect.custom import CustomMetrics
 from agent.collect.interfaces import AddressMap
 from agent.collect.netstats import NetStats
 from agent.collect.sockets import SocketReader, SocketSnapshot
+from agent.config import Config
 from agent.core.report import NetworkStats, Sample
-from agent.service.config import Config
-from agent.service.logs import kv
+from agent.logs import kv
 
 log = logging.getLogger(__name__)
 

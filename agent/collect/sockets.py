@@ -17,7 +17,7 @@ from typing import Literal
 
 from agent.collect.interfaces import AddressMap, unmap
 from agent.core.report import Connection, ListeningPort
-from agent.service.logs import kv
+from agent.logs import kv
 
 log = logging.getLogger(__name__)
 

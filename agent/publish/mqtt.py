@@ -32,6 +32,8 @@ from typing import Any
 from awscrt import io, mqtt5
 from awscrt.exceptions import AwsCrtError
 
+from agent.config import Config, ConfigError
+from agent.logs import kv
 from agent.publish.codec import (
     CodecError,
     decode,
@@ -41,8 +43,6 @@ from agent.publish.codec import (
     metrics_topic,
     violations_topic,
 )
-from agent.service.config import Config, ConfigError
-from agent.service.logs import kv
 from agent.store.spool import Kind, Spool
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.config import ConfigError, MqttConfig, load_config
 from agent.core.profile import ProfileError
-from agent.service.config import ConfigError, MqttConfig, load_config
-from agent.service.logs import kv
+from agent.logs import kv
 from agent.service.profiles import load_profiles
 
 log = logging.getLogger(__name__)

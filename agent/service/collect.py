@@ -8,9 +8,9 @@ import time
 from typing import BinaryIO
 
 from agent.collect.sampler import Sampler
+from agent.config import Config
 from agent.core.report import ReportIdClock, Sample, build_report, make_envelope
 from agent.publish.codec import encode
-from agent.service.config import Config
 
 
 def _report(cfg: Config, sample: Sample, ids: ReportIdClock, short_names: bool) -> dict:

@@ -19,16 +19,16 @@ from types import FrameType
 from typing import Any
 
 from agent.collect.sampler import Sampler
+from agent.config import Config, ConfigError, load_config
 from agent.core.evaluator import Detector
 from agent.core.events import ViolationEvent
 from agent.core.metrics import metrics_from_report
 from agent.core.profile import ProfileError
 from agent.core.report import NetworkStats, ReportIdClock, Sample, build_report, to_short_names
+from agent.logs import kv
 from agent.publish.mqtt import AWS_DOMAINS, Publisher
 from agent.service.cadence import MonotonicScheduler
 from agent.service.checks import check_tls_files
-from agent.service.config import Config, ConfigError, load_config
-from agent.service.logs import kv
 from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
 from agent.service.status import AgentStatus, write_status

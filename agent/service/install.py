@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from agent.service.config import DEFAULT_CONFIG_PATH
+from agent.config import DEFAULT_CONFIG_PATH
 
 UNIT = "edge-defender.service"
 SERVICE_USER = "edge-defender"

@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-from agent.service.logs import kv
+from agent.logs import kv
 
 log = logging.getLogger(__name__)
 

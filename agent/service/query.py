@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.service.config import Config
+from agent.config import Config
 from agent.service.text import iso_time, metric_value_text, table
 from agent.store.history import (
     CRITERIA_TYPES,

@@ -12,12 +12,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, TextIO
 
+from agent.config import load_config
 from agent.core.evaluator import Detector
 from agent.core.events import ViolationEvent
 from agent.core.metrics import metrics_from_report
 from agent.core.profile import ProfileError, validate_behaviors
 from agent.core.report import ReportError, parse_envelope
-from agent.service.config import load_config
 from agent.service.profiles import load_detect_files
 from agent.service.text import iso_time, metric_value_text, table
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-from agent.service.config import Config
+from agent.config import Config
 from agent.service.text import iso_time
 from agent.store.history import StoreNotFound, history_path, open_history
 

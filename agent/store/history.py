@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from agent.core.events import UNKNOWN, EventType
 from agent.core.report import make_envelope, parse_envelope
-from agent.service.logs import kv
+from agent.logs import kv
 from agent.store.db import open_db
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from agent.service.logs import kv
+from agent.logs import kv
 from agent.store.db import open_db
 
 log = logging.getLogger(__name__)

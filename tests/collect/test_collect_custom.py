@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from agent.collect.custom import CustomMetrics, SourceError, read_source, soc_temperature
+from agent.config import CustomMetricConfig
 from agent.core.report import CustomMetric
-from agent.service.config import CustomMetricConfig
 
 SYS_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "collect" / "sys"
 

@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 from agent.collect.netstats import NetStats, parse_net_dev
+from agent.config import SamplingConfig
 from agent.core.report import NetworkStats
-from agent.service.config import SamplingConfig
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "collect" / "netdev"
 

@@ -276,7 +276,7 @@ REFUSED = r"""
 import ctypes, errno, socket, struct, sys
 from agent.collect.interfaces import AddressMap
 from agent.collect.sockets import SocketReader
-from agent.service.logs import setup_logging
+from agent.logs import setup_logging
 
 def ins(code, jt, jf, k):
     return struct.pack("=HBBI", code, jt, jf, k)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from awscrt.mqtt5 import ExtendedValidationAndFlowControlOptions as FlowControl
 
+from agent.config import Config, ConfigError, MqttConfig
 from agent.publish.mqtt import Publisher, flow_control_for
-from agent.service.config import Config, ConfigError, MqttConfig
 from agent.store.spool import Spool
 
 

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.cli import main
+from agent.config import MqttConfig
 from agent.service.checks import check_tls_files, tls_findings
-from agent.service.config import MqttConfig
 from agent.service.install import data
 
 NOW = datetime.now(UTC)

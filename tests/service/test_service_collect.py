@@ -7,8 +7,8 @@ from pathlib import Path
 
 import cbor2
 
+from agent.config import parse_config
 from agent.core.report import parse_envelope
-from agent.service.config import parse_config
 from agent.service.daemon import report_interval_s
 
 

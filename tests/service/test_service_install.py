@@ -18,7 +18,7 @@ from botocore.validate import ParamValidator
 
 import agent
 from agent.cli import main
-from agent.service.config import Config, parse_config
+from agent.config import Config, parse_config
 from agent.service.install import (
     InstallError,
     check_command,

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from agent.config import Config, DetectConfig, MqttConfig
 from agent.publish.codec import Format, decode, encode, metrics_topic
 from agent.publish.mqtt import MAX_IN_FLIGHT, Publisher
-from agent.service.config import Config, DetectConfig, MqttConfig
 from agent.store.spool import Spool
 
 if TYPE_CHECKING:

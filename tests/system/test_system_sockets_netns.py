@@ -101,7 +101,7 @@ sys.stdin.read()
 COLLECT = r"""
 import json
 from agent.collect.sampler import Sampler
-from agent.service.config import Config, SamplingConfig
+from agent.config import Config, SamplingConfig
 out = {}
 for source in ("netlink", "proc"):
     cfg = Config(sampling=SamplingConfig(socket_source=source))

@@ -12,7 +12,7 @@ import agent
 
 PROGRAM = """
 import logging
-from agent.service.logs import kv, setup_logging
+from agent.logs import kv, setup_logging
 setup_logging()
 log = logging.getLogger("agent.test")
 log.warning(kv("spool_full", dropped=3))

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.service.config import Config, ConfigError, load_config, parse_config
+from agent.config import Config, ConfigError, load_config, parse_config
 
 FULL = """
 thing_name = "dut-1"
