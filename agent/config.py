@@ -16,6 +16,15 @@ from typing import Any, Literal
 DEFAULT_CONFIG_PATH = Path("/etc/edge-defender/config.toml")
 
 
+def writable_by_others(path: str | Path) -> str | None:
+    """Why a file the agent takes orders from (config, profiles) is unsafe: anyone who
+    can write it can blind the agent. None when only its owner may write it."""
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o022:
+        return f"mode {mode:04o} lets group or others write it; want 0644 or stricter (chmod go-w {path})"
+    return None
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and key path."""
 
