@@ -21,7 +21,7 @@ def writable_by_others(path: str | Path) -> str | None:
     can write it can blind the agent. None when only its owner may write it."""
     mode = os.stat(path).st_mode & 0o777
     if mode & 0o022:
-        return f"mode {mode:04o} lets group or others write it; want 0644 or stricter (chmod go-w {path})"
+        return f"mode {mode:04o} lets group or others write it (chmod go-w {path})"
     return None
 
 
