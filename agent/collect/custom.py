@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 
 from agent.config import CustomMetricConfig
-from agent.core.report import CustomMetric, CustomValue, custom_metric_problem
+from agent.core.report import custom_metric_problem
+from agent.core.sample import CustomMetric, CustomValue
 from agent.logs import kv
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from agent.core.counters import (
     state_to_json,
     total,
 )
-from agent.core.report import NetworkStats
+from agent.core.sample import NetworkStats
 from agent.logs import kv
 
 log = logging.getLogger(__name__)

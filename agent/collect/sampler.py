@@ -10,7 +10,7 @@ from agent.collect.interfaces import AddressMap
 from agent.collect.netstats import NetStats
 from agent.collect.sockets import SocketReader, SocketSnapshot
 from agent.config import Config
-from agent.core.report import NetworkStats, Sample
+from agent.core.sample import NetworkStats, Sample
 from agent.logs import kv
 
 log = logging.getLogger(__name__)

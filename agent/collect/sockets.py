@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.collect.interfaces import AddressMap, unmap
-from agent.core.report import Connection, ListeningPort
+from agent.core.sample import Connection, ListeningPort
 from agent.logs import kv
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
-from agent.core.report import NetworkStats
+from agent.core.sample import NetworkStats
 
 
 class IfCounters(NamedTuple):

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from agent.core.report import CUSTOM_VALUE_KEYS, ReportError
+from agent.core.sample import Sample
 
 
 class Kind(StrEnum):
@@ -234,4 +235,30 @@ def metrics_from_report(report_long: Mapping[str, Any]) -> dict[str, object]:
         if name.startswith("aws:"):
             raise ReportError(f"custom_metrics.{name}: the aws: prefix is reserved")
         out[name] = _custom(name, entry)
+    return out
+
+
+def metrics_from_sample(sample: Sample) -> dict[str, object]:
+    """The metrics of a whole sample, as `metrics_from_report` reads them from its uncut
+    report: what the daemon judges, whatever the wire report leaves out."""
+    out: dict[str, object] = {}
+    for ports, proto in ((sample.tcp_ports, "tcp"), (sample.udp_ports, "udp")):
+        if ports is not None:
+            out[f"aws:num-listening-{proto}-ports"] = len(ports)
+            # Sorted as the report lists them; a port on two interfaces counts once.
+            ordered = sorted(ports, key=lambda p: (p.port, p.interface or ""))
+            out[f"aws:listening-{proto}-ports"] = list(dict.fromkeys(p.port for p in ordered))
+    ns = sample.network_stats
+    if ns is not None:
+        out["aws:all-bytes-in"] = ns.bytes_in
+        out["aws:all-bytes-out"] = ns.bytes_out
+        out["aws:all-packets-in"] = ns.packets_in
+        out["aws:all-packets-out"] = ns.packets_out
+    if sample.connections is not None:
+        out["aws:num-established-tcp-connections"] = len(sample.connections)
+        out["aws:destination-ip-addresses"] = list(
+            dict.fromkeys(c.remote_ip for c in sample.connections)
+        )
+    for m in sample.custom:
+        out[m.name] = m.value
     return out

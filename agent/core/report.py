@@ -1,20 +1,29 @@
-"""The Device Defender metrics report (spec/metrics-report.md): building, key names,
-size caps, custom-metric rules and the metrics-history envelope. Pure: no I/O."""
+"""The Device Defender metrics report (spec/metrics-report.md), the wire format only:
+building it from a sample, key names, size caps, custom-metric rules and the
+metrics-history envelope. The rule core judges the whole sample (agent.core.metrics),
+never the report cut for the wire. Pure: no I/O."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, NamedTuple
+
+from agent.core.sample import (
+    CUSTOM_TYPES,
+    Connection,
+    CustomMetric,
+    CustomType,
+    ListeningPort,
+    Sample,
+)
 
 MAX_PAYLOAD_BYTES = 128 * 1024
 REPORT_VERSION = "1.0"
 
-CustomType = Literal["number", "number-list", "string-list", "ip-address-list"]
-CUSTOM_TYPES: tuple[CustomType, ...] = ("number", "number-list", "string-list", "ip-address-list")
 # AWS custom metric type -> the key that wraps its value in the report.
 CUSTOM_VALUE_KEYS: dict[CustomType, str] = {
     "number": "number",
@@ -54,55 +63,6 @@ _OPAQUE_PARENTS = frozenset({"custom_metrics"})
 
 class ReportError(ValueError):
     """A report or envelope that does not follow the wire format."""
-
-
-@dataclass(frozen=True, slots=True)
-class ListeningPort:
-    port: int
-    interface: str | None = None  # None for a wildcard bind (0.0.0.0, ::)
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    remote_ip: str  # plain address; v4-mapped v6 already shown as v4
-    remote_port: int
-    local_port: int
-    local_interface: str | None = None
-
-    @property
-    def remote_addr(self) -> str:
-        if ":" in self.remote_ip:
-            return f"[{self.remote_ip}]:{self.remote_port}"
-        return f"{self.remote_ip}:{self.remote_port}"
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkStats:
-    bytes_in: int
-    bytes_out: int
-    packets_in: int
-    packets_out: int
-
-
-CustomValue = float | int | list[float] | list[int] | list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class CustomMetric:
-    name: str
-    type: CustomType
-    value: CustomValue
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """What one collection cycle saw; `None` or empty means not collected."""
-
-    tcp_ports: Sequence[ListeningPort] | None = None
-    udp_ports: Sequence[ListeningPort] | None = None
-    connections: Sequence[Connection] | None = None
-    network_stats: NetworkStats | None = None
-    custom: Sequence[CustomMetric] = field(default_factory=tuple)
 
 
 class ReportIdClock:
@@ -169,7 +129,7 @@ def custom_metric_problem(metric: CustomMetric) -> str | None:
     return None
 
 
-def _port_list(ports: Sequence[ListeningPort], limit: int) -> dict[str, Any]:
+def _port_list(ports: Sequence[ListeningPort], limit: int | None) -> dict[str, Any]:
     listed = []
     for p in sorted(ports, key=lambda p: (p.port, p.interface or ""))[:limit]:
         entry: dict[str, Any] = {"port": p.port}
@@ -179,7 +139,7 @@ def _port_list(ports: Sequence[ListeningPort], limit: int) -> dict[str, Any]:
     return {"ports": listed, "total": len(ports)}
 
 
-def _connection_list(conns: Sequence[Connection], limit: int) -> dict[str, Any]:
+def _connection_list(conns: Sequence[Connection], limit: int | None) -> dict[str, Any]:
     listed = []
     for c in conns[:limit]:
         entry: dict[str, Any] = {"remote_addr": c.remote_addr, "local_port": c.local_port}
@@ -189,7 +149,9 @@ def _connection_list(conns: Sequence[Connection], limit: int) -> dict[str, Any]:
     return {"established_connections": {"connections": listed, "total": len(conns)}}
 
 
-def _build(sample: Sample, report_id: int, limit: int) -> dict[str, Any]:
+def report_document(sample: Sample, report_id: int, limit: int | None = None) -> dict[str, Any]:
+    """The long-named report of a sample, its lists cut to `limit` entries (None: whole,
+    as the metrics history keeps it so that replay judges what the daemon judged)."""
     metrics: dict[str, Any] = {}
     if sample.tcp_ports is not None:
         metrics["listening_tcp_ports"] = _port_list(sample.tcp_ports, limit)
@@ -220,6 +182,12 @@ def encoded_size(report: dict[str, Any]) -> int:
     return len(json.dumps(report, separators=(",", ":")).encode())
 
 
+class WireReport(NamedTuple):
+    doc: dict[str, Any]
+    # Custom metrics left out because even with every list emptied they do not fit.
+    omitted: tuple[str, ...] = ()
+
+
 def build_report(
     sample: Sample,
     report_id: int,
@@ -227,19 +195,30 @@ def build_report(
     max_list: int = 100,
     short_names: bool = False,
     max_bytes: int = MAX_PAYLOAD_BYTES,
-) -> dict[str, Any]:
-    """The report for one sample. Lists are cut to `max_list` entries, and further
-    (halving) until the JSON encoding fits `max_bytes`; totals stay exact.
+) -> WireReport:
+    """The report for one sample on the wire. Lists are cut to `max_list` entries, and
+    further (halving) until the JSON encoding fits `max_bytes`; totals stay exact. A
+    custom metric cannot be cut without changing its value: when emptied lists are not
+    enough the largest custom metric is left out whole (and named), never sent false.
     Custom metrics must already have passed `custom_metric_problem`."""
+    custom = list(sample.custom)
+    omitted: list[str] = []
     limit = max_list
     while True:
-        report = _build(sample, report_id, limit)
+        kept = dataclasses.replace(sample, custom=tuple(custom))
+        report = report_document(kept, report_id, limit)
         named = to_short_names(report) if short_names else report
         if encoded_size(named) <= max_bytes:
-            return named
-        if limit == 0:
+            return WireReport(named, tuple(omitted))
+        if limit > 0:
+            limit //= 2
+            continue
+        if not custom:  # only a header and empty blocks: max_bytes is absurdly small
             raise ReportError(f"report exceeds {max_bytes} bytes even with empty lists")
-        limit //= 2
+        largest = max(custom, key=lambda m: encoded_size({m.name: [{"v": m.value}]}))
+        custom.remove(largest)
+        omitted.append(largest.name)
+        limit = max_list
 
 
 def _rename(obj: Any, table: dict[str, str], parent: str | None) -> Any:

@@ -1,67 +1,55 @@
-"""`schedule` jobs timed on a monotonic clock.
+"""Jobs timed on a monotonic clock.
 
-`schedule` reads the wall clock; on a Pi without RTC, NTP may step it by hours
-after boot, which would stall a job (clock stepped back) or fire it late. Here
-every job's due time is monotonic: a wall-clock jump changes nothing, and a job
-that overran runs once, late, and is then due one interval later: never doubled.
+On a Pi without RTC, NTP may step the wall clock by hours after boot, which would
+stall a wall-clock job (clock stepped back) or fire it late. Here every job's due time
+is monotonic: a wall-clock jump changes nothing, and a job that overran runs once,
+late, and is then due at its next slot: never doubled. (This replaced `schedule`,
+whose jobs read the wall clock; bending it to a monotonic one meant overriding a
+private method.)
 """
 
 from __future__ import annotations
 
-import datetime
 import math
 import time
 from collections.abc import Callable
-
-import schedule
-
-
-class MonotonicJob(schedule.Job):
-    clock: Callable[[], float] = staticmethod(time.monotonic)
-
-    def __init__(self, interval_s: float, scheduler: MonotonicScheduler) -> None:
-        super().__init__(1, scheduler)
-        self.interval_s = interval_s
-        self.unit = "seconds"
-        self.clock = scheduler.clock
-        self.due = self.clock()
-
-    @property
-    def should_run(self) -> bool:
-        return self.clock() >= self.due
-
-    def run(self) -> object:
-        result = self.job_func()
-        self.last_run = datetime.datetime.now()
-        self._schedule_next_run()
-        return result
-
-    def _schedule_next_run(self) -> None:
-        now = self.clock()
-        if self.last_run is None:
-            self.due = now + self.interval_s
-        else:
-            # Keep the phase; slots an overrun missed are skipped, never run back to back.
-            self.due += self.interval_s
-            if self.due <= now:
-                self.due += self.interval_s * (math.floor((now - self.due) / self.interval_s) + 1)
-        # schedule's own repr and ordering read next_run; keep it informative.
-        self.next_run = datetime.datetime.now() + datetime.timedelta(seconds=self.due - now)
+from dataclasses import dataclass
 
 
-class MonotonicScheduler(schedule.Scheduler):
+@dataclass(slots=True)
+class Job:
+    interval_s: float
+    func: Callable[[], object]
+    due: float
+
+
+class MonotonicScheduler:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
         self.clock = clock
+        self.jobs: list[Job] = []
 
-    def every_s(self, interval_s: float, func: Callable[[], object]) -> MonotonicJob:
+    def every_s(self, interval_s: float, func: Callable[[], object]) -> Job:
         """Run `func` every `interval_s` seconds, first one interval from now."""
-        job = MonotonicJob(interval_s, self)
-        job.do(func)
+        job = Job(interval_s, func, self.clock() + interval_s)
+        self.jobs.append(job)
         return job
 
+    def run_pending(self) -> None:
+        """Run every due job once, in the order they were added."""
+        for job in self.jobs:
+            now = self.clock()
+            if now < job.due:
+                continue
+            job.func()
+            # Keep the phase; slots an overrun missed are skipped, never run back to back.
+            job.due += job.interval_s
+            now = self.clock()
+            if job.due <= now:
+                job.due += job.interval_s * (math.floor((now - job.due) / job.interval_s) + 1)
+
     @property
-    def idle_seconds(self) -> float | None:  # type: ignore[override]
+    def idle_seconds(self) -> float | None:
+        """Seconds until the nearest job is due (0 when one is late), None without jobs."""
         if not self.jobs:
             return None
-        return max(0.0, min(j.due for j in self.jobs if isinstance(j, MonotonicJob)) - self.clock())
+        return max(0.0, min(j.due for j in self.jobs) - self.clock())

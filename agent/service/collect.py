@@ -9,14 +9,20 @@ from typing import BinaryIO
 
 from agent.collect.sampler import Sampler
 from agent.config import Config
-from agent.core.report import ReportIdClock, Sample, build_report, make_envelope
+from agent.core.report import ReportIdClock, build_report, make_envelope, report_document
+from agent.core.sample import Sample
 from agent.publish.codec import encode
 
 
 def _report(cfg: Config, sample: Sample, ids: ReportIdClock, short_names: bool) -> dict:
-    return build_report(
+    """The report as it would go on the wire (lists cut, too-large custom metrics left
+    out: printed on stderr)."""
+    wire = build_report(
         sample, ids.next(time.time()), max_list=cfg.sampling.max_list, short_names=short_names
     )
+    for name in wire.omitted:
+        print(f"custom metric {name} left out: too large for a report", file=sys.stderr)
+    return wire.doc
 
 
 def collect(
@@ -32,7 +38,8 @@ def collect(
     """Print `count` reports (0: until interrupted), one per `interval_s`.
 
     The first sample only primes the counters, so every printed report carries real
-    deltas over a full interval. With `jsonl`, each line is a metrics-history envelope.
+    deltas over a full interval. With `jsonl`, each line is a metrics-history envelope
+    holding the whole sample (lists uncut), as the daemon's metrics history does.
     """
     out = out or sys.stdout.buffer
     sampler = Sampler(cfg, counters_path=None)
@@ -45,8 +52,9 @@ def collect(
         time.sleep(max(0.0, deadline - time.monotonic()))
         sample = sampler.sample()
         if jsonl:
-            report = _report(cfg, sample, ids, short_names=False)
-            line = json.dumps(make_envelope(time.time(), report), separators=(",", ":"))
+            now = time.time()
+            envelope = make_envelope(now, report_document(sample, ids.next(now)))
+            line = json.dumps(envelope, separators=(",", ":"))
             out.write(line.encode() + b"\n")
         elif fmt == "cbor":
             out.write(encode(_report(cfg, sample, ids, short_names), "cbor"))

@@ -1,50 +1,61 @@
-"""`edge-defender run`: the agent. Collectors -> rule core -> store -> publisher.
+"""`edge-defender run`: the agent. The thin loop around agent.service.cycle: it samples,
+reads the clocks, writes the store, drives the outbox and the status file.
 
 One thread owns everything (the store, the spool, the rule core); awscrt's threads
 only wake it. Cadence is monotonic (agent.service.cadence); the rule core gets wall
-time, never going back, because its windows and events are in epoch seconds.
+time that never goes back, because its windows and events are in epoch seconds.
+
+Nothing stops the agent but a signal: every job runs inside an error boundary (one
+log line, counted in `status`), and a store that cannot be written leaves the agent
+degraded, judging in memory, keeping unrecorded events (bounded) and retrying.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.collect.sampler import Sampler
 from agent.config import Config, ConfigError, load_config
 from agent.core.evaluator import Detector
-from agent.core.events import ViolationEvent
-from agent.core.metrics import metrics_from_report
 from agent.core.profile import ProfileError
-from agent.core.report import NetworkStats, ReportIdClock, Sample, build_report, to_short_names
 from agent.logs import kv
-from agent.publish.mqtt import AWS_DOMAINS, Publisher
+from agent.publish.delivery import is_aws_endpoint
 from agent.service.cadence import MonotonicScheduler
 from agent.service.checks import check_tls_files
+from agent.service.cycle import Cycle, Step
 from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
+from agent.service.replay import detector_from_config
 from agent.service.status import AgentStatus, write_status
-from agent.store.history import History, history_path, open_history
+from agent.store.history import History, StoreError, history_path, open_history
 from agent.store.spool import Spool
+
+if TYPE_CHECKING:
+    from agent.service.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 AWS_MIN_REPORT_INTERVAL_S = 300.0  # AWS IoT throttles Device Defender reports
 FLUSH_ON_STOP_S = 3.0
 PRUNE_INTERVAL_S = 3600.0
+STORE_RETRY_S = 30.0
 # The alarm state is saved with every event, at every report and otherwise this
 # often, to spare the SD card a synced write every cycle (what a crash loses is a few
 # datapoints of consecutive counts and baseline, never an alarm).
 STATE_SAVE_INTERVAL_S = 300.0
-_ZERO_STATS = NetworkStats(0, 0, 0, 0)
+# Events the store could not take yet, kept in memory until it can (oldest dropped).
+MAX_UNRECORDED_EVENTS = 10_000
 
 
 class StartError(Exception):
@@ -54,8 +65,7 @@ class StartError(Exception):
 def report_interval_s(cfg: Config) -> float:
     """The configured report interval, raised to AWS's throttle toward AWS endpoints."""
     wanted = cfg.sampling.report_interval_s
-    endpoint = cfg.mqtt.endpoint or ""
-    if endpoint.endswith(AWS_DOMAINS) and wanted < AWS_MIN_REPORT_INTERVAL_S:
+    if is_aws_endpoint(cfg.mqtt.endpoint or "") and wanted < AWS_MIN_REPORT_INTERVAL_S:
         log.warning(
             kv(
                 "report_interval_raised",
@@ -68,86 +78,73 @@ def report_interval_s(cfg: Config) -> float:
     return wanted
 
 
-def _add(a: NetworkStats, b: NetworkStats) -> NetworkStats:
-    return NetworkStats(
-        a.bytes_in + b.bytes_in,
-        a.bytes_out + b.bytes_out,
-        a.packets_in + b.packets_in,
-        a.packets_out + b.packets_out,
-    )
-
-
 def _load_detect(cfg: Config) -> DetectFiles:
-    files = load_detect_files(cfg.detect.profiles)
+    files = load_detect_files(cfg.detect.profiles, builtin_default=cfg.detect.builtin_profile)
     if not files.profiles:
         log.warning(kv("no_profiles", patterns=",".join(cfg.detect.profiles)))
+    for profile in files.profiles:
+        log.info(kv("profile", name=profile.name, source=profile.source))
     return files
 
 
+def _where(error: BaseException) -> str:
+    frame = traceback.extract_tb(error.__traceback__)[-1:]
+    return f"{Path(frame[0].filename).name}:{frame[0].lineno}" if frame else "?"
+
+
 class Daemon:
-    def __init__(self, cfg: Config, config_path: str | None, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        config_path: str | None,
+        notifier: Notifier,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.notifier = notifier
+        self.wall = wall
         self.state_dir = Path(cfg.state_dir)
         self.wake = threading.Event()
         self.stop_requested = False
         self.reload_requested = False
-        self.started_at = time.time()
-        self.samples = 0
-        self.last_sample_time: float | None = None
-        self.last_sample = Sample()
-        self.last_now = 0.0  # the rule core's clock: wall time that never goes back
-        self.history: History | None = None
-        self.publisher: Publisher | None = None
-        self.spool: Spool | None = None
+        self.started_at = wall()
+        self.store: History | None = None
+        self.outbox: Outbox | None = None
+        self.unrecorded: deque[dict[str, Any]] = deque(maxlen=MAX_UNRECORDED_EVENTS)
+        self.degraded: dict[str, str] = {}  # part -> what is wrong with it now
+        self.errors: Counter[str] = Counter()  # failures per job
+        self.reload_verdict: dict[str, Any] | None = None
+        self.live = sys.stdout.isatty()
 
     # --- start and stop ---------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.cfg
-        if cfg.mqtt.endpoint:
-            problems = check_tls_files(cfg.mqtt)
-            if problems:
-                raise StartError(problems[0])
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StartError(f"{self.state_dir}: cannot create the state directory: {e}") from e
+        if cfg.mqtt.endpoint and (problems := check_tls_files(cfg.mqtt)):
+            raise StartError(problems[0])
         try:
             detect = _load_detect(cfg)
         except ProfileError as e:
             raise StartError(f"invalid security profile: {e}") from e
-        self.history = open_history(history_path(self.state_dir))
-        self.detector = Detector(
-            detect.profiles,
-            cfg.thing_name,
-            stale_after_s=cfg.detect.stale_after_s,
-            baseline_s=cfg.detect.baseline_s,
-            min_baseline_datapoints=cfg.detect.min_baseline_datapoints,
-            dimensions=detect.dimensions,
-        )
-        saved = self.history.load_alarm_state()
-        if saved is not None:
-            try:
-                self.detector.restore_state(saved)
-            except ValueError as e:
-                # Refusing to start would loop forever under systemd; judging afresh
-                # keeps the device watched. The stored events and history stay.
-                log.error(kv("alarm_state_discarded", error=e))
         self.profile_names = [p.name for p in detect.profiles]
+        self._open_store()
+        detector = detector_from_config(cfg, detect.profiles, detect.dimensions)
+        counters: dict[str, Any] | None = None
+        if self.store is not None:
+            self._restore(detector)
+            counters = self._store_call("load counters", self.store.load_counters)
+        self.cycle = Cycle(
+            detector,
+            max_list=cfg.sampling.max_list,
+            short_names=cfg.mqtt.short_names,
+            counters=counters,
+        )
         self._say_inactive()
-        counters = self.history.load_counters() or {}
-        self.report_ids = ReportIdClock(int(counters.get("last_report_id", 0)))
-        pending = counters.get("pending_network_stats")
-        self.pending_stats = NetworkStats(**pending) if pending else _ZERO_STATS
-        self.last_now = float(counters.get("last_now", 0.0))
         self.sampler = self._sampler(cfg)
-        try:
-            self._start_publisher()
-        except ConfigError as e:
-            raise StartError(str(e)) from e
-        self._spool_recorded(time.time())
+        self._start_outbox()
+        self._spool_recorded()
         log.info(
             kv(
                 "started",
@@ -159,69 +156,109 @@ class Daemon:
             )
         )
 
+    def _restore(self, detector: Detector) -> None:
+        assert self.store is not None
+        saved = self._store_call("load alarm state", self.store.load_alarm_state)
+        if saved is None:
+            return
+        try:
+            detector.restore_state(saved)
+        except ValueError as e:
+            # Refusing to start would loop forever under systemd; judging afresh keeps
+            # the device watched. The stored events and history stay.
+            log.error(kv("alarm_state_discarded", error=e))
+
     def _sampler(self, cfg: Config) -> Sampler:
         # The counters are only valid within one boot: under systemd they live on the
         # RuntimeDirectory's tmpfs, sparing the SD card a synced write every cycle.
         counters_dir = Path(os.environ.get("RUNTIME_DIRECTORY") or self.state_dir)
         return Sampler(cfg, counters_path=counters_dir / "netcounters.json")
 
-    def _start_publisher(self) -> None:
+    def _start_outbox(self) -> None:
         if not self.cfg.mqtt.endpoint:
             return
-        self.spool = Spool(self.state_dir / "spool.db", self.cfg.mqtt.spool_max_bytes)
-        self.publisher = Publisher(self.cfg, self.spool, self.wake)
-        self.publisher.start()
+        from agent.service.outbox import Outbox  # awscrt only when a broker is set
 
-    def _stop_publisher(self) -> None:
-        if self.publisher is not None:
-            self.publisher.stop(FLUSH_ON_STOP_S)
-            self.publisher = None
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
+        try:
+            spool = Spool(self.state_dir / "spool.db", self.cfg.mqtt.spool_max_bytes)
+        except StoreError as e:
+            self._degrade("spool", str(e))
+            return
+        try:
+            self.outbox = Outbox(self.cfg, spool, self.wake)
+        except ConfigError:
+            spool.close()
+            raise
+        self.degraded.pop("spool", None)
+        self.outbox.start()
+
+    def _stop_outbox(self) -> None:
+        if self.outbox is not None:
+            self.outbox.stop(FLUSH_ON_STOP_S)
+            self.outbox.close()
+            self.outbox = None
 
     def _schedule(self) -> MonotonicScheduler:
         sched = MonotonicScheduler()
-        sched.every_s(self.cfg.sampling.interval_s, self.cycle)
-        sched.every_s(report_interval_s(self.cfg), self.report)
-        sched.every_s(PRUNE_INTERVAL_S, self.prune)
-        sched.every_s(STATE_SAVE_INTERVAL_S, self.save_state)
+        jobs: list[tuple[str, float, Callable[[], None]]] = [
+            ("cycle", self.cfg.sampling.interval_s, self.sample),
+            ("report", report_interval_s(self.cfg), self.report),
+            ("prune", PRUNE_INTERVAL_S, self.prune),
+            ("save_state", STATE_SAVE_INTERVAL_S, self.save_state),
+            ("store_retry", STORE_RETRY_S, self.retry_store),
+        ]
         watchdog_s = self.notifier.watchdog_interval_s()
-        if watchdog_s is not None and watchdog_s / 2 < self.cfg.sampling.interval_s:
-            # Cycles are too far apart to feed the watchdog alone.
-            sched.every_s(watchdog_s / 2, self.notifier.watchdog)
+        if watchdog_s is not None:
+            # Fed apart from the cycle: a failing cycle is not a hung agent.
+            jobs.append(("watchdog", watchdog_s / 2, self.notifier.watchdog))
+        for name, interval_s, func in jobs:
+            sched.every_s(interval_s, self.guarded(name, func))
         return sched
+
+    def guarded(self, job: str, func: Callable[[], None]) -> Callable[[], None]:
+        """`func` inside an error boundary: a failure is one log line and a count."""
+
+        def run() -> None:
+            try:
+                func()
+            except Exception as e:
+                self.errors[job] += 1
+                log.error(kv("job_failed", job=job, error=f"{type(e).__name__}: {e}", at=_where(e)))
+
+        return run
 
     def serve(self) -> int:
         """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
         self.start()
-        self.prune()
-        self.cycle()
+        self.guarded("prune", self.prune)()
+        self.guarded("cycle", self.sample)()
         self.notifier.ready()
         sched = self._schedule()
         while not self.stop_requested:
             if self.reload_requested:
                 self.reload_requested = False
-                self.reload()
+                self.guarded("reload", self.reload)()
                 sched = self._schedule()
             sched.run_pending()
             self.wake.wait(self._idle_s(sched))
             self.wake.clear()
-            self.tick()
-            if self.publisher is not None:
-                self.publisher.pump()
+            self.guarded("tick", self.tick)()
+            if self.outbox is not None:
+                self.guarded("publish", self.outbox.pump)()
         self.shutdown()
         return 0
 
     def shutdown(self) -> None:
         self.notifier.stopping()
+        if self.live:
+            print(flush=True)
         log.info(kv("stopping"))
-        self._stop_publisher()
-        if self.history is not None:
-            self.save_state()
-            self.history.close()
-            self.history = None
-        log.info(kv("stopped", samples=self.samples))
+        self.guarded("publish", self._stop_outbox)()
+        self.guarded("save_state", self.save_state)()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        log.info(kv("stopped", samples=self.cycle.samples))
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
@@ -233,22 +270,14 @@ class Daemon:
 
     # --- the jobs ---------------------------------------------------------------------
 
-    def cycle(self) -> None:
+    def sample(self) -> None:
         """Sample, judge, store: every sampling interval."""
         began = time.monotonic()
-        sample = self.sampler.sample()
-        now = self._now()
-        report = build_report(
-            sample, self.report_ids.next(now), max_list=self.cfg.sampling.max_list
-        )
-        assert self.history is not None
-        self.history.add_metrics(now, report)
-        self._emit(self.detector.observe(now, metrics_from_report(report)), now)
-        if sample.network_stats is not None:
-            self.pending_stats = _add(self.pending_stats, sample.network_stats)
-        self.last_sample = sample
-        self.last_sample_time = now
-        self.samples += 1
+        step = self.cycle.observe(self.wall(), self.sampler.sample())
+        self._check_store_path()
+        if step.metrics is not None and self.store is not None:
+            self._store_call("add metrics", lambda: self.store.add_metrics(*step.metrics))
+        self._apply(step)
         self._write_status()
         self.notifier.watchdog()
         took = time.monotonic() - began
@@ -258,34 +287,47 @@ class Daemon:
             )
 
     def report(self) -> None:
-        """Publish a metrics report: the last sample, with the network deltas summed over
-        every sample since the previous report."""
-        if self.publisher is None:
+        """Publish a metrics report."""
+        if self.outbox is None:
             return  # local only: the metrics history already holds every sample
-        now = self._now()
-        sample = dataclasses.replace(self.last_sample, network_stats=self.pending_stats)
-        report = build_report(
-            sample, self.report_ids.next(now), max_list=self.cfg.sampling.max_list
-        )
-        if self.cfg.mqtt.short_names:
-            report = to_short_names(report)
-        self.publisher.submit_report(report, now)
-        self.pending_stats = _ZERO_STATS
+        now = self.wall()
+        wire = self.cycle.report(now)
+        for name in wire.omitted:
+            log.warning(kv("custom_metric_not_reported", metric=name, reason="too large"))
+        self.outbox.submit_report(wire.doc, now)
         self.save_state()
 
     def prune(self) -> None:
-        assert self.history is not None
+        if self.store is None:
+            return
         store = self.cfg.store
-        self.history.prune(
-            time.time(),
-            events_max_age_s=store.retention_days * 86400,
-            metrics_max_age_s=store.metrics_retention_days * 86400,
+        self._store_call(
+            "prune",
+            lambda: self.store.prune(
+                self.wall(),
+                events_max_age_s=store.retention_days * 86400,
+                metrics_max_age_s=store.metrics_retention_days * 86400,
+            ),
         )
+
+    def tick(self) -> None:
+        """Between samples: close windows the clock has passed, end stale alarms."""
+        self._apply(self.cycle.tick(self.wall()))
 
     def reload(self) -> None:
         """SIGHUP: re-read the config and the profiles. Anything invalid is refused with
-        its errors and what is in force stays."""
+        its errors and what is in force stays. The verdict goes to the status file,
+        where `edge-defender reload` (the unit's ExecReload) waits for it."""
         self.notifier.reloading()
+        try:
+            self._reload()
+        except Exception as e:
+            self._reload_verdict(str(e) or type(e).__name__)
+            raise
+        finally:
+            self.notifier.ready()
+
+    def _reload(self) -> None:
         try:
             cfg = load_config(self.config_path)
             detect = _load_detect(cfg)
@@ -294,58 +336,90 @@ class Daemon:
         except (ConfigError, ProfileError) as e:
             for line in str(e).splitlines():
                 log.error(kv("reload_refused", error=line))
-            self.notifier.ready()
+            self._reload_verdict(str(e))
             return
-        now = self._now()
-        self.detector.thing_name = cfg.thing_name
-        self._emit(self.detector.update_profiles(detect.profiles, now, detect.dimensions), now)
-        self.save_state()
-        if cfg.mqtt != self.cfg.mqtt or cfg.thing_name != self.cfg.thing_name:
-            self._stop_publisher()
-            old, self.cfg = self.cfg, cfg
-            try:
-                self._start_publisher()
-            except ConfigError as e:
-                log.error(kv("reload_mqtt_refused", error=e))
-                self.cfg = cfg = dataclasses.replace(cfg, mqtt=old.mqtt, thing_name=old.thing_name)
-                self._start_publisher()
-        if cfg.sampling != self.cfg.sampling or cfg.custom_metrics != self.cfg.custom_metrics:
-            self.sampler = self._sampler(cfg)
+        self._apply(
+            self.cycle.update_profiles(
+                self.wall(), detect.profiles, detect.dimensions, cfg.thing_name
+            )
+        )
+        old = self.cfg
         self.cfg = cfg
+        self.cycle.max_list = cfg.sampling.max_list
+        self.cycle.short_names = cfg.mqtt.short_names
+        if cfg.mqtt != old.mqtt or cfg.thing_name != old.thing_name:
+            self._stop_outbox()
+            self._start_outbox()
+        if cfg.sampling != old.sampling or cfg.custom_metrics != old.custom_metrics:
+            self.sampler = self._sampler(cfg)
         self.profile_names = [p.name for p in detect.profiles]
         self._say_inactive()
         log.info(kv("reloaded", profiles=len(detect.profiles), config=cfg.config_file))
-        self.notifier.ready()
+        self._reload_verdict(None)
 
-    def tick(self) -> None:
-        """Between samples: close windows the clock has passed, end stale alarms."""
-        deadline = self.detector.next_deadline()
-        if deadline is not None and time.time() >= deadline:
-            now = self._now()
-            self._emit(self.detector.tick(now), now)
+    def _reload_verdict(self, error: str | None) -> None:
+        self.reload_verdict = {"at": self.wall(), "ok": error is None, "error": error}
+        self._write_status()
 
-    # --- helpers ----------------------------------------------------------------------
+    # --- the store --------------------------------------------------------------------
 
-    def _now(self) -> float:
-        """The rule core's clock: wall time that never goes back. After the wall clock is
-        stepped back it stands still until the wall clock catches up."""
-        self.last_now = max(time.time(), self.last_now)
-        return self.last_now
-
-    def _idle_s(self, sched: MonotonicScheduler) -> float | None:
-        idle = sched.idle_seconds
-        deadline = self.detector.next_deadline()
-        if deadline is None:
-            return idle
-        until = max(0.0, deadline - time.time())
-        return until if idle is None else min(idle, until)
-
-    def _emit(self, events: list[ViolationEvent], now: float) -> None:
-        """Store, log and publish events; stored first, with the state that made them."""
-        if not events:
+    def _open_store(self) -> None:
+        try:
+            self.store = open_history(history_path(self.state_dir))
+        except StoreError as e:
+            self._degrade("store", str(e))
             return
-        docs = [e.to_json() for e in events]
-        self.save_state(docs)
+        if self.degraded.pop("store", None) is not None:
+            log.warning(kv("store_recovered", path=history_path(self.state_dir)))
+
+    def _degrade(self, part: str, problem: str) -> None:
+        if self.degraded.get(part) != problem:
+            log.error(kv("degraded", part=part, problem=problem))
+        self.degraded[part] = problem
+
+    def _store_call(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run a store call; a store fault degrades the agent (the store is closed and
+        opened again by `retry_store`) instead of stopping it."""
+        try:
+            return call()
+        except StoreError as e:
+            self._degrade("store", f"{what}: {e}")
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            return None
+
+    def _check_store_path(self) -> None:
+        """The state dir deleted or replaced under a running agent: write to a new store
+        at once rather than into an unlinked file."""
+        if self.store is None:
+            return
+        problem = self.store.check_path()
+        if problem is not None:
+            self._degrade("store", problem)
+            self.store.close()
+            self.store = None
+            self.retry_store()
+
+    def retry_store(self) -> None:
+        """Open the store (and the spool) again after a fault, and record what waited."""
+        if self.store is None:
+            self._open_store()
+            if self.store is None:
+                return
+            self.save_state()
+        if self.cfg.mqtt.endpoint and self.outbox is None:
+            self._start_outbox()
+            self._spool_recorded()
+
+    def _apply(self, step: Step) -> None:
+        """Record the step's events (durable first, with the state that made them), log
+        them, then hand them to the outbox."""
+        if not step.events:
+            return
+        docs = [e.to_json() for e in step.events]
+        self.unrecorded.extend(docs)
+        self.save_state()
         for doc in docs:
             log.warning(
                 kv(
@@ -357,40 +431,55 @@ class Daemon:
                     violation_id=doc["violationId"],
                 )
             )
-        self._spool_recorded(now)
+        self._spool_recorded()
 
-    def _spool_recorded(self, now: float) -> None:
-        """Hand recorded events to the spool. The store lists them until then, so a crash
-        in between spools them at the next start (at least once, never lost)."""
-        if self.publisher is None:
-            return
-        assert self.history is not None
-        pending = self.history.unpublished_events()
-        for _, doc in pending:
-            self.publisher.submit_event(doc, now)
-        if pending:
-            self.history.mark_published([event_id for event_id, _ in pending])
-
-    def save_state(self, events: Sequence[dict[str, Any]] = ()) -> None:
-        """Events with the active set and the alarm state that made them (one
+    def save_state(self) -> None:
+        """Unrecorded events with the active set and the alarm state that made them (one
         transaction: a crash leaves all of it or none), then the report counters."""
-        assert self.history is not None
-        self.history.record(
-            events,
-            [a.to_json() for a in self.detector.active_violations()],
-            self.detector.export_state(),
-            publish=bool(self.cfg.mqtt.endpoint),
+        if self.store is None:
+            if self.unrecorded:
+                log.warning(kv("events_unrecorded", held_in_memory=len(self.unrecorded)))
+            return
+        store = self.store
+        detector = self.cycle.detector
+        events = list(self.unrecorded)
+        recorded = self._store_call(
+            "record events",
+            lambda: (
+                store.record(
+                    events,
+                    [a.to_json() for a in detector.active_violations()],
+                    detector.export_state(),
+                    publish=bool(self.cfg.mqtt.endpoint),
+                )
+                or True
+            ),
         )
-        self.history.save_counters(
-            {
-                "last_report_id": self.report_ids.last,
-                "pending_network_stats": dataclasses.asdict(self.pending_stats),
-                "last_now": self.last_now,
-            }
-        )
+        if recorded:
+            self.unrecorded.clear()
+            self._store_call("save counters", lambda: store.save_counters(self.cycle.counters()))
+
+    def _spool_recorded(self) -> None:
+        """Hand recorded events to the outbox. The store lists them until then, so a crash
+        in between spools them at the next start (at least once, never lost). An event
+        that cannot be encoded is quarantined in the store, never retried forever."""
+        if self.outbox is None or self.store is None:
+            return
+        store, outbox = self.store, self.outbox
+        pending = self._store_call("read unpublished", store.unpublished_events) or []
+        now = self.wall()
+        sent, bad = [], []
+        for event_id, doc in pending:
+            (sent if outbox.submit_event(doc, now) else bad).append(event_id)
+        if sent:
+            self._store_call("mark published", lambda: store.mark_published(sent))
+        if bad:
+            self._store_call("quarantine", lambda: store.quarantine_events(bad, "cannot encode"))
+
+    # --- status -----------------------------------------------------------------------
 
     def _say_inactive(self) -> None:
-        for item in self.detector.inactive_behaviors():
+        for item in self.cycle.detector.inactive_behaviors():
             log.warning(
                 kv(
                     "behavior_not_judged",
@@ -400,47 +489,83 @@ class Daemon:
                 )
             )
 
+    def _idle_s(self, sched: MonotonicScheduler) -> float | None:
+        waits = [sched.idle_seconds]
+        deadline = self.cycle.next_deadline()
+        if deadline is not None:
+            waits.append(max(0.0, deadline - self.wall()))
+        if self.outbox is not None and (wake := self.outbox.next_wake()) is not None:
+            waits.append(max(0.0, wake - time.monotonic()))
+        return min((w for w in waits if w is not None), default=None)
+
     def _write_status(self) -> None:
-        pub = self.publisher.status() if self.publisher is not None else None
-        drops = pub["drops"] if pub else {}
+        pub = self.outbox.status() if self.outbox is not None else {}
+        drops = pub.get("drops", {})
+        detector = self.cycle.detector
+        active = detector.active_violations()
         status: AgentStatus = {
             "pid": os.getpid(),
             "started_at": self.started_at,
-            "updated_at": time.time(),
+            "updated_at": self.wall(),
             "interval_s": self.cfg.sampling.interval_s,
-            "last_sample_time": self.last_sample_time,
-            "samples": self.samples,
+            "last_sample_time": self.cycle.last_sample_time,
+            "samples": self.cycle.samples,
             "reports": {
-                "sent": int(pub["sent"]) if pub else 0,
-                "accepted": int(pub["accepted"]) if pub else 0,
-                "rejected": int(pub["rejected"]) if pub else 0,
+                "sent": int(pub.get("sent", 0)),
+                "accepted": int(pub.get("accepted", 0)),
+                "rejected": int(pub.get("rejected", 0)),
             },
             "broker": {
                 "endpoint": self.cfg.mqtt.endpoint,
-                "connected": bool(pub and pub["connected"]),
+                "connected": bool(pub.get("connected", False)),
             },
             "spool": {
-                "depth": int(pub["spool_messages"]) if pub else 0,
-                "bytes": int(pub["spool_bytes"]) if pub else 0,
+                "depth": int(pub.get("spool_messages", 0)),
+                "bytes": int(pub.get("spool_bytes", 0)),
                 "dropped": {
                     "metrics": int(drops.get("metrics", 0)),
                     "violation": int(drops.get("violation", 0)),
                 },
             },
-            "active_violations": len(self.detector.active_violations()),
+            "active_violations": len(active),
             "profiles": self.profile_names,
             "inactive_behaviors": [
-                f"{i.profile}/{i.behavior}: {i.reason}" for i in self.detector.inactive_behaviors()
+                f"{i.profile}/{i.behavior}: {i.reason}" for i in detector.inactive_behaviors()
             ],
+            "degraded": [f"{part}: {problem}" for part, problem in self.degraded.items()],
+            "errors": dict(self.errors),
+            "quarantined": int(pub.get("quarantined", 0)),
         }
+        if self.reload_verdict is not None:
+            status["reload"] = self.reload_verdict
         try:
             write_status(self.state_dir, status)
         except OSError as e:
             log.warning(kv("status_unwritable", error=e))
+        if self.live:
+            self._live_line(status)
+
+    def _live_line(self, status: AgentStatus) -> None:
+        """One line, redrawn every cycle, while stdout is a terminal."""
+        last = self.cycle.last_sample
+        parts = [
+            f"samples {status['samples']}",
+            f"tcp ports {len(last.tcp_ports or ())}",
+            f"udp ports {len(last.udp_ports or ())}",
+            f"connections {len(last.connections or ())}",
+            f"alarms {status['active_violations']}",
+        ]
+        if self.degraded:
+            parts.append("DEGRADED: " + "; ".join(status["degraded"]))
+        print("\r\033[K" + " | ".join(parts), end="", flush=True)
 
 
 def run(config_path: str | None) -> int:
-    cfg = load_config(config_path)
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        log.error(kv("start_failed", error=e))
+        return 1
     daemon = Daemon(cfg, config_path, Notifier())
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)

@@ -14,7 +14,7 @@ import pytest
 
 from agent.collect.custom import CustomMetrics, SourceError, read_source, soc_temperature
 from agent.config import CustomMetricConfig
-from agent.core.report import CustomMetric
+from agent.core.sample import CustomMetric
 
 SYS_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "collect" / "sys"
 

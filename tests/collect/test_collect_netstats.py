@@ -12,7 +12,7 @@ import pytest
 
 from agent.collect.netstats import NetStats, parse_net_dev
 from agent.config import SamplingConfig
-from agent.core.report import NetworkStats
+from agent.core.sample import NetworkStats
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "collect" / "netdev"
 

@@ -14,7 +14,7 @@ import pytest
 from agent.collect.sampler import Sampler
 from agent.collect.sockets import SocketSource
 from agent.config import Config, CustomMetricConfig, SamplingConfig
-from agent.core.report import CustomMetric, NetworkStats
+from agent.core.sample import CustomMetric, NetworkStats
 
 NET_DEV = (
     Path(__file__).resolve().parents[1] / "fixtures" / "collect" / "netdev" / "proc" / "net" / "dev"

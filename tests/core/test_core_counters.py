@@ -15,7 +15,7 @@ from agent.core.counters import (
     state_to_json,
     total,
 )
-from agent.core.report import NetworkStats
+from agent.core.sample import NetworkStats
 
 U32 = 2**32
 

@@ -1,9 +1,12 @@
 """The metrics a report yields for the rule core."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent.core.metrics import metrics_from_report, remote_ip
-from agent.core.report import ReportError, parse_envelope, to_short_names
+from agent.core.metrics import metrics_from_report, metrics_from_sample, remote_ip
+from agent.core.report import ReportError, parse_envelope, report_document, to_short_names
+from agent.core.sample import Connection, CustomMetric, ListeningPort, NetworkStats, Sample
 
 REPORT = {
     "header": {"report_id": 1730000000000, "version": "1.0"},
@@ -124,3 +127,42 @@ def test_remote_ip(text, ip):
 def test_malformed_reports_name_the_field(report, message):
     with pytest.raises(ReportError, match=message.replace("[", r"\[").replace(".", r"\.")):
         metrics_from_report({"header": {"report_id": 1}, **report})
+
+
+samples = st.builds(
+    Sample,
+    tcp_ports=st.none()
+    | st.lists(
+        st.builds(ListeningPort, st.integers(0, 65535), st.sampled_from([None, "eth0", "lo"]))
+    ),
+    udp_ports=st.none() | st.lists(st.builds(ListeningPort, st.integers(0, 65535))),
+    connections=st.none()
+    | st.lists(
+        st.builds(
+            Connection,
+            st.ip_addresses().map(str),
+            st.integers(0, 65535),
+            st.integers(0, 65535),
+        ),
+        max_size=300,
+    ),
+    network_stats=st.none() | st.builds(NetworkStats, *[st.integers(0, 2**63)] * 4),
+    custom=st.just(()) | st.just((CustomMetric("cpu", "number", 7.5),)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples)
+def test_the_whole_sample_reads_as_its_uncut_report(sample: Sample) -> None:
+    # The daemon judges metrics_from_sample; replay judges the history's uncut report.
+    assert metrics_from_sample(sample) == metrics_from_report(report_document(sample, 1))
+
+
+def test_the_151st_connection_and_the_102nd_port_are_judged() -> None:
+    conns = [Connection("192.0.2.1", 1000 + i, 22) for i in range(150)]
+    conns.append(Connection("203.0.113.66", 4444, 40000))
+    ports = [ListeningPort(p) for p in range(1000, 1101)] + [ListeningPort(31337)]
+    metrics = metrics_from_sample(Sample(tcp_ports=ports, connections=conns))
+    assert "203.0.113.66" in metrics["aws:destination-ip-addresses"]
+    assert 31337 in metrics["aws:listening-tcp-ports"]
+    assert metrics["aws:num-established-tcp-connections"] == 151

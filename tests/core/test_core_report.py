@@ -7,21 +7,18 @@ from hypothesis import strategies as st
 from agent.core.report import (
     LONG_TO_SHORT,
     MAX_PAYLOAD_BYTES,
-    Connection,
-    CustomMetric,
-    ListeningPort,
-    NetworkStats,
     ReportError,
     ReportIdClock,
-    Sample,
     build_report,
     custom_metric_problem,
     encoded_size,
     make_envelope,
     parse_envelope,
+    report_document,
     to_long_names,
     to_short_names,
 )
+from agent.core.sample import Connection, CustomMetric, ListeningPort, NetworkStats, Sample
 
 SPEC_EXAMPLE = {
     "header": {"report_id": 1730000000000, "version": "1.0"},
@@ -66,11 +63,11 @@ SPEC_SAMPLE = Sample(
 
 
 def test_builds_the_spec_example() -> None:
-    assert build_report(SPEC_SAMPLE, 1730000000000) == SPEC_EXAMPLE
+    assert build_report(SPEC_SAMPLE, 1730000000000).doc == SPEC_EXAMPLE
 
 
 def test_short_names_cover_every_key_and_leave_custom_names_alone() -> None:
-    short = build_report(SPEC_SAMPLE, 1730000000000, short_names=True)
+    short = build_report(SPEC_SAMPLE, 1730000000000, short_names=True).doc
     assert short["hed"] == {"rid": 1730000000000, "v": "1.0"}
     assert short["met"]["tc"]["ec"]["cs"][0] == {"li": "eth0", "lp": 22, "rad": "192.0.2.10:61204"}
     assert short["met"]["ns"] == {
@@ -96,20 +93,20 @@ def test_short_names_cover_every_key_and_leave_custom_names_alone() -> None:
 
 def test_ipv6_remote_addr_is_bracketed() -> None:
     assert Connection("2001:db8::1", 443, 5000).remote_addr == "[2001:db8::1]:443"
-    report = build_report(Sample(connections=[Connection("2001:db8::1", 443, 5000)]), 1)
+    report = build_report(Sample(connections=[Connection("2001:db8::1", 443, 5000)]), 1).doc
     conn = report["metrics"]["tcp_connections"]["established_connections"]["connections"][0]
     assert conn == {"remote_addr": "[2001:db8::1]:443", "local_port": 5000}
 
 
 def test_wildcard_port_has_no_interface_key() -> None:
-    report = build_report(Sample(tcp_ports=[ListeningPort(22, None)]), 1)
+    report = build_report(Sample(tcp_ports=[ListeningPort(22, None)]), 1).doc
     assert report["metrics"]["listening_tcp_ports"]["ports"] == [{"port": 22}]
 
 
 def test_lists_are_cut_but_totals_stay_exact() -> None:
     conns = [Connection("192.0.2.1", 1000 + i, 22) for i in range(250)]
     ports = [ListeningPort(p, "eth0") for p in range(1, 301)]
-    report = build_report(Sample(tcp_ports=ports, connections=conns), 1, max_list=100)
+    report = build_report(Sample(tcp_ports=ports, connections=conns), 1, max_list=100).doc
     tp = report["metrics"]["listening_tcp_ports"]
     ec = report["metrics"]["tcp_connections"]["established_connections"]
     assert (len(tp["ports"]), tp["total"]) == (100, 300)
@@ -121,7 +118,7 @@ def test_report_never_exceeds_the_payload_limit() -> None:
         Connection(f"2001:db8::{i:x}", 40000 + i % 20000, 22, "a-very-long-interface-name")
         for i in range(20000)
     ]
-    report = build_report(Sample(connections=conns, tcp_ports=[]), 1, max_list=20000)
+    report = build_report(Sample(connections=conns, tcp_ports=[]), 1, max_list=20000).doc
     assert encoded_size(report) <= MAX_PAYLOAD_BYTES
     ec = report["metrics"]["tcp_connections"]["established_connections"]
     assert ec["total"] == 20000
@@ -166,11 +163,11 @@ def test_custom_metric_rules(metric: CustomMetric, problem: str | None) -> None:
 
 
 def test_envelope_round_trip_normalises_short_names() -> None:
-    short = build_report(SPEC_SAMPLE, 5, short_names=True)
+    short = build_report(SPEC_SAMPLE, 5, short_names=True).doc
     record = json.loads(json.dumps(make_envelope(1700000000.5, short)))
     ts, report = parse_envelope(record)
     assert ts == 1700000000.5
-    assert report == build_report(SPEC_SAMPLE, 5)
+    assert report == build_report(SPEC_SAMPLE, 5).doc
 
 
 @pytest.mark.parametrize(
@@ -195,9 +192,26 @@ def test_bad_envelopes_are_named(record: object, message: str) -> None:
 )
 def test_port_totals_are_exact_for_any_cut(ports: list[int], max_list: int) -> None:
     sample = Sample(tcp_ports=[ListeningPort(p) for p in ports])
-    tp = build_report(sample, 1, max_list=max_list)["metrics"]["listening_tcp_ports"]
+    tp = build_report(sample, 1, max_list=max_list).doc["metrics"]["listening_tcp_ports"]
     assert tp["total"] == len(ports)
     assert len(tp["ports"]) == min(len(ports), max_list)
     assert to_long_names(to_short_names({"metrics": {"listening_tcp_ports": tp}})) == {
         "metrics": {"listening_tcp_ports": tp}
     }
+
+
+def test_a_custom_metric_too_large_for_any_report_is_left_out_by_name() -> None:
+    huge = CustomMetric("ssids", "string-list", [f"net-{i:05d}" for i in range(20000)])
+    small = CustomMetric("cpu", "number", 3)
+    wire = build_report(Sample(tcp_ports=[ListeningPort(22)], custom=[huge, small]), 7)
+    assert wire.omitted == ("ssids",)
+    assert wire.doc["custom_metrics"] == {"cpu": [{"number": 3}]}
+    assert wire.doc["metrics"]["listening_tcp_ports"]["ports"] == [{"port": 22}]
+    assert encoded_size(wire.doc) <= MAX_PAYLOAD_BYTES
+
+
+def test_the_history_document_keeps_every_entry() -> None:
+    conns = [Connection(f"198.51.100.{i % 250}", 1000 + i, 22) for i in range(300)]
+    doc = report_document(Sample(connections=conns), 1)
+    listed = doc["metrics"]["tcp_connections"]["established_connections"]["connections"]
+    assert len(listed) == 300
