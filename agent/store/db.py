@@ -1,32 +1,232 @@
-"""Opening the agent's SQLite files: WAL, full sync, versioned schema."""
+"""Opening the agent's SQLite files: private modes, WAL, full sync, versioned schema;
+faults turned into one clear line, a damaged file moved aside.
+
+Every sqlite3.Error or OSError a store meets is raised as StoreUnavailable (StoreCorrupt
+for a damaged file) naming the file, what is wrong and what was being done, e.g.
+"/var/lib/edge-defender/agent.db: disk full (SQLITE_FULL) while recording 2 events".
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import quote
+
+from agent.logs import kv
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o700  # the state dir and any directory the stores create
+FILE_MODE = 0o600  # a store file; SQLite gives its -wal, -shm and -journal the same mode
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+BUSY_TIMEOUT_S = 10.0
+
+# Words for SQLite's result codes, by extended name first, then by primary name.
+_PROBLEMS = {
+    "SQLITE_READONLY_DBMOVED": "deleted or moved while open",
+    "SQLITE_FULL": "disk full",
+    "SQLITE_READONLY": "read-only",
+    "SQLITE_IOERR": "I/O error",
+    "SQLITE_BUSY": "locked by another connection beyond the busy timeout",
+    "SQLITE_LOCKED": "locked by another connection",
+    "SQLITE_CORRUPT": "damaged (the database image is malformed)",
+    "SQLITE_NOTADB": "not a SQLite database",
+    "SQLITE_CANTOPEN": "cannot be opened",
+    "SQLITE_PERM": "permission denied",
+}
+_DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
-def open_db(path: str | Path, migrations: Sequence[str]) -> sqlite3.Connection:
+class StoreError(ValueError):
+    """A store operation refused; nothing was written."""
+
+
+class StoreNotFound(StoreError):
+    """The store file does not exist (the daemon has not run with this state_dir)."""
+
+
+class StoreUnavailable(StoreError):
+    """The file cannot be opened, read or written now: disk full, read-only, I/O error,
+    locked beyond the busy timeout, deleted. The operation that raised it changed nothing
+    (its transaction rolled back), so the caller may keep its data in memory and retry."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class StoreCorrupt(StoreUnavailable):
+    """The file is not a usable SQLite database. A writer's open moves it aside."""
+
+
+@dataclass(frozen=True, slots=True)
+class MovedAside:
+    """A damaged store file renamed out of the way (with its side files)."""
+
+    path: Path
+    to: Path
+    reason: str
+
+
+def describe(error: sqlite3.Error | OSError) -> str:
+    """What went wrong in words, with the code: "disk full (SQLITE_FULL)"."""
+    if isinstance(error, OSError):
+        name = errno.errorcode.get(error.errno or 0, "")
+        words = "disk full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+        return f"{words} ({name})" if name else words
+    name = getattr(error, "sqlite_errorname", None)  # absent for errors of the Python module
+    if not name:
+        return str(error)
+    primary = "_".join(name.split("_")[:2])
+    return f"{_PROBLEMS.get(name) or _PROBLEMS.get(primary) or error} ({name})"
+
+
+def fault(path: Path, error: sqlite3.Error | OSError, doing: str) -> StoreUnavailable:
+    damaged = getattr(error, "sqlite_errorname", "").startswith(_DAMAGE)
+    kind = StoreCorrupt if damaged else StoreUnavailable
+    return kind(path, f"{describe(error)} while {doing}")
+
+
+@contextmanager
+def guard(path: Path, doing: str) -> Iterator[None]:
+    """Turn the faults raised inside into StoreUnavailable naming `path` and `doing`."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as e:
+        raise fault(path, e, doing) from e
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` and its missing parents with mode 0700 whatever the umask. An
+    existing directory keeps its mode: it may be one the agent does not own alone."""
+    missing: list[Path] = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs
+        os.chmod(directory, DIR_MODE)
+
+
+def side_files(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in SIDE_SUFFIXES]
+
+
+def open_db(
+    path: str | Path,
+    migrations: Sequence[str],
+    *,
+    create: bool = True,
+    timeout_s: float = BUSY_TIMEOUT_S,
+) -> sqlite3.Connection:
     """A connection to `path` with every migration applied once, in order.
 
     migrations[i] is the SQL script that takes the schema from version i to i+1
     (tracked in PRAGMA user_version). WAL lets the query verbs read while the daemon
     writes; synchronous=FULL makes a committed transaction survive a power cut.
+
+    create=True is the writer's open: a missing store is created (its directory 0700, its
+    files 0600), the file passes PRAGMA quick_check and gets mode 0600. create=False (the
+    query verbs) raises StoreNotFound for a missing file. Either way an empty or damaged
+    file is StoreCorrupt, and any other fault StoreUnavailable.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
+    with guard(path, "opening"):
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            if not create:
+                raise StoreNotFound(
+                    f"no store at {path} (has the agent run with this state_dir?)"
+                ) from None
+            make_private_dir(path.parent)
+            _create(path, migrations)
+        else:
+            if size == 0:
+                # _create never leaves an empty file at the path, even when killed.
+                raise StoreCorrupt(path, "empty file (0 bytes): it was truncated")
+        # mode=rw: never let SQLite create a file that vanished since the check above.
+        uri = f"file:{quote(str(path))}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
+    try:
+        with guard(path, "opening"):
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(path, conn, migrations)
+        with guard(path, "checking the file"):
+            if create:
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    raise StoreCorrupt(path, f"fails quick_check: {'; '.join(problems[:3])}")
+                _make_private(path)
+            _match_owner(path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(path: Path, conn: sqlite3.Connection, migrations: Sequence[str]) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for number, script in enumerate(migrations[version:], start=version + 1):
-        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
-    _match_owner(path)
-    return conn
+        with guard(path, f"migrating to schema version {number}"):
+            conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+
+
+def _create(path: Path, migrations: Sequence[str]) -> None:
+    """Build a new store under a temporary name and rename it into place, so a crash
+    never leaves an empty or half-made file where a store should be."""
+    building = path.with_name(path.name + ".new")
+    for leftover in (building, *side_files(building)):
+        leftover.unlink(missing_ok=True)
+    fd = os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask narrowed nothing we want, but be exact
+    finally:
+        os.close(fd)
+    conn = sqlite3.connect(building, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=FULL")
+        _migrate(path, conn, migrations)
+        # Switched last: the schema is in the main file, not in a WAL left behind.
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
+    _fsync(building)
+    os.replace(building, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_private(path: Path) -> None:
+    """Mode 0600 for a store and its side files made before the agent set modes."""
+    for file in (path, *side_files(path)):
+        with contextlib.suppress(FileNotFoundError):
+            st = file.stat()
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.chmod(file, FILE_MODE)
 
 
 def _match_owner(path: Path) -> None:
@@ -35,7 +235,119 @@ def _match_owner(path: Path) -> None:
     if os.geteuid() != 0:
         return
     st = path.stat()
-    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for side in side_files(path):
         with contextlib.suppress(FileNotFoundError):
             if side.stat().st_uid != st.st_uid:
                 os.chown(side, st.st_uid, st.st_gid)
+
+
+def move_aside(path: Path, reason: str) -> MovedAside:
+    """Rename a damaged store and its side files to <name>.corrupt-<UTC time>[-n]: kept as
+    evidence, and out of the way of the new store (an old WAL or journal beside a new
+    file would be applied to it)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    to = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while any(p.exists() for p in (to, *side_files(to))):
+        n += 1
+        to = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    with guard(path, "moving the damaged file aside"):
+        for source, target in zip((path, *side_files(path)), (to, *side_files(to)), strict=True):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(source, target)
+        _fsync(path.parent)
+    log.error(kv("store_moved_aside", path=path, to=to, reason=reason))
+    return MovedAside(path, to, reason)
+
+
+class Store:
+    """One agent SQLite file on one connection. Not thread-safe: use it from the thread
+    that opened it.
+
+    Faults: every method raises StoreUnavailable (StoreCorrupt for a damaged file) with
+    one line naming the file and the problem; a write that raises it rolled back, so
+    nothing of it is stored and the caller can keep the data and retry. The writer's
+    open (create=True) moves a damaged file aside and starts a new one: `moved_aside`
+    says so. `check_path()` notices the file deleted or replaced under the open
+    connection, and `reopen()` opens what is at the path now.
+    """
+
+    def __init__(self, path: str | Path, migrations: Sequence[str], *, create: bool) -> None:
+        self.path = Path(path)
+        self.moved_aside: MovedAside | None = None  # by the latest open
+        self._migrations = migrations
+        self._create = create
+        self._conn, self._identity = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        try:
+            conn = open_db(self.path, self._migrations, create=self._create)
+        except StoreCorrupt as e:
+            if not self._create:
+                raise
+            self.moved_aside = move_aside(self.path, e.problem)
+            conn = open_db(self.path, self._migrations)
+        try:
+            with guard(self.path, "opening"):
+                st = self.path.stat()
+        except StoreUnavailable:
+            conn.close()
+            raise
+        return conn, (st.st_dev, st.st_ino)
+
+    def check_path(self) -> str | None:
+        """None while the open file is still the one at the path; otherwise what
+        happened to it. Cheap (one stat): meant to be called periodically."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return f"{self.path}: deleted while open (was the state directory removed?)"
+        except OSError as e:
+            return f"{self.path}: {describe(e)}"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"{self.path}: replaced by another file while open"
+        return None
+
+    def reopen(self) -> MovedAside | None:
+        """Close and open the path again: after check_path() found the file gone, this
+        creates the directory (0700) and a new store; a damaged file now at the path is
+        moved aside. What the store must hold (the active set) is the caller's to write
+        again. On StoreUnavailable the store stays closed: call reopen() again later."""
+        self.close()
+        self.moved_aside = None
+        self._conn, self._identity = self._open()
+        return self.moved_aside
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _guard(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return guard(self.path, doing)
+
+    @contextmanager
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; on any error it rolls back and the error is raised
+        (a fault as StoreUnavailable naming `doing`)."""
+        with self._guard(doing):
+            # IMMEDIATE takes the write lock up front (waiting out a busy writer): a
+            # deferred one that read first would fail midway with SQLITE_BUSY_SNAPSHOT.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    # A rollback that fails too leaves the connection unusable: the
+                    # next call raises StoreUnavailable and reopen() mends it.
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                raise

@@ -20,15 +20,21 @@ import logging
 import math
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from agent.core.events import UNKNOWN, EventType
 from agent.core.report import make_envelope, parse_envelope
 from agent.logs import kv
-from agent.store.db import open_db
+
+# The store's errors are importable from here by the callers of History.
+from agent.store.db import MovedAside as MovedAside
+from agent.store.db import Store, StoreError
+from agent.store.db import StoreCorrupt as StoreCorrupt
+from agent.store.db import StoreNotFound as StoreNotFound
+from agent.store.db import StoreUnavailable as StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ VERIFICATION_STATES = ("FALSE_POSITIVE", "BENIGN_POSITIVE", "TRUE_POSITIVE", "UN
 EVENT_TYPES = tuple(t.value for t in EventType)
 MAX_RESULTS = 250  # AWS's maximum and, for these verbs, the default
 MAX_DESCRIPTION = 1000
+MAX_VIOLATION_ID = 128  # AWS's bound; it also bounds the tokens of list_active_violations
+MAX_TOKEN = 4096  # characters; a token of ours is at most ~2,200
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -87,20 +95,21 @@ MIGRATIONS: tuple[str, ...] = (
         event_id INTEGER PRIMARY KEY REFERENCES violation_events (id) ON DELETE CASCADE
     );
     """,
+    # Events recorded for publishing that can never be sent (they could not be encoded):
+    # kept with the reason, never retried; they go with their event at retention.
+    """
+    CREATE TABLE quarantined_events (
+        event_id INTEGER PRIMARY KEY REFERENCES violation_events (id) ON DELETE CASCADE,
+        reason TEXT NOT NULL,
+        time REAL NOT NULL
+    );
+    """,
 )
 
 _ALARM_STATE = "alarm_state"
 _COUNTERS = "network_counters"
 # VerificationStateDescription's pattern is [^\p{Cntrl}]*.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-class StoreError(ValueError):
-    """A store operation refused; nothing was written."""
-
-
-class StoreNotFound(StoreError):
-    """The store file does not exist (the daemon has not run with this state_dir)."""
 
 
 class InvalidRequest(StoreError):
@@ -141,11 +150,44 @@ def _dumps(value: object, what: str) -> str:
         raise StoreError(f"{what}: not storable as JSON: {e}") from None
 
 
+def _shown(value: object) -> str:
+    """repr for a message, cut short (a huge int has no repr at all)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "an integer too large to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text(value: object) -> bool:
+    """A str SQLite can store: one with a lone surrogate cannot be encoded as UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _seconds(value: object) -> float | None:
+    """`value` as float epoch seconds, or None if it is not a number (or NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return None if math.isnan(seconds) else seconds
+
+
 def _time(record: Mapping[str, Any], key: str, what: str) -> float:
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise StoreError(f"{what}: {key} must be epoch seconds (a finite number), got {value!r}")
-    return float(value)
+    value = _seconds(record.get(key))
+    if value is None or math.isinf(value):
+        raise StoreError(
+            f"{what}: {key} must be epoch seconds (a finite number), got {_shown(record.get(key))}"
+        )
+    return value
 
 
 def _columns(record: object, what: str) -> tuple[Mapping[str, Any], tuple[Any, ...]]:
@@ -154,8 +196,10 @@ def _columns(record: object, what: str) -> tuple[Mapping[str, Any], tuple[Any, .
     if not isinstance(record, Mapping):
         raise StoreError(f"{what}: must be a JSON object")
     for key in ("violationId", "thingName", "securityProfileName"):
-        if not isinstance(record.get(key), str) or not record[key]:
-            raise StoreError(f"{what}: {key} must be a non-empty string")
+        if not _text(record.get(key)) or not record[key]:
+            raise StoreError(f"{what}: {key} must be a non-empty UTF-8 string")
+    if len(record["violationId"]) > MAX_VIOLATION_ID:
+        raise StoreError(f"{what}: violationId is longer than {MAX_VIOLATION_ID} characters")
     behavior = record.get("behavior")
     if not isinstance(behavior, Mapping) or not isinstance(behavior.get("name"), str):
         raise StoreError(f"{what}: behavior must be an object with a name")
@@ -188,8 +232,8 @@ def _event_row(event: object, index: int) -> tuple[Any, ...]:
             f"{what}: violationEventType must be one of {', '.join(EVENT_TYPES)},"
             f" got {checked.get('violationEventType')!r}"
         )
-    time = _time(checked, "violationEventTime", what)
-    return (time, *columns, _body(checked, columns[-1], what))
+    at = _time(checked, "violationEventTime", what)
+    return (at, *columns, _body(checked, columns[-1], what))
 
 
 def _active_row(active: object, index: int) -> tuple[Any, ...]:
@@ -204,33 +248,72 @@ def _encode_token(kind: str, key: Sequence[object]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_token(kind: str, token: str, key_types: tuple[type, ...]) -> list[Any]:
-    """The keyset a token of this listing kind carries; anything else is InvalidRequest."""
-    bad = InvalidRequest("nextToken", f"{token!r} is not a token returned by this listing")
+def _decode_token(kind: str, token: object, key_types: tuple[type, ...]) -> list[Any]:
+    """The keyset a token of this listing kind carries. Only a token this listing could
+    have returned is accepted (it must encode back to itself); anything else, however
+    forged, is InvalidRequest."""
+    if not isinstance(token, str):
+        raise InvalidRequest("nextToken", f"must be a string, got {_shown(token)}")
+
+    def bad(why: str) -> InvalidRequest:
+        return InvalidRequest(
+            "nextToken", f"{_shown(token)} is not a token returned by this listing: {why}"
+        )
+
+    if len(token) > MAX_TOKEN:
+        raise bad(f"longer than {MAX_TOKEN} characters")
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
         decoded = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise bad from None
-    if not isinstance(decoded, list) or len(decoded) != len(key_types) + 1 or decoded[0] != kind:
-        raise bad
+    except (binascii.Error, ValueError, RecursionError):
+        raise bad("not base64url of JSON") from None
+    if not isinstance(decoded, list) or len(decoded) != len(key_types) + 1:
+        raise bad(f"not a list of {len(key_types) + 1} items")
+    if decoded[0] != kind:
+        raise bad("made by another listing")
     key = decoded[1:]
     for value, tp in zip(key, key_types, strict=True):
         if isinstance(value, bool) or not isinstance(value, tp):
-            raise bad
+            raise bad(f"{_shown(value)} is not a {tp.__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad(f"{_shown(value)} is not a finite number")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise bad("an integer out of the 64-bit range")
+        if isinstance(value, str) and not _text(value):
+            raise bad("a string that is not UTF-8")
+    if _encode_token(kind, key) != token:
+        raise bad("not in the form this listing writes")
     return key
 
 
-def _check_max_results(max_results: int) -> None:
+def _check_max_results(max_results: object) -> None:
     if isinstance(max_results, bool) or not isinstance(max_results, int):
-        raise InvalidRequest("maxResults", f"must be an integer, got {max_results!r}")
+        raise InvalidRequest("maxResults", f"must be an integer, got {_shown(max_results)}")
     if not 1 <= max_results <= MAX_RESULTS:
-        raise InvalidRequest("maxResults", f"must be 1-{MAX_RESULTS}, got {max_results}")
+        raise InvalidRequest("maxResults", f"must be 1-{MAX_RESULTS}, got {_shown(max_results)}")
+
+
+def _check_times(start_time: object, end_time: object) -> tuple[float, float]:
+    """startTime and endTime as epoch seconds; an infinite one is an open bound."""
+    times = []
+    for param, value in (("startTime", start_time), ("endTime", end_time)):
+        seconds = _seconds(value)
+        if seconds is None:
+            raise InvalidRequest(param, f"must be epoch seconds (a number), got {_shown(value)}")
+        times.append(seconds)
+    if times[1] < times[0]:
+        raise InvalidRequest("endTime", "is before startTime")
+    return times[0], times[1]
+
+
+def _check_text(param: str, value: object) -> None:
+    if value is not None and not _text(value):
+        raise InvalidRequest(param, f"must be a UTF-8 string, got {_shown(value)}")
 
 
 def _check_enum(param: str, value: str | None, allowed: Sequence[str]) -> None:
     if value is not None and value not in allowed:
-        raise InvalidRequest(param, f"must be one of {', '.join(allowed)}, got {value!r}")
+        raise InvalidRequest(param, f"must be one of {', '.join(allowed)}, got {_shown(value)}")
 
 
 def _filters(
@@ -242,8 +325,14 @@ def _filters(
     verification_state: str | None,
 ) -> tuple[list[str], list[object]]:
     """WHERE clauses shared by both listings (table alias `t`, verifications `v`)."""
+    _check_text("thingName", thing_name)
+    _check_text("securityProfileName", security_profile_name)
     _check_enum("behaviorCriteriaType", behavior_criteria_type, CRITERIA_TYPES)
     _check_enum("verificationState", verification_state, VERIFICATION_STATES)
+    if list_suppressed_alerts is not None and not isinstance(list_suppressed_alerts, bool):
+        raise InvalidRequest(
+            "listSuppressedAlerts", f"must be true or false, got {_shown(list_suppressed_alerts)}"
+        )
     clauses: list[str] = []
     params: list[object] = []
     for column, value in (
@@ -273,33 +362,13 @@ def _with_verification(body: str, state: str | None, description: str | None) ->
     return record
 
 
-class History:
-    """The store on one open connection. Not thread-safe; one per process or thread."""
+class History(Store):
+    """The store on one open connection (see Store: one thread; faults are
+    StoreUnavailable and a failed write rolled back, so the caller keeps its data in
+    memory and retries; check_path() and reopen() for a state dir deleted while open)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> History:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front (waiting out a busy writer): a deferred
-        # transaction that read first would fail midway with SQLITE_BUSY_SNAPSHOT instead.
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        super().__init__(path, MIGRATIONS, create=create)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -314,14 +383,16 @@ class History:
         """Append `events`, replace the active set with `active` and save the rule core's
         `alarm_state`, all in one transaction. Everything is checked before writing.
         With `publish`, the events are also listed by `unpublished_events` until
-        `mark_published`."""
+        `mark_published` or `quarantine_event`. On StoreUnavailable nothing of it is
+        stored: call again with the same arguments (or newer state) later."""
         event_rows = [_event_row(e, i) for i, e in enumerate(events)]
         active_rows = [_active_row(a, i) for i, a in enumerate(active)]
         ids = [row[1] for row in active_rows]
         if len(set(ids)) != len(ids):
             raise StoreError("active violations: a violationId appears twice")
         state = _dumps(alarm_state, "alarm state")
-        with self._transaction() as conn:
+        doing = f"recording {len(events)} events and {len(active)} active violations"
+        with self._transaction(doing) as conn:
             for row in event_rows:
                 cursor = conn.execute(
                     "INSERT INTO violation_events (time, violation_id, thing_name, profile,"
@@ -346,8 +417,10 @@ class History:
         self, violation_id: str, state: str, description: str | None = None
     ) -> None:
         """Set the verification state of a violation: its events and its active entry."""
+        _check_text("violationId", violation_id)
         _check_enum("verificationState", state, VERIFICATION_STATES)
         if description is not None:
+            _check_text("verificationStateDescription", description)
             if len(description) > MAX_DESCRIPTION:
                 raise InvalidRequest(
                     "verificationStateDescription", f"longer than {MAX_DESCRIPTION} characters"
@@ -356,7 +429,7 @@ class History:
                 raise InvalidRequest(
                     "verificationStateDescription", "must not contain control characters"
                 )
-        with self._transaction() as conn:
+        with self._transaction("setting a verification state") as conn:
             known = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM violation_events WHERE violation_id = ?)"
                 " OR EXISTS (SELECT 1 FROM active_violations WHERE violation_id = ?)",
@@ -374,36 +447,71 @@ class History:
             )
 
     def unpublished_events(self) -> list[tuple[int, dict[str, Any]]]:
-        """(id, event) recorded with `publish` and not yet marked published, oldest first."""
-        rows = self._conn.execute(
-            "SELECT e.id, e.body FROM unpublished u JOIN violation_events e ON e.id = u.event_id"
-            " ORDER BY e.id"
-        )
+        """(id, event) recorded with `publish` and neither marked published nor
+        quarantined, oldest first."""
+        with self._guard("reading the events to publish"):
+            rows = self._conn.execute(
+                "SELECT e.id, e.body FROM unpublished u"
+                " JOIN violation_events e ON e.id = u.event_id ORDER BY e.id"
+            ).fetchall()
         return [(row[0], json.loads(row[1])) for row in rows]
 
     def mark_published(self, event_ids: Sequence[int]) -> None:
-        with self._transaction() as conn:
+        with self._transaction(f"marking {len(event_ids)} events published") as conn:
             conn.executemany(
                 "DELETE FROM unpublished WHERE event_id = ?", [(i,) for i in event_ids]
             )
+
+    def quarantine_event(self, event_id: int, reason: str, now: float | None = None) -> bool:
+        """Take an unpublished event that can never be sent (it could not be encoded) off
+        the list to publish, for good: it stays stored and listed with its reason, and
+        counted by `quarantined`; `now` is the time of it (the wall clock if None).
+        False if it was not waiting to be published."""
+        with self._transaction("quarantining an event") as conn:
+            waiting = conn.execute(
+                "DELETE FROM unpublished WHERE event_id = ?", (event_id,)
+            ).rowcount
+            if waiting:
+                conn.execute(
+                    "INSERT INTO quarantined_events (event_id, reason, time) VALUES (?, ?, ?)",
+                    (event_id, reason, time.time() if now is None else now),
+                )
+        if waiting:
+            log.error(kv("event_quarantined", id=event_id, reason=reason))
+        return bool(waiting)
+
+    def quarantined(self) -> int:
+        """Events quarantined and still stored (they go with their event at retention)."""
+        with self._guard("counting quarantined events"):
+            count: int = self._conn.execute("SELECT COUNT(*) FROM quarantined_events").fetchone()[0]
+        return count
+
+    def quarantined_events(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """(id, reason, event) of the quarantined events, oldest first."""
+        with self._guard("reading quarantined events"):
+            rows = self._conn.execute(
+                "SELECT e.id, q.reason, e.body FROM quarantined_events q"
+                " JOIN violation_events e ON e.id = q.event_id ORDER BY e.id"
+            ).fetchall()
+        return [(row[0], row[1], json.loads(row[2])) for row in rows]
 
     def add_metrics(self, timestamp: float, report: Mapping[str, Any]) -> None:
         """Append one report to the metrics history, as a replay envelope."""
         envelope = make_envelope(timestamp, dict(report))
         ts, _ = parse_envelope(envelope)  # refuses what replay would refuse
         body = _dumps(envelope, "metrics report")
-        with self._transaction() as conn:
+        with self._transaction("adding a metrics report") as conn:
             conn.execute("INSERT INTO metrics_history (time, body) VALUES (?, ?)", (ts, body))
 
     def save_counters(self, counters: Mapping[str, Any]) -> None:
         body = _dumps(counters, "network counters")
-        with self._transaction() as conn:
+        with self._transaction("saving the network counters") as conn:
             self._put_blob(conn, _COUNTERS, body)
 
     def prune(self, now: float, *, events_max_age_s: float, metrics_max_age_s: float) -> None:
         """Drop events and metrics history older than their retention. Active violations
         stay however old they are: they are the rule core's current state."""
-        with self._transaction() as conn:
+        with self._transaction("pruning old events and metrics") as conn:
             events = conn.execute(
                 "DELETE FROM violation_events WHERE time < ?", (now - events_max_age_s,)
             ).rowcount
@@ -429,7 +537,8 @@ class History:
     # -- reads --------------------------------------------------------------------------
 
     def _get_blob(self, name: str) -> dict[str, Any] | None:
-        row = self._conn.execute("SELECT body FROM blobs WHERE name = ?", (name,)).fetchone()
+        with self._guard(f"reading the {name.replace('_', ' ')}"):
+            row = self._conn.execute("SELECT body FROM blobs WHERE name = ?", (name,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def load_alarm_state(self) -> dict[str, Any] | None:
@@ -453,10 +562,10 @@ class History:
         next_token: str | None = None,
     ) -> dict[str, Any]:
         """ListViolationEvents: events with start_time <= time < end_time, oldest first
-        (ties in recording order). nextToken is present only when more events follow."""
+        (ties in recording order); an infinite time is an open bound. nextToken is
+        present only when more events follow."""
         _check_max_results(max_results)
-        if end_time < start_time:
-            raise InvalidRequest("endTime", "is before startTime")
+        start, end = _check_times(start_time, end_time)
         clauses, params = _filters(
             thing_name=thing_name,
             security_profile_name=security_profile_name,
@@ -465,7 +574,7 @@ class History:
             verification_state=verification_state,
         )
         clauses[:0] = ["t.time >= ?", "t.time < ?"]
-        params[:0] = [start_time, end_time]
+        params[:0] = [start, end]
         return self._page(
             "violationEvents", "violation_events", ("time", "id"), (float, int),
             clauses, params, max_results, next_token,
@@ -514,12 +623,13 @@ class History:
             clauses = [*clauses, f"(t.{first}, t.{second}) > (?, ?)"]
             params = [*params, *_decode_token(table, next_token, order_types)]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._conn.execute(
-            f"SELECT t.{first}, t.{second}, t.body, v.state, v.description FROM {table} t"
-            " LEFT JOIN verifications v ON v.violation_id = t.violation_id"
-            f" {where} ORDER BY t.{first}, t.{second} LIMIT ?",
-            [*params, max_results + 1],
-        ).fetchall()
+        with self._guard(f"listing {answer_key}"):
+            rows = self._conn.execute(
+                f"SELECT t.{first}, t.{second}, t.body, v.state, v.description FROM {table} t"
+                " LEFT JOIN verifications v ON v.violation_id = t.violation_id"
+                f" {where} ORDER BY t.{first}, t.{second} LIMIT ?",
+                [*params, max_results + 1],
+            ).fetchall()
         page = rows[:max_results]
         answer: dict[str, Any] = {answer_key: [_with_verification(*r[2:5]) for r in page]}
         if len(rows) > max_results:
@@ -527,19 +637,21 @@ class History:
         return answer
 
     def export_metrics(self, start_time: float, end_time: float) -> Iterator[dict[str, Any]]:
-        """Metrics-history envelopes with start_time <= timestamp < end_time, oldest first."""
-        cursor = self._conn.execute(
-            "SELECT body FROM metrics_history WHERE time >= ? AND time < ? ORDER BY time, id",
-            (start_time, end_time),
-        )
-        for (body,) in cursor:
-            yield json.loads(body)
+        """Metrics-history envelopes with start_time <= timestamp < end_time, oldest first
+        (an infinite time is an open bound)."""
+        start, end = _check_times(start_time, end_time)
+        with self._guard("exporting metrics history"):
+            cursor = self._conn.execute(
+                "SELECT body FROM metrics_history WHERE time >= ? AND time < ? ORDER BY time, id",
+                (start, end),
+            )
+            for (body,) in cursor:
+                yield json.loads(body)
 
 
 def open_history(path: str | Path, *, create: bool = True) -> History:
     """The store at `path`, migrated to the current schema. With create=False a missing
-    file is StoreNotFound instead of a new empty store (for the query verbs)."""
-    path = Path(path)
-    if not create and not path.exists():
-        raise StoreNotFound(f"no store at {path} (has the agent run with this state_dir?)")
-    return History(open_db(path, MIGRATIONS))
+    file is StoreNotFound instead of a new empty store, and a damaged one StoreCorrupt
+    instead of being moved aside (for the query verbs, which only read beside the
+    daemon). With create=True a damaged file is moved aside: see History.moved_aside."""
+    return History(path, create=create)

@@ -6,25 +6,31 @@ metrics reports go first, then the new message itself if it is a metrics report;
 violation events go only when nothing else is left, oldest first. Every drop is
 counted in the file (the counters survive a restart) and logged.
 
+A message that can never be sent (the broker or the client refused it) is quarantined:
+moved out of the send queue, so it never blocks it, and kept with its topic, payload,
+reason and time. The quarantine has its own bound, the newest QUARANTINE_MAX messages
+within max_bytes of payload; an older one dropped to keep it is counted as a drop.
+
 A Spool wraps one SQLite connection and must be used from the thread that opened it.
+Faults are StoreUnavailable, after which nothing of the call was written (see Store).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
 from agent.logs import kv
-from agent.store.db import open_db
+from agent.store.db import Store
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["metrics", "violation"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
+QUARANTINE_MAX = 1000
 
 # AUTOINCREMENT: ids are never reused, so a late PUBACK for an evicted message can
 # never delete a newer one that took over its id.
@@ -41,6 +47,19 @@ _MIGRATIONS = (
     CREATE INDEX outbox_kind ON outbox (kind, id);
     CREATE TABLE drops (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
     """,
+    # Messages that can never be sent, under the id they had in the outbox.
+    """
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        quarantined REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -53,16 +72,19 @@ class SpoolItem:
     created: float  # epoch seconds when it was spooled
 
 
-class Spool:
+@dataclass(frozen=True, slots=True)
+class QuarantinedItem:
+    item: SpoolItem
+    quarantined: float  # epoch seconds when it was quarantined
+    reason: str
+
+
+class Spool(Store):
     def __init__(self, path: str | Path, max_bytes: int) -> None:
         if max_bytes <= 0:
             raise ValueError("spool max_bytes must be positive")
-        self.path = Path(path)
         self.max_bytes = max_bytes
-        self._db = open_db(self.path, _MIGRATIONS)
-
-    def close(self) -> None:
-        self._db.close()
+        super().__init__(path, _MIGRATIONS, create=True)
 
     def put(self, kind: Kind, topic: str, payload: bytes, now: float) -> int | None:
         """Spool one message and return its id, or None when the message itself had
@@ -70,7 +92,7 @@ class Spool:
         if kind not in KINDS:
             raise ValueError(f"unknown spool kind {kind!r}")
         size = len(payload)
-        with self._transaction():
+        with self._transaction(f"spooling a {kind} message of {size} bytes"):
             victims = self._victims(kind, size)
             if victims is None:
                 self._count_drop(kind)
@@ -88,8 +110,8 @@ class Spool:
                 )
                 return None
             for victim_id, victim_kind, victim_size in victims:
-                self._drop(victim_id, victim_kind, victim_size, "spool full")
-            return self._db.execute(
+                self._drop("outbox", victim_id, victim_kind, victim_size, "spool full")
+            return self._conn.execute(
                 "INSERT INTO outbox (kind, topic, payload, size, created) VALUES (?, ?, ?, ?, ?)",
                 (kind, topic, payload, size, now),
             ).lastrowid
@@ -99,26 +121,27 @@ class Spool:
         None when the new message itself is the one to drop. Changes nothing."""
         if size > self.max_bytes:
             return None
-        free = self.max_bytes - self.depth()[1]
+        query = "SELECT COALESCE(SUM(size), 0) FROM outbox"
+        free: int = self.max_bytes - self._conn.execute(query).fetchone()[0]
         victims: list[tuple[int, Kind, int]] = []
         # Metrics go before violations. The new message is the newest of its kind, so it
         # is dropped once every stored message of its kind and the kinds before it is.
         for candidate_kind in KINDS[: KINDS.index(kind) + 1]:
             query = "SELECT id, kind, size FROM outbox WHERE kind = ? ORDER BY id"
-            for row in self._db.execute(query, (candidate_kind,)):
+            for row in self._conn.execute(query, (candidate_kind,)):
                 if free >= size:
                     return victims
                 victims.append(row)
                 free += row[2]
         return victims if free >= size else None
 
-    def _drop(self, item_id: int, kind: Kind, size: int, reason: str) -> None:
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+    def _drop(self, table: str, item_id: int, kind: Kind, size: int, reason: str) -> None:
+        self._conn.execute(f"DELETE FROM {table} WHERE id = ?", (item_id,))
         self._count_drop(kind)
         log.warning(kv("spool_drop", id=item_id, kind=kind, bytes=size, reason=reason))
 
     def _count_drop(self, kind: Kind) -> None:
-        self._db.execute(
+        self._conn.execute(
             "INSERT INTO drops (kind, count) VALUES (?, 1)"
             " ON CONFLICT (kind) DO UPDATE SET count = count + 1",
             (kind,),
@@ -126,42 +149,71 @@ class Spool:
 
     def pending(self, limit: int) -> list[SpoolItem]:
         """Up to `limit` messages, oldest first."""
-        rows = self._db.execute(
-            "SELECT id, kind, topic, payload, created FROM outbox ORDER BY id LIMIT ?", (limit,)
-        )
+        with self._guard("reading the messages to send"):
+            rows = self._conn.execute(
+                "SELECT id, kind, topic, payload, created FROM outbox ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
         return [SpoolItem(*row) for row in rows]
 
     def ack(self, *item_ids: int) -> None:
         """The broker has these messages: forget them, in one transaction (one fsync).
         Unknown ids (evicted meanwhile) are ignored."""
-        with self._transaction():
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in item_ids])
+        with self._transaction(f"forgetting {len(item_ids)} delivered messages") as conn:
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in item_ids])
 
-    def discard(self, item_id: int, reason: str) -> None:
-        """Drop a message that can never be delivered (the broker refused it)."""
-        with self._transaction():
-            query = "SELECT kind, size FROM outbox WHERE id = ?"
-            row = self._db.execute(query, (item_id,)).fetchone()
-            if row is not None:
-                self._drop(item_id, row[0], row[1], reason)
+    def quarantine(self, item_id: int, reason: str, now: float | None = None) -> bool:
+        """Move a message that can never be sent (the broker or the client refused it)
+        out of the send queue into the quarantine, with `reason` and the time `now`
+        (the wall clock if None). False if it is no longer in the queue (acked or
+        evicted meanwhile). The oldest quarantined go, counted as drops, to keep the
+        quarantine within QUARANTINE_MAX messages and max_bytes."""
+        with self._transaction("quarantining a message") as conn:
+            moved = conn.execute(
+                "INSERT INTO quarantine (id, kind, topic, payload, size, created, quarantined,"
+                " reason) SELECT id, kind, topic, payload, size, created, ?, ?"
+                " FROM outbox WHERE id = ?",
+                (time.time() if now is None else now, reason, item_id),
+            ).rowcount
+            if not moved:
+                return False
+            conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            log.error(kv("spool_quarantined", id=item_id, reason=reason))
+            count, size = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine"
+            ).fetchone()
+            oldest = conn.execute("SELECT id, kind, size FROM quarantine ORDER BY id")
+            for victim_id, victim_kind, victim_size in oldest.fetchall():
+                if count <= QUARANTINE_MAX and size <= self.max_bytes:
+                    break
+                self._drop("quarantine", victim_id, victim_kind, victim_size, "quarantine full")
+                count, size = count - 1, size - victim_size
+        return True
+
+    def quarantined(self) -> int:
+        """Messages held in the quarantine."""
+        with self._guard("counting quarantined messages"):
+            count: int = self._conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        return count
+
+    def quarantined_items(self) -> list[QuarantinedItem]:
+        """The quarantined messages, oldest first."""
+        with self._guard("reading quarantined messages"):
+            rows = self._conn.execute(
+                "SELECT id, kind, topic, payload, created, quarantined, reason"
+                " FROM quarantine ORDER BY id"
+            ).fetchall()
+        return [QuarantinedItem(SpoolItem(*row[:5]), row[5], row[6]) for row in rows]
 
     def depth(self) -> tuple[int, int]:
         """(messages, payload bytes) waiting to be sent."""
-        query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
-        count, size = self._db.execute(query).fetchone()
+        with self._guard("counting the messages to send"):
+            query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
+            count, size = self._conn.execute(query).fetchone()
         return count, size
 
     def drops(self) -> dict[Kind, int]:
         counts = dict.fromkeys(KINDS, 0)
-        counts.update(self._db.execute("SELECT kind, count FROM drops"))
+        with self._guard("reading the drop counts"):
+            counts.update(self._conn.execute("SELECT kind, count FROM drops"))
         return counts
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store.db import open_db
+from agent.store.db import StoreUnavailable, open_db
 
 MIGRATIONS = ["CREATE TABLE a (x);", "CREATE TABLE b (y);"]
 
@@ -24,7 +24,7 @@ def test_migrations_run_once_each_in_order(tmp_path: Path) -> None:
 def test_a_failed_migration_leaves_the_old_schema(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
     open_db(path, MIGRATIONS[:1]).close()
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StoreUnavailable, match=r"table a already exists .* version 2"):
         open_db(path, [*MIGRATIONS[:1], "CREATE TABLE c (z); CREATE TABLE a (x);"])
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1

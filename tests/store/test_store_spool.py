@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.store.spool import Spool
+import agent.store.spool as spool_module
+from agent.store.spool import Kind, QuarantinedItem, Spool, SpoolItem
 
 
 @pytest.fixture
@@ -127,17 +128,57 @@ def test_drop_counts_persist_across_reopen(path: Path) -> None:
     assert Spool(path, 10).drops() == {"metrics": 1, "violation": 1}
 
 
-def test_discard_counts_and_logs(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_quarantine_takes_a_message_out_of_the_queue_and_keeps_it(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spool = Spool(path, 100)
-    item = spool.put("violation", "t", b"v", now=0.0)
-    assert item is not None
+    first = spool.put("violation", "t/v", b"\xffbad", now=1.0)
+    second = spool.put("metrics", "t/m", b"ok", now=2.0)
+    assert first is not None and second is not None
     with caplog.at_level(logging.WARNING):
-        spool.discard(item, "broker refused it: NOT_AUTHORIZED")
-        spool.discard(item, "again")  # already gone: not counted twice
-    assert spool.depth() == (0, 0)
-    assert spool.drops() == {"metrics": 0, "violation": 1}
-    assert caplog.text.count("spool_drop") == 1
+        assert spool.quarantine(first, "broker refused it: NOT_AUTHORIZED", now=5.0)
+        assert not spool.quarantine(first, "again")  # no longer queued: nothing happens
+    assert ids(spool) == [second]  # the queue goes on without it
+    assert spool.depth() == (1, 2)
+    assert spool.quarantined() == 1
+    (kept,) = spool.quarantined_items()
+    assert kept == QuarantinedItem(
+        SpoolItem(first, "violation", "t/v", b"\xffbad", 1.0),
+        5.0,
+        "broker refused it: NOT_AUTHORIZED",
+    )
+    assert spool.drops() == {"metrics": 0, "violation": 0}  # kept, so not a drop
+    assert caplog.text.count("spool_quarantined") == 1
     assert 'reason="broker refused it: NOT_AUTHORIZED"' in caplog.text
+    spool.close()
+    assert Spool(path, 100).quarantined_items() == [kept]
+
+
+def test_quarantine_keeps_the_newest_within_its_bounds_and_counts_the_rest(
+    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "QUARANTINE_MAX", 3)
+    spool = Spool(path, 30)
+
+    def refused(kind: Kind, size: int) -> int:
+        item = spool.put(kind, "t", b"x" * size, now=0.0)
+        assert item is not None and spool.quarantine(item, "refused")
+        return item
+
+    with caplog.at_level(logging.WARNING):
+        bulky = [refused("violation", 8) for _ in range(4)]
+    # 4 x 8 bytes is more than max_bytes=30: the oldest went, counted and logged.
+    assert [q.item.id for q in spool.quarantined_items()] == bulky[1:]
+    assert spool.drops() == {"metrics": 0, "violation": 1}
+    assert f'spool_drop id={bulky[0]} kind=violation bytes=8 reason="quarantine full"' in (
+        caplog.text
+    )
+    small = refused("metrics", 1)
+    # A fourth message is one more than QUARANTINE_MAX: the oldest goes.
+    assert [q.item.id for q in spool.quarantined_items()] == [*bulky[2:], small]
+    assert spool.quarantined() == 3
+    assert spool.drops() == {"metrics": 0, "violation": 2}
+    assert spool.depth() == (0, 0)
 
 
 def test_unknown_kind_is_an_error(path: Path) -> None:
