@@ -1,23 +1,19 @@
-"""Publisher set-up without a broker; tests/system/test_system_mqtt.py runs it against one."""
+"""Transport set-up without a broker; tests/system/test_system_mqtt.py runs it against one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
 from pathlib import Path
 
 import pytest
 from awscrt.mqtt5 import ExtendedValidationAndFlowControlOptions as FlowControl
 
 from agent.config import Config, ConfigError, MqttConfig
-from agent.publish.mqtt import Publisher, flow_control_for
-from agent.store.spool import Spool
+from agent.publish.mqtt import Transport, flow_control_for
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Iterator[Spool]:
-    s = Spool(tmp_path / "spool.db", 1 << 20)
-    yield s
-    s.close()
+def transport(cfg: Config) -> Transport:
+    return Transport(cfg, [], threading.Event())
 
 
 def config(**mqtt: object) -> Config:
@@ -40,40 +36,33 @@ def test_aws_limits_apply_only_to_aws_endpoints(endpoint: str, expected: FlowCon
     assert flow_control_for(endpoint) is expected
 
 
-def test_endpoint_is_required(spool: Spool) -> None:
+def test_endpoint_is_required() -> None:
     with pytest.raises(ConfigError, match=r"^/etc/ed.toml: mqtt.endpoint: required"):
-        Publisher(config(), spool)
+        transport(config())
 
 
-def test_tls_needs_a_client_certificate_and_key(spool: Spool) -> None:
+def test_tls_needs_a_client_certificate_and_key() -> None:
     with pytest.raises(ConfigError, match=r"mqtt.cert_file and mqtt.key_file: required"):
-        Publisher(config(endpoint="broker.local", cert_file="/x/cert.pem"), spool)
+        transport(config(endpoint="broker.local", cert_file="/x/cert.pem"))
 
 
-def test_plain_connection_needs_no_certificate(spool: Spool) -> None:
-    Publisher(config(endpoint="broker.local", tls=False), spool)
+def test_plain_connection_needs_no_certificate() -> None:
+    assert not transport(config(endpoint="broker.local", tls=False)).running
 
 
-def test_missing_certificate_file_is_a_config_error(spool: Spool, tmp_path: Path) -> None:
-    publisher = Publisher(
-        config(
-            endpoint="broker.local",
-            cert_file=str(tmp_path / "missing.pem"),
-            key_file=str(tmp_path / "missing.key"),
-        ),
-        spool,
+def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
+    cfg = config(
+        endpoint="broker.local",
+        cert_file=str(tmp_path / "missing.pem"),
+        key_file=str(tmp_path / "missing.key"),
     )
     with pytest.raises(ConfigError, match=r"cannot use them: .*missing\.pem"):
-        publisher.start()
-    assert not publisher.connected
+        transport(cfg)
 
 
-def test_unusable_pem_is_a_config_error(spool: Spool, tmp_path: Path) -> None:
+def test_unusable_pem_is_a_config_error(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_text("not a certificate\n")
     key.write_text("not a key\n")
-    publisher = Publisher(
-        config(endpoint="broker.local", cert_file=str(cert), key_file=str(key)), spool
-    )
     with pytest.raises(ConfigError, match=r"^/etc/ed.toml: mqtt.cert_file, mqtt.key_file"):
-        publisher.start()
+        transport(config(endpoint="broker.local", cert_file=str(cert), key_file=str(key)))

@@ -1,9 +1,14 @@
-"""The publisher against a real mosquitto with mutual TLS (see conftest.py)."""
+"""The outbox and its transport against a real mosquitto with mutual TLS (see
+conftest.py), and the transport against a TLS 1.1-only server."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +17,9 @@ import pytest
 
 from agent.config import Config, DetectConfig, MqttConfig
 from agent.publish.codec import Format, decode, encode, metrics_topic
-from agent.publish.mqtt import MAX_IN_FLIGHT, Publisher
+from agent.publish.delivery import MAX_IN_FLIGHT
+from agent.publish.mqtt import Transport
+from agent.service.outbox import Outbox
 from agent.store.spool import Spool
 
 if TYPE_CHECKING:
@@ -27,7 +34,7 @@ TIMEOUT_S = 10.0
 RECONNECT_TIMEOUT_S = 30.0
 
 MakeClient = Callable[..., "MqttTestClient"]
-MakePublisher = Callable[..., Publisher]
+MakePublisher = Callable[..., Outbox]
 
 
 def report(report_id: int) -> dict[str, Any]:
@@ -47,8 +54,8 @@ def event(violation_id: str) -> dict[str, Any]:
     }
 
 
-def pump_until(publisher: Publisher, done: Callable[[], bool], timeout_s: float) -> bool:
-    """Drive the publisher as the daemon's loop does, until `done()` or time is up."""
+def pump_until(publisher: Outbox, done: Callable[[], bool], timeout_s: float) -> bool:
+    """Drive the outbox as the daemon's loop does, until `done()` or time is up."""
     deadline = time.monotonic() + timeout_s
     while True:
         publisher.pump()
@@ -57,13 +64,13 @@ def pump_until(publisher: Publisher, done: Callable[[], bool], timeout_s: float)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        publisher.wait(min(remaining, 0.2))
+        time.sleep(min(remaining, 0.05))
 
 
 @pytest.fixture
 def make_publisher(broker: Broker, tmp_path: Path) -> Iterator[MakePublisher]:
-    """make(format="json", tls=True, ...) -> a started Publisher with its own spool."""
-    made: list[tuple[Publisher, Spool]] = []
+    """make(format="json", tls=True, ...) -> a started Outbox with its own spool."""
+    made: list[Outbox] = []
 
     def make(
         fmt: Format = "json",
@@ -73,7 +80,7 @@ def make_publisher(broker: Broker, tmp_path: Path) -> Iterator[MakePublisher]:
         key: Path | None = None,
         client_id: str = "edge-agent",
         violations_template: str = "things/{thing_name}/defender/violations",
-    ) -> Publisher:
+    ) -> Outbox:
         pki = broker.pki
         cfg = Config(
             thing_name=THING,
@@ -91,18 +98,18 @@ def make_publisher(broker: Broker, tmp_path: Path) -> Iterator[MakePublisher]:
             detect=DetectConfig(violations_topic=violations_template),
         )
         spool = Spool(tmp_path / "state" / f"spool-{len(made)}.db", 1 << 20)
-        publisher = Publisher(cfg, spool)
+        publisher = Outbox(cfg, spool, threading.Event())
         publisher.start()
-        made.append((publisher, spool))
+        made.append(publisher)
         return publisher
 
     yield make
-    for publisher, spool in made:
+    for publisher in made:
         publisher.stop(flush_timeout_s=0)
-        spool.close()
+        publisher.close()
 
 
-def connected(publisher: Publisher) -> Publisher:
+def connected(publisher: Outbox) -> Outbox:
     assert pump_until(publisher, lambda: publisher.connected, TIMEOUT_S), "never connected"
     return publisher
 
@@ -115,8 +122,8 @@ def test_reports_and_violations_arrive_on_their_topics(
     watcher.subscribe(metrics_topic(THING, fmt), VIOLATIONS)
     publisher = connected(make_publisher(fmt))
 
-    assert publisher.submit_report(report(1001), now=1.0) is not None
-    assert publisher.submit_event(event("v-1"), now=2.0) is not None
+    assert publisher.submit_report(report(1001), now=1.0)
+    assert publisher.submit_event(event("v-1"), now=2.0)
     publisher.stop(flush_timeout_s=TIMEOUT_S)  # sends what is spooled before it stops
 
     got = watcher.wait_for(2)
@@ -158,7 +165,7 @@ def test_replies_are_counted_and_a_rejected_report_is_not_resent(
         "statusDetails": {"ErrorCode": "InvalidPayload", "ErrorMessage": "Malformed report"},
         "timestamp": 2,
     }
-    with caplog.at_level(logging.WARNING, logger="agent.publish.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.outbox"):
         responder.publish(topic + "/rejected", encode(rejection, fmt))
         assert pump_until(
             publisher, lambda: (publisher.accepted, publisher.rejected) == (1, 1), TIMEOUT_S
@@ -171,7 +178,7 @@ def test_replies_are_counted_and_a_rejected_report_is_not_resent(
     )
     assert [decode(p, fmt) for _, p in responder.messages] == [report(1), report(2)]
     assert publisher.status()["spool_messages"] == 0
-    assert publisher.sent == 2
+    assert publisher.status()["sent"] == 2
 
 
 def test_broker_outage_loses_nothing_and_drains_in_order(
@@ -212,7 +219,7 @@ def test_broker_outage_loses_nothing_and_drains_in_order(
         (VIOLATIONS, event("v-3")),
         *((topic, report(rid)) for rid in later),
     ]
-    assert publisher.sent == 3 + len(later)
+    assert publisher.status()["sent"] == 3 + len(later)
     assert publisher.status()["drops"] == {"metrics": 0, "violation": 0}
 
 
@@ -220,12 +227,12 @@ def test_broker_outage_loses_nothing_and_drains_in_order(
     ("template", "reason"),
     [
         # The broker's ACL denies it: a PUBACK with a failure code.
-        ("{denied}/{thing_name}/violations", "broker refused it: NOT_AUTHORIZED"),
+        ("{denied}/{thing_name}/violations", "broker refused it: reason code 0x87"),
         # awscrt refuses to send it: a wildcard in a topic name.
         ("things/{thing_name}/+/violations", "AWS_ERROR_MQTT5_PUBLISH_OPTIONS_VALIDATION"),
     ],
 )
-def test_a_refused_message_is_dropped_counted_and_does_not_block_the_rest(
+def test_a_refused_message_is_quarantined_counted_and_does_not_block_the_rest(
     template: str,
     reason: str,
     broker: Broker,
@@ -242,8 +249,8 @@ def test_a_refused_message_is_dropped_counted_and_does_not_block_the_rest(
         publisher.submit_report(report(2), now=2.0)
         assert pump_until(publisher, lambda: publisher.status()["spool_messages"] == 0, TIMEOUT_S)
     assert [decode(p, "json") for _, p in watcher.wait_for(1)] == [report(2)]
-    assert publisher.status()["drops"] == {"metrics": 0, "violation": 1}
-    assert "spool_drop id=1 kind=violation" in caplog.text
+    assert publisher.status()["drops"] == {"metrics": 0, "violation": 0}
+    assert publisher.status()["quarantined"] == 1
     assert reason in caplog.text
 
 
@@ -251,13 +258,12 @@ def test_client_certificate_from_another_ca_is_refused(
     broker: Broker, make_publisher: MakePublisher, caplog: pytest.LogCaptureFixture
 ) -> None:
     pki = broker.pki
-    with caplog.at_level(logging.WARNING, logger="agent.publish.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.outbox"):
         publisher = make_publisher(cert=pki.rogue_client_cert, key=pki.rogue_client_key)
         assert pump_until(publisher, lambda: "mqtt_connect_failed" in caplog.text, TIMEOUT_S)
-        item = publisher.submit_report(report(1), now=1.0)
+        assert publisher.submit_report(report(1), now=1.0)
         pump_until(publisher, lambda: False, 1.0)
     assert not publisher.connected
-    assert item is not None
     assert publisher.status()["spool_messages"] == 1  # kept for when the cert is fixed
     assert f"endpoint={broker.host} port={broker.port} error=AWS_IO_" in caplog.text
     publisher.stop(flush_timeout_s=1.0)  # returns at once: nothing can be sent
@@ -273,3 +279,67 @@ def test_plain_listener_with_tls_off(
     assert [decode(p, "cbor") for _, p in watcher.wait_for(1)] == [event("v-9")]
     # No username at all in CONNECT: the SDK's "?SDK=...&Version=..." tag is off.
     assert "as plain-agent (p5, c1, k60)." in broker.log_text()
+
+
+def _tls_server(pki: Any, version: ssl.TLSVersion) -> tuple[socket.socket, list[str]]:
+    """A TLS server on 127.0.0.1 speaking at most `version`, in a thread; the list
+    collects "ok" or the error of each handshake it sees."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+        ctx.maximum_version = version
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 offers TLS 1.1 only here
+    ctx.load_cert_chain(pki.server_cert, pki.server_key)
+    ctx.load_verify_locations(pki.ca_cert)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS, as the agent's brokers do
+    listener = socket.create_server(("127.0.0.1", 0))
+    handshakes: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                with ctx.wrap_socket(conn, server_side=True):
+                    handshakes.append("ok")
+            except (ssl.SSLError, OSError) as e:
+                handshakes.append(str(e))
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, handshakes
+
+
+@pytest.mark.parametrize(
+    ("version", "completes"), [(ssl.TLSVersion.TLSv1_1, False), (ssl.TLSVersion.TLSv1_2, True)]
+)
+def test_tls_older_than_1_2_is_refused(
+    version: ssl.TLSVersion, completes: bool, broker: Broker
+) -> None:
+    """A server that speaks at most TLS 1.1 gets no handshake from the agent; the same
+    server allowed TLS 1.2 does, which shows the test can tell."""
+    pki = broker.pki
+    listener, handshakes = _tls_server(pki, version)
+    cfg = Config(
+        thing_name=THING,
+        mqtt=MqttConfig(
+            endpoint=broker.host,
+            port=listener.getsockname()[1],
+            ca_file=str(pki.ca_cert),
+            cert_file=str(pki.client_cert),
+            key_file=str(pki.client_key),
+        ),
+    )
+    transport = Transport(cfg, [], threading.Event())
+    transport.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while not handshakes and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        transport.stop()
+        listener.close()
+    assert handshakes, "the agent never tried"
+    assert (handshakes[0] == "ok") is completes, handshakes
