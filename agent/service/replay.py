@@ -5,21 +5,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import BinaryIO, TextIO
 
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.core.evaluator import Detector
-from agent.core.events import ViolationEvent
+from agent.core.events import EventType, ViolationEvent
 from agent.core.metrics import metrics_from_report
-from agent.core.profile import ProfileError, validate_behaviors
+from agent.core.profile import (
+    ProfileError,
+    SecurityProfile,
+    parse_json_document,
+    validate_behaviors,
+)
 from agent.core.report import ReportError, parse_envelope
+from agent.service.detect import detector_from_config
 from agent.service.profiles import load_detect_files
-from agent.service.text import iso_time, metric_value_text, table
+from agent.service.text import (
+    LATEST_S,
+    TIME_RANGE,
+    VALUE_CHARS,
+    iso_time,
+    metric_value_text,
+    printable,
+    table_row,
+    time_problem,
+)
 
 VALIDATE = "validate-security-profile-behaviors"
 REPLAY = "replay"
@@ -55,10 +71,10 @@ def add_parsers(
     p.add_argument(
         "--profile",
         action="append",
-        required=True,
         metavar="FILE",
         help="security profile file (describe-security-profile output; may also hold "
-        "dimensions); repeat for several, globs allowed",
+        "dimensions); repeat for several, globs allowed (default: [detect] profiles "
+        "of the config)",
     )
     p.add_argument(
         "--metrics", required=True, metavar="FILE", help="metrics JSON lines ('-' for stdin)"
@@ -72,8 +88,12 @@ def add_parsers(
 def run(args: argparse.Namespace) -> int:
     if args.command == VALIDATE:
         return validate_command(args.behaviors, sys.stdout, sys.stderr)
-    thing = args.thing or load_config(args.config).thing_name
-    return replay_command(args.profile, args.metrics, thing, args.output, sys.stdout, sys.stderr)
+    # The config's [detect] settings shape the judging as in the daemon.
+    cfg = load_config(args.config)
+    if args.thing:
+        cfg = dataclasses.replace(cfg, thing_name=args.thing)
+    patterns = args.profile or cfg.detect.profiles
+    return replay_command(cfg, patterns, args.metrics, args.output, sys.stdout, sys.stderr)
 
 
 def _open(path: str) -> contextlib.AbstractContextManager[BinaryIO]:
@@ -86,14 +106,15 @@ def _open(path: str) -> contextlib.AbstractContextManager[BinaryIO]:
 
 def validate_command(path: str, out: TextIO, err: TextIO) -> int:
     """Print the ValidateSecurityProfileBehaviors response for the file at `path`."""
+    name = "<stdin>" if path == "-" else path
     try:
         with _open(path) as f:
-            doc = json.load(f)
+            doc = parse_json_document(f.read(), name)
     except OSError as e:
-        print(f"edge-defender {VALIDATE}: {path}: cannot read: {e.strerror}", file=err)
+        print(f"edge-defender {VALIDATE}: {name}: cannot read: {e.strerror}", file=err)
         return 2
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        print(f"edge-defender {VALIDATE}: {path}: not JSON: {e}", file=err)
+    except ProfileError as e:
+        print(f"edge-defender {VALIDATE}: {e}", file=err)
         return 2
     errors = validate_behaviors(doc)
     response = {"valid": not errors, "validationErrors": [{"errorMessage": m} for m in errors]}
@@ -101,29 +122,97 @@ def validate_command(path: str, out: TextIO, err: TextIO) -> int:
     return 0 if not errors else 1
 
 
+_INT64 = range(-(2**63), 2**63)  # metric values are 64-bit (AWS's long)
+_MESSAGE_CHARS = 300  # an error quotes the bad value, never a whole huge line
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> float:
+    raise _NotJSON(f"{name} is not a finite number (JSON has none)")
+
+
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _lone_surrogate(doc: object) -> str | None:
+    """The first lone surrogate in the strings of `doc`, escaped, or None."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode()
+    except UnicodeEncodeError as e:
+        return e.object[e.start : e.end].encode("unicode_escape").decode()
+    return None
+
+
+def _beyond_int64(metrics: Mapping[str, object]) -> str | None:
+    """A metric holding an integer a 64-bit value cannot (it would overflow the baseline
+    statistics and the sums of windows), or None."""
+    for name, value in metrics.items():
+        for x in value if type(value) is list else (value,):
+            if type(x) is int and x not in _INT64:
+                return name
+    return None
+
+
+def _decode(line: bytes | str) -> object:
+    """The JSON document on a line: strict JSON, in UTF-8, no lone surrogate."""
+    text = line.decode() if isinstance(line, bytes) else line
+    try:
+        doc = _JSON.decode(text)
+    except (json.JSONDecodeError, _NotJSON):
+        raise
+    except ValueError:  # the only other one: Python reads at most 4,300 digits
+        raise _NotJSON("an integer has more than 4300 digits") from None
+    # A lone surrogate is a \ud800-\udfff escape: a cheap test before the thorough one.
+    if ("\\ud" in text or "\\uD" in text) and (bad := _lone_surrogate(doc)):
+        raise _NotJSON(f"a string holds the lone surrogate {bad}: not Unicode text")
+    return doc
+
+
+def _record(line: bytes | str, where: str) -> tuple[float, dict[str, object]]:
+    """(timestamp, metrics) of one metrics-history line, or ReplayError naming it."""
+    try:
+        timestamp, report = parse_envelope(_decode(line))
+        metrics = metrics_from_report(report)
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text (byte {e.start + 1} of the line)"
+    except json.JSONDecodeError as e:
+        problem = f"not JSON: {e.msg} at column {e.colno}"
+    except _NotJSON as e:
+        problem = f"not JSON: {e}"
+    except RecursionError:
+        problem = "not a metrics-history record: nested too deeply"
+    except OverflowError:  # an integer timestamp beyond any float
+        problem = f"timestamp: an integer too large for a time; a time is {TIME_RANGE}"
+    except ReportError as e:
+        problem = str(e)
+    else:
+        if (why := time_problem(timestamp)) is not None:
+            problem = f"timestamp {why}"
+        elif (name := _beyond_int64(metrics)) is not None:
+            problem = f"{name}: an integer beyond 64 bits (-2^63 to 2^63-1)"
+        else:
+            return timestamp, metrics
+    if len(problem) > _MESSAGE_CHARS:
+        problem = problem[: _MESSAGE_CHARS - 1] + "…"
+    raise ReplayError(f"{where}: {problem}")
+
+
 def read_samples(
     lines: Iterable[bytes | str], name: str
 ) -> Iterator[tuple[float, dict[str, object]]]:
-    """(timestamp, metrics) per metrics-history line. Blank lines hold nothing and are
-    passed over; anything else that is not a valid record raises ReplayError naming the
-    line, as does a timestamp earlier than the one before."""
+    """(timestamp, metrics) per metrics-history line, read as they come. Blank lines hold
+    nothing and are passed over; anything else that is not a valid record raises
+    ReplayError naming the line, as does a timestamp earlier than the one before."""
     last = -math.inf
     last_line = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{name}:{number}"
-        try:
-            timestamp, report = parse_envelope(json.loads(line))
-            metrics = metrics_from_report(report)
-        except json.JSONDecodeError as e:
-            raise ReplayError(f"{where}: not JSON: {e.msg} at column {e.colno}") from None
-        except UnicodeDecodeError:
-            raise ReplayError(f"{where}: not UTF-8 text") from None
-        except ReportError as e:
-            raise ReplayError(f"{where}: {e}") from None
-        if not math.isfinite(timestamp):
-            raise ReplayError(f"{where}: timestamp {timestamp} is not a finite number")
+        timestamp, metrics = _record(line, where)
         if timestamp < last:
             raise ReplayError(
                 f"{where}: timestamp {timestamp} goes back in time from {last} on line "
@@ -148,34 +237,51 @@ def replay(
     return count
 
 
-def format_table(events: list[ViolationEvent]) -> list[str]:
-    """Aligned columns for people; the id is cut to its first 8 characters."""
-    rows = []
-    for e in events:
-        kind = e.violation_event_type.value + (" (suppressed)" if e.suppressed else "")
-        rows.append(
-            (
-                iso_time(e.violation_event_time, "milliseconds"),
-                e.security_profile_name,
-                str(e.behavior.get("name", "")),
-                kind,
-                metric_value_text(dict(e.metric_value)),
-                e.violation_id[:8],
-            )
-        )
-    headers = ("TIME", "PROFILE", "BEHAVIOR", "TYPE", "VALUE", "VIOLATION")
-    return table(headers, rows).splitlines()
+TABLE_HEADERS = ("TIME", "PROFILE", "BEHAVIOR", "TYPE", "VALUE", "VIOLATION")
+_ID_CHARS = 8  # the violation id is cut to its first 8 characters
+
+
+def table_widths(profiles: Iterable[SecurityProfile]) -> list[int]:
+    """Column widths that fit every event these profiles can raise, known before the
+    first one: the table is printed as events come, never held."""
+    profiles = list(profiles)
+    kinds = [t.value + " (suppressed)" for t in EventType]
+    fits = (
+        [iso_time(LATEST_S + 0.5, "milliseconds")],
+        [p.name for p in profiles],
+        [b.name for p in profiles for b in p.behaviors],
+        kinds,
+        ["x" * VALUE_CHARS],
+        ["x" * _ID_CHARS],
+    )
+    return [
+        max([len(h), *(len(printable(cell)) for cell in cells)])
+        for h, cells in zip(TABLE_HEADERS, fits, strict=True)
+    ]
+
+
+def table_cells(e: ViolationEvent) -> list[str]:
+    """An event's row for people."""
+    return [
+        iso_time(e.violation_event_time, "milliseconds"),
+        e.security_profile_name,
+        str(e.behavior.get("name", "")),
+        e.violation_event_type.value + (" (suppressed)" if e.suppressed else ""),
+        metric_value_text(dict(e.metric_value)),
+        e.violation_id[:_ID_CHARS],
+    ]
 
 
 def replay_command(
+    cfg: Config,
     profile_patterns: list[str],
     metrics_path: str,
-    thing_name: str,
     output: str,
     out: TextIO,
     err: TextIO,
 ) -> int:
-    """The `replay` command: 0 when the whole input was replayed, 2 on bad input."""
+    """The `replay` command: judge as `run` with `cfg` would, printing each event as it
+    comes. 0 when the whole input was replayed, 2 on bad input."""
     prog = f"edge-defender {REPLAY}"
     try:
         files = load_detect_files(profile_patterns)
@@ -185,32 +291,39 @@ def replay_command(
     if not files.profiles:
         print(f"{prog}: no security profile in {' '.join(profile_patterns)}", file=err)
         return 2
-    detector = Detector(files.profiles, thing_name, dimensions=files.dimensions)
-    events: list[ViolationEvent] = []
+    try:
+        detector = detector_from_config(cfg, files.profiles, files.dimensions)
+    except ValueError as e:  # a profile name given twice
+        print(f"{prog}: {e}", file=err)
+        return 2
+    counts: Counter[str] = Counter()
+    if output == "table":
+        widths = table_widths(files.profiles)
+        print(table_row(TABLE_HEADERS, widths), file=out)
 
     def emit(event: ViolationEvent) -> None:
-        events.append(event)
+        counts[event.violation_event_type.value] += 1
         if output == "json":
             print(json.dumps(event.to_json()), file=out)
+        else:
+            print(table_row(table_cells(event), widths), file=out)
 
     name = "<stdin>" if metrics_path == "-" else metrics_path
     try:
         with _open(metrics_path) as f:
             samples = replay(detector, read_samples(f, name), emit)
+    except BrokenPipeError:
+        raise  # the reader of our output left (`| head`): not an input problem
     except OSError as e:
         print(f"{prog}: {name}: cannot read: {e.strerror}", file=err)
         return 2
     except ReplayError as e:
         print(f"{prog}: {e}", file=err)
         return 2
-    if output == "table":
-        for line in format_table(events):
-            print(line, file=out)
-    counts = Counter(e.violation_event_type.value for e in events)
     detail = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
     print(
-        f"{prog}: {samples} samples, {detector.datapoints} datapoints, {len(events)} events"
-        + (f" ({detail})" if detail else ""),
+        f"{prog}: {samples} samples, {detector.datapoints} datapoints,"
+        f" {counts.total()} events" + (f" ({detail})" if detail else ""),
         file=err,
     )
     for profile, behavior, reason in detector.inactive_behaviors():
