@@ -36,7 +36,7 @@ from agent.service.checks import check_tls_files
 from agent.service.cycle import Cycle, Step
 from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
-from agent.service.replay import detector_from_config
+from agent.service.detect import detector_from_config
 from agent.service.status import AgentStatus, write_status
 from agent.store.history import History, StoreError, history_path, open_history
 from agent.store.spool import Spool
@@ -473,8 +473,10 @@ class Daemon:
             (sent if outbox.submit_event(doc, now) else bad).append(event_id)
         if sent:
             self._store_call("mark published", lambda: store.mark_published(sent))
-        if bad:
-            self._store_call("quarantine", lambda: store.quarantine_events(bad, "cannot encode"))
+        for event_id in bad:
+            self._store_call(
+                "quarantine", lambda i=event_id: store.quarantine_event(i, "cannot be encoded")
+            )
 
     # --- status -----------------------------------------------------------------------
 

@@ -397,3 +397,138 @@ key_file = "{key}"
     assert len(errors) == 1
     assert f"{key}: mode 0644 lets group or others in" in errors[0]
     assert not (agent.state / "agent.db").exists()  # refused before touching the store
+
+
+def test_replaying_the_exported_history_gives_the_daemons_events(agent: Agent) -> None:
+    """Same config, same events: replay reads [detect] from --config and the history
+    holds the whole sample. The window behavior closes on the clock in the daemon and
+    on the next sample in replay; both time it at the window's end."""
+    doc = profile()
+    doc["behaviors"].append(
+        {
+            "name": "level-sum",
+            "metric": "level",
+            "criteria": {
+                "comparisonOperator": "less-than",
+                "value": {"number": 1},
+                "durationSeconds": 1,
+                "consecutiveDatapointsToAlarm": 2,
+            },
+        }
+    )
+    agent.set_profile(doc)
+    agent.start()
+    wait_until(lambda: agent.status().get("samples", 0) >= 3, "samples")
+    agent.set_level(50)
+    wait_until(lambda: len(agent.events()) >= 2, "both alarms")
+    agent.set_level(0)
+    wait_until(lambda: len(agent.events()) >= 4, "both clears")
+    assert agent.stop() == 0
+    live = agent.events()
+    history = agent.tmp / "history.jsonl"
+    history.write_bytes(
+        agent._run("export-metrics", "--start-time", "0", "--end-time", "4000000000")
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "replay",
+            "--profile",
+            str(agent.profile),
+            "--metrics",
+            str(history),
+            "--config",
+            str(agent.config),
+        ],
+        capture_output=True,
+        check=True,
+        timeout=TIMEOUT_S,
+    ).stdout
+    replayed = [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def key(e: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            e["violationEventTime"],
+            e["behavior"]["name"],
+            e["violationEventType"],
+            json.dumps(e["metricValue"]),
+            e["thingName"],
+        )
+
+    # Events of the run's last windows, still open at the end of the export, are the
+    # daemon's alone when the clock closed them after the last sample.
+    assert [key(e) for e in replayed] == [key(e) for e in live][: len(replayed)]
+    assert len(replayed) >= 4
+
+
+def test_the_connection_past_the_reports_cut_is_judged(tmp_path: Path) -> None:
+    """max_list = 1 cuts the wire report to one connection; the rule core still sees
+    the one to 127.0.0.2 among 40 to 127.0.0.1."""
+    forbidden = {
+        "securityProfileName": "c2",
+        "behaviors": [
+            {
+                "name": "no-c2",
+                "metric": "aws:destination-ip-addresses",
+                "criteria": {
+                    "comparisonOperator": "not-in-cidr-set",
+                    "value": {"cidrs": ["127.0.0.2/32"]},
+                },
+            }
+        ],
+    }
+    agent = Agent(tmp_path, extra="")
+    agent.set_profile(forbidden)
+    text = agent.config.read_text().replace("[sampling]\n", "[sampling]\nmax_list = 1\n")
+    agent.config.write_text(text)
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    server2 = socket.create_server(("127.0.0.2", 0))
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            clients.append(socket.create_connection(server.getsockname()))
+        clients.append(socket.create_connection(server2.getsockname()))
+        agent.start()
+        wait_until(lambda: agent.status().get("samples", 0) >= 1, "the first sample")
+        events = wait_until(lambda: agent.events(), "the C2 alarm")
+        assert events[0]["behavior"]["name"] == "no-c2"
+        assert "127.0.0.2" in events[0]["metricValue"]["cidrs"]
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+        for c in clients:
+            c.close()
+        server.close()
+        server2.close()
+
+
+def test_the_state_dir_deleted_while_running_loses_no_later_event(agent: Agent) -> None:
+    agent.start()
+    wait_until(lambda: agent.status().get("samples", 0) >= 2, "the first samples")
+    import shutil
+
+    shutil.rmtree(agent.state)
+    agent.set_level(50)
+    events = wait_until(
+        lambda: (agent.state / "agent.db").exists() and agent.events(), "the alarm, stored anew"
+    )
+    assert [e["violationEventType"] for e in events] == ["in-alarm"]
+    assert agent.process is not None and agent.process.poll() is None
+    assert "degraded part=store" in agent.log_text()
+    assert agent.stop() == 0
+
+
+def test_a_refused_reload_is_in_the_status_verdict(agent: Agent) -> None:
+    agent.start()
+    wait_until(lambda: agent.status().get("samples", 0) >= 1, "the first sample")
+    agent.set_profile({"securityProfileName": "test-profile", "behaviors": [{"metric": "x"}]})
+    agent.signal(signal.SIGHUP)
+    verdict = wait_until(lambda: agent.status().get("reload"), "a reload verdict")
+    assert verdict["ok"] is False and "name" in verdict["error"]
+    agent.set_profile(profile())
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: agent.status()["reload"]["at"] > verdict["at"], "a second verdict")
+    assert agent.status()["reload"] == {**agent.status()["reload"], "ok": True, "error": None}
+    assert agent.stop() == 0
