@@ -30,6 +30,7 @@ DIR_MODE = 0o700  # the state dir and any directory the stores create
 FILE_MODE = 0o600  # a store file; SQLite gives its -wal, -shm and -journal the same mode
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 BUSY_TIMEOUT_S = 10.0
+_HEADER = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database
 
 # Words for SQLite's result codes, by extended name first, then by primary name.
 _PROBLEMS = {
@@ -145,9 +146,47 @@ def open_db(
     file is StoreCorrupt, and any other fault StoreUnavailable.
     """
     path = Path(path)
+    try:
+        return _connect(path, migrations, create, timeout_s)
+    except StoreCorrupt:
+        raise
+    except StoreUnavailable as e:
+        cause = dir_problem(path.parent)
+        if cause is None:
+            raise
+        raise StoreUnavailable(path, f"{e.problem}: {cause}") from e
+
+
+def dir_problem(directory: Path, *, min_free_bytes: int = 0) -> str | None:
+    """Why a store could not be written in `directory` (or where it would be created):
+    a read-only file system, no write permission, less than `min_free_bytes` free; or
+    None. It names the cause when an open fails, and serves a start check."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        fs = os.statvfs(existing)
+    except OSError as e:
+        return f"{existing}: {describe(e)}"
+    if fs.f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system (EROFS)"
+    if not existing.is_dir():
+        return f"{existing} is not a directory (ENOTDIR)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by uid {os.geteuid()} (EACCES)"
+    free = fs.f_bavail * fs.f_frsize
+    if free < min_free_bytes:
+        return f"{existing}: disk full (ENOSPC): {free} bytes free, want {min_free_bytes}"
+    return None
+
+
+def _connect(
+    path: Path, migrations: Sequence[str], create: bool, timeout_s: float
+) -> sqlite3.Connection:
     with guard(path, "opening"):
         try:
-            size = path.stat().st_size
+            with path.open("rb") as f:
+                header = f.read(len(_HEADER))
         except FileNotFoundError:
             if not create:
                 raise StoreNotFound(
@@ -156,29 +195,49 @@ def open_db(
             make_private_dir(path.parent)
             _create(path, migrations)
         else:
-            if size == 0:
+            # Refused before SQLite opens them: closing a connection deletes a -wal
+            # beside the file, which may be the evidence.
+            if not header:
                 # _create never leaves an empty file at the path, even when killed.
                 raise StoreCorrupt(path, "empty file (0 bytes): it was truncated")
-        # mode=rw: never let SQLite create a file that vanished since the check above.
-        uri = f"file:{quote(str(path))}?mode=rw"
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
+            if header != _HEADER:
+                raise StoreCorrupt(path, "not a SQLite database (no SQLite header)")
+            if create:
+                _quick_check(path, timeout_s)
+        conn = sqlite3.connect(_uri(path, "rw"), uri=True, timeout=timeout_s, isolation_level=None)
     try:
         with guard(path, "opening"):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
         _migrate(path, conn, migrations)
-        with guard(path, "checking the file"):
+        with guard(path, "opening"):
             if create:
-                problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
-                if problems != ["ok"]:
-                    raise StoreCorrupt(path, f"fails quick_check: {'; '.join(problems[:3])}")
                 _make_private(path)
             _match_owner(path)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _uri(path: Path, mode: str) -> str:
+    # mode=rw or ro: SQLite never creates a file that vanished since we looked.
+    return f"file:{quote(str(path))}?mode={mode}"
+
+
+def _quick_check(path: Path, timeout_s: float) -> None:
+    """StoreCorrupt unless PRAGMA quick_check passes. On a read-only connection, which
+    leaves the -wal as it was whatever it finds."""
+    conn = sqlite3.connect(_uri(path, "ro"), uri=True, timeout=timeout_s)
+    try:
+        with guard(path, "checking the file"):
+            rows = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    finally:
+        conn.close()
+    if rows != ["ok"]:
+        lines = [line for row in rows for line in row.splitlines() if not line.startswith("***")]
+        raise StoreCorrupt(path, f"fails quick_check: {'; '.join(lines[:3])}")
 
 
 def _migrate(path: Path, conn: sqlite3.Connection, migrations: Sequence[str]) -> None:
@@ -199,16 +258,21 @@ def _create(path: Path, migrations: Sequence[str]) -> None:
         os.fchmod(fd, FILE_MODE)  # the umask narrowed nothing we want, but be exact
     finally:
         os.close(fd)
-    conn = sqlite3.connect(building, isolation_level=None)
     try:
-        conn.execute("PRAGMA synchronous=FULL")
-        _migrate(path, conn, migrations)
-        # Switched last: the schema is in the main file, not in a WAL left behind.
-        conn.execute("PRAGMA journal_mode=WAL")
-    finally:
-        conn.close()
-    _fsync(building)
-    os.replace(building, path)
+        conn = sqlite3.connect(building, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            _migrate(path, conn, migrations)
+            # Switched last: the schema is in the main file, not in a WAL left behind.
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+        _fsync(building)
+        os.replace(building, path)
+    except BaseException:
+        for leftover in (building, *side_files(building)):
+            leftover.unlink(missing_ok=True)  # a full disk gets its space back
+        raise
     _fsync(path.parent)
 
 
@@ -268,8 +332,9 @@ class Store:
     one line naming the file and the problem; a write that raises it rolled back, so
     nothing of it is stored and the caller can keep the data and retry. The writer's
     open (create=True) moves a damaged file aside and starts a new one: `moved_aside`
-    says so. `check_path()` notices the file deleted or replaced under the open
-    connection, and `reopen()` opens what is at the path now.
+    says so. A file deleted or replaced under the open connection is found by every
+    write (StoreUnavailable) and by `check_path()`; `reopen()` opens what is at the path
+    now.
     """
 
     def __init__(self, path: str | Path, migrations: Sequence[str], *, create: bool) -> None:
@@ -281,12 +346,14 @@ class Store:
 
     def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
         try:
-            conn = open_db(self.path, self._migrations, create=self._create)
+            conn = open_db(
+                self.path, self._migrations, create=self._create, timeout_s=BUSY_TIMEOUT_S
+            )
         except StoreCorrupt as e:
             if not self._create:
                 raise
             self.moved_aside = move_aside(self.path, e.problem)
-            conn = open_db(self.path, self._migrations)
+            conn = open_db(self.path, self._migrations, timeout_s=BUSY_TIMEOUT_S)
         try:
             with guard(self.path, "opening"):
                 st = self.path.stat()
@@ -297,15 +364,20 @@ class Store:
 
     def check_path(self) -> str | None:
         """None while the open file is still the one at the path; otherwise what
-        happened to it. Cheap (one stat): meant to be called periodically."""
+        happened to it, as one line. Cheap (one stat): call it periodically. Every write
+        checks it too, as SQLite would go on writing to a deleted file."""
+        problem = self._path_problem()
+        return None if problem is None else f"{self.path}: {problem}"
+
+    def _path_problem(self) -> str | None:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            return f"{self.path}: deleted while open (was the state directory removed?)"
+            return "deleted while open (was the state directory removed?)"
         except OSError as e:
-            return f"{self.path}: {describe(e)}"
+            return describe(e)
         if (st.st_dev, st.st_ino) != self._identity:
-            return f"{self.path}: replaced by another file while open"
+            return "replaced by another file while open"
         return None
 
     def reopen(self) -> MovedAside | None:
@@ -337,6 +409,9 @@ class Store:
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
         """One write transaction; on any error it rolls back and the error is raised
         (a fault as StoreUnavailable naming `doing`)."""
+        problem = self._path_problem()
+        if problem is not None:
+            raise StoreUnavailable(self.path, f"{problem}, found while {doing}")
         with self._guard(doing):
             # IMMEDIATE takes the write lock up front (waiting out a busy writer): a
             # deferred one that read first would fail midway with SQLITE_BUSY_SNAPSHOT.
