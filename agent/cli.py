@@ -29,8 +29,12 @@ def _add_config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from agent.service.daemon import run
 
+    # systemd's watchdog ends a hung agent with SIGABRT: leave its Python stack in the journal.
+    faulthandler.enable()
     return run(args.config)
 
 
@@ -114,6 +118,26 @@ def _run_uninstall_service(args: argparse.Namespace) -> int:
     return run_uninstall_service(args.root, purge=args.purge)
 
 
+def _run_reload(args: argparse.Namespace) -> int:
+    from agent.service.reload import run_reload
+
+    return run_reload(_config(args), args.pid, args.timeout)
+
+
+def _register_reload(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reload",
+        help="make the running agent reload; exit 1 when it refuses (the unit's ExecReload)",
+    )
+    _add_config_arg(p)
+    p.add_argument("--pid", type=int, required=True, help="the agent's process id")
+    # Within the unit's TimeoutStartSec=, which also bounds ExecReload=.
+    p.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default 30)"
+    )
+    p.set_defaults(handler=_run_reload)
+
+
 def _register_operations(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check-config", help="check the config, TLS files and profiles; exit 1 on any problem"
@@ -164,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_collect(sub)
     _register_query(sub)
     _register_operations(sub)
+    _register_reload(sub)
     return parser
 
 

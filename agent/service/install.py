@@ -227,8 +227,21 @@ def _systemd_running() -> bool:
     return Path("/run/systemd/system").is_dir()  # sd_booted(3)
 
 
+def _unit_known() -> bool:
+    """Whether systemd has the unit's file; `systemctl stop` of an unknown unit only says
+    that it is not loaded."""
+    done = subprocess.run(
+        ["systemctl", "cat", UNIT],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    return done.returncode == 0
+
+
 def _run(argv: Sequence[str]) -> None:
-    print("running", " ".join(argv))
+    # Flushed first: the tool writes to the same terminal or pipe, and a pipe buffers ours.
+    print("running", " ".join(argv), flush=True)
     done = subprocess.run(argv, check=False)
     if done.returncode != 0:
         raise InstallError(f"{' '.join(argv)} failed with exit status {done.returncode}")
@@ -238,6 +251,7 @@ def run_install_service(root: str | None, exec_path: str | None, *, net_admin: b
     try:
         _install_service(root, exec_path, net_admin=net_admin)
     except (InstallError, OSError) as e:
+        sys.stdout.flush()  # what was done, then why it stopped
         print(f"edge-defender: install-service: {_error_text(e)}", file=sys.stderr)
         return 1
     return 0
@@ -247,6 +261,7 @@ def run_uninstall_service(root: str | None, *, purge: bool) -> int:
     try:
         _uninstall_service(root, purge=purge)
     except (InstallError, OSError) as e:
+        sys.stdout.flush()  # what was done, then why it stopped
         print(f"edge-defender: uninstall-service: {_error_text(e)}", file=sys.stderr)
         return 1
     return 0
@@ -301,8 +316,8 @@ def _uninstall_service(root: str | None, *, purge: bool) -> None:
     _need_root(root)
     top = Path(root or "/")
     live = root is None and _systemd_running()
-    if live:
-        subprocess.run(["systemctl", "stop", UNIT], check=False)  # fine if not loaded
+    if live and _unit_known():
+        _run(["systemctl", "stop", UNIT])
     for line in remove_files(top, purge=purge) or ["nothing to remove"]:
         print(line)
     if live:

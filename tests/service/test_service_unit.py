@@ -75,10 +75,8 @@ def test_base_unit_grants_no_net_admin(unit: Path) -> None:
 def test_render_puts_the_command_in_every_exec_line(unit: Path) -> None:
     text = unit.read_text()
     assert PLACEHOLDER not in text
-    exec_lines = [
-        line for line in text.splitlines() if line.startswith(("ExecStart=", "ExecStartPre="))
-    ]
-    assert len(exec_lines) == 2
+    exec_lines = [line for line in text.splitlines() if line.startswith("Exec")]
+    assert len(exec_lines) == 3
     for line in exec_lines:
         assert shlex.split(line.partition("=")[2])[:3] == COMMAND
 
@@ -88,3 +86,15 @@ def test_exec_start_pre_is_a_valid_check_config_call(unit: Path) -> None:
     args = build_parser().parse_args(shlex.split(line.partition("=")[2])[3:])
     assert args.command == "check-config"
     assert args.config == "/etc/edge-defender/config.toml"
+
+
+def test_exec_reload_waits_for_the_verdict_of_the_main_process(unit: Path) -> None:
+    line = next(x for x in unit.read_text().splitlines() if x.startswith("ExecReload="))
+    argv = shlex.split(line.partition("=")[2])[3:]
+    assert argv[-2:] == ["--pid", "$MAINPID"]  # systemd puts the main PID in its place
+    args = build_parser().parse_args([*argv[:-1], "1234"])
+    assert (args.command, args.config, args.pid) == (
+        "reload",
+        "/etc/edge-defender/config.toml",
+        1234,
+    )
