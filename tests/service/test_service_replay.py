@@ -94,6 +94,10 @@ def test_stdin_and_thing_name_from_config(tmp_path):
     assert len(events) == len(EXPECTED) and {e["thingName"] for e in events} == {"from-config"}
 
 
+def _line(timestamp: str = "1730000700", custom: str = '{"cpu_usage": [{"number": 20}]}') -> str:
+    return f'{{"timestamp": {timestamp}, "report": {{"header": {{}}, "custom_metrics": {custom}}}}}'
+
+
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [
@@ -108,6 +112,23 @@ def test_stdin_and_thing_name_from_config(tmp_path):
             "bytes_out",
         ),
         ('{"timestamp": NaN, "report": {"header": {}}}', "not a finite number"),
+        (_line("Infinity"), "not JSON: Infinity is not a finite number"),
+        (_line("1e400"), "timestamp inf is not a finite number"),
+        (_line("-1"), "timestamp -1.0 is before 1970; a time is epoch seconds from 0 to"),
+        (_line("253402300800"), "timestamp 253402300800.0 is after 9999"),
+        (_line("9" * 400), "timestamp: an integer too large for a time"),
+        (_line("9" * 5000), "not JSON: an integer has more than 4300 digits"),
+        (
+            _line(custom='{"cpu_usage": [{"number": 9223372036854775808}]}'),
+            "cpu_usage: an integer beyond 64 bits",
+        ),
+        (_line(custom='{"cpu_usage": [{"number": -Infinity}]}'), "-Infinity is not a finite"),
+        (_line(custom='{"procs": [{"string_list": ["ok", "\\udc00"]}]}'), "lone surrogate \\udc00"),
+        (_line(custom="[" * 100_000 + "]" * 100_000), "nested too deeply"),
+        (
+            _line(custom='{"cpu_usage": [{"number": "' + "x" * 100_000 + '"}]}'),
+            "cpu_usage.number: must be",
+        ),
         ("[1, 2]", "record must be a JSON object"),
     ],
 )
@@ -121,6 +142,7 @@ def test_a_malformed_line_is_an_error_naming_its_number(tmp_path, capsys, bad_li
     assert code == 2
     assert f"{metrics}:5: " in err and message in err
     assert "samples" not in err  # no summary after an error
+    assert len(err) < 500  # a huge value is quoted in part
 
 
 def test_time_going_back_is_refused_naming_the_line(tmp_path, capsys):
@@ -184,3 +206,183 @@ def test_validate_unreadable_input_exits_2(tmp_path, capsys):
     assert main(["validate-security-profile-behaviors", "--behaviors", str(bad)]) == 2
     assert "not JSON" in capsys.readouterr().err
     assert main(["validate-security-profile-behaviors", "--behaviors", str(tmp_path / "none")]) == 2
+
+
+def _shifted(tmp_path: Path, seconds: float) -> Path:
+    """The gateway recording moved in time."""
+    lines = []
+    for line in Path(METRICS).read_text().splitlines():
+        record = json.loads(line)
+        record["timestamp"] += seconds
+        lines.append(json.dumps(record))
+    path = tmp_path / "shifted.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_table_at_the_edges_of_time(tmp_path, capsys):
+    # The recording moved to start at the epoch, and to end on the last second of 9999.
+    last = json.loads(Path(METRICS).read_text().splitlines()[-1])["timestamp"]
+    latest = 253402300799
+    for shift, first in ((-T0, "1970-01-01T00:03:00Z"), (latest - last, "9999-12-31T23:51:59Z")):
+        code, out, _ = replay(
+            capsys, "--metrics", str(_shifted(tmp_path, shift)), "--output", "table"
+        )
+        assert code == 0
+        rows = out.splitlines()[1:]
+        assert len(rows) == len(EXPECTED) and rows[0].startswith(first + "  ")
+
+
+def test_table_cells_cannot_drive_the_terminal(tmp_path, capsys):
+    # A recorded string the profile flags: control characters are shown escaped.
+    profile = tmp_path / "p.json"
+    profile.write_text(
+        json.dumps(
+            {
+                "securityProfileName": "procs",
+                "behaviors": [
+                    {
+                        "name": "names",
+                        "metric": "procs",
+                        "criteria": {
+                            "comparisonOperator": "in-set",
+                            "value": {"strings": ["sshd"]},
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text(
+        _line(custom='{"procs": [{"string_list": ["\\u001b[2Jx", "caf\\u00e9"]}]}') + "\n"
+    )
+    assert (
+        main(["replay", "--profile", str(profile), "--metrics", str(metrics), "--output", "table"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "strings=\\x1b[2Jx,café" in out and "\x1b" not in out
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "agent", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("output", ["json", "table"])
+def test_events_are_written_as_they_come(output):
+    # The first event is out while the input is still open: nothing waits for the end.
+    lines = Path(METRICS).read_bytes().splitlines(keepends=True)
+    proc = _cli(
+        "replay", "--profile", PROFILE, "--metrics", "-", "--thing", "t", "--output", output
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"".join(lines[:4]))  # the first in-alarm is at the 4th sample
+        proc.stdin.flush()
+        first = (
+            proc.stdout.readline()
+            if output == "json"
+            else proc.stdout.readline() + proc.stdout.readline()
+        )
+        assert b"in-alarm" in first and proc.poll() is None
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+STAT_PROFILE = {
+    "securityProfileName": "levels",
+    "behaviors": [
+        {
+            "name": "high",
+            "metric": "level",
+            "criteria": {"comparisonOperator": "less-than", "value": {"number": 50}},
+        },
+        {
+            "name": "usual",  # at most the 90th percentile of its own past
+            "metric": "level",
+            "criteria": {
+                "comparisonOperator": "less-than-equals",
+                "statisticalThreshold": {"statistic": "p90"},
+            },
+        },
+    ],
+}
+
+
+def _levels(tmp_path: Path, levels: list[float | None], start: float = T0) -> Path:
+    """A recording of the custom metric `level`, one sample a second (None: not read)."""
+    path = tmp_path / "levels.jsonl"
+    with path.open("w") as f:
+        for i, level in enumerate(levels):
+            custom = {} if level is None else {"level": [{"number": level}]}
+            report = {"header": {"report_id": i + 1, "version": "1.0"}, "custom_metrics": custom}
+            f.write(json.dumps({"timestamp": start + i, "report": report}) + "\n")
+    return path
+
+
+def test_detect_settings_of_the_config_are_used(tmp_path, capsys):
+    profile = tmp_path / "levels.json"
+    profile.write_text(json.dumps(STAT_PROFILE))
+    # high for 2 samples (the statistics have 3 earlier datapoints), then no reading
+    metrics = _levels(tmp_path, [10, 10, 10, 90, 90, None, None, None, None, 10])
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'thing_name = "cfg-thing"\n[detect]\nprofiles = ["{profile}"]\n'
+        "stale_after_s = 2.0\nbaseline_s = 60.0\nmin_baseline_datapoints = 3\n"
+    )
+    # --profile defaults to the config's [detect] profiles
+    assert main(["replay", "--metrics", str(metrics), "--config", str(config)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    got = [
+        (e["violationEventTime"] - T0, e["behavior"]["name"], e["violationEventType"])
+        for e in events
+    ]
+    assert got == [
+        (3, "high", "in-alarm"),
+        (3, "usual", "in-alarm"),
+        (6, "high", "alarm-invalidated"),  # stale: no datapoint for 2 s
+        (6, "usual", "alarm-invalidated"),
+    ]
+    assert {e["thingName"] for e in events} == {"cfg-thing"}
+    # The defaults judge the same recording differently: 30 baseline datapoints, 2 days.
+    default_config = tmp_path / "default.toml"
+    default_config.write_text("")
+    assert (
+        main(
+            [
+                "replay",
+                "--profile",
+                str(profile),
+                "--metrics",
+                str(metrics),
+                "--config",
+                str(default_config),
+            ]
+        )
+        == 0
+    )
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["behavior"]["name"], e["violationEventType"]) for e in events] == [
+        ("high", "in-alarm"),
+        ("high", "alarm-cleared"),
+    ]
+
+
+def test_detect_settings_the_rule_core_refuses_are_an_error(tmp_path, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text("[detect]\nmin_baseline_datapoints = 0\n")
+    assert (
+        main(["replay", "--profile", PROFILE, "--metrics", METRICS, "--config", str(config)]) == 2
+    )
+    assert "min_baseline_datapoints" in capsys.readouterr().err
