@@ -32,6 +32,7 @@ if [ "$mode" = test ]; then
     .venv/bin/python -m pip install -q -e ".[dev]"
     .venv/bin/ruff check agent tests bench
     .venv/bin/ruff format --check agent tests bench
+    .venv/bin/mypy  # settings in pyproject.toml: strict parts for agent/core
     # Namespace and broker tests need root; elsewhere they skip and say why.
     as_root .venv/bin/python -m pytest -ra
 else

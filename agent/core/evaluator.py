@@ -464,7 +464,7 @@ class Detector:
                 baseline.load(entry.get("baseline", []))
             window = entry.get("window") or {"end": None, "value": None}
             fleet = entry.get("fleetThreshold")
-            values = {
+            values: dict[str, Any] = {
                 "run": int(entry["run"]),
                 "baseline": baseline,
                 "fleet": None if fleet is None else _number(fleet),

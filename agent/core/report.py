@@ -227,7 +227,7 @@ def _rename(obj: Any, table: dict[str, str], parent: str | None) -> Any:
             return obj
         out = {}
         for key, value in obj.items():
-            new = table.get(key, key)
+            new: str = table.get(key) or key
             out[new] = _rename(value, table, SHORT_TO_LONG.get(new, new))
         return out
     if isinstance(obj, list):
@@ -236,7 +236,8 @@ def _rename(obj: Any, table: dict[str, str], parent: str | None) -> Any:
 
 
 def to_short_names(report: dict[str, Any]) -> dict[str, Any]:
-    return _rename(report, LONG_TO_SHORT, None)
+    short: dict[str, Any] = _rename(report, LONG_TO_SHORT, None)
+    return short
 
 
 def to_long_names(report: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +247,8 @@ def to_long_names(report: dict[str, Any]) -> dict[str, Any]:
     if "hed" in report or "met" in report or "cmet" in report:
         if "header" in report or "metrics" in report or "custom_metrics" in report:
             raise ReportError("report mixes long and short key names")
-        return _rename(report, SHORT_TO_LONG, None)
+        long: dict[str, Any] = _rename(report, SHORT_TO_LONG, None)
+        return long
     return report
 
 

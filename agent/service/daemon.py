@@ -34,9 +34,9 @@ from agent.publish.delivery import is_aws_endpoint
 from agent.service.cadence import MonotonicScheduler
 from agent.service.checks import check_tls_files
 from agent.service.cycle import Cycle, Step
+from agent.service.detect import detector_from_config
 from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
-from agent.service.detect import detector_from_config
 from agent.service.status import AgentStatus, write_status
 from agent.store.history import History, StoreError, history_path, open_history
 from agent.store.spool import Spool
@@ -275,8 +275,9 @@ class Daemon:
         began = time.monotonic()
         step = self.cycle.observe(self.wall(), self.sampler.sample())
         self._check_store_path()
-        if step.metrics is not None and self.store is not None:
-            self._store_call("add metrics", lambda: self.store.add_metrics(*step.metrics))
+        store, metrics = self.store, step.metrics
+        if metrics is not None and store is not None:
+            self._store_call("add metrics", lambda: store.add_metrics(*metrics))
         self._apply(step)
         self._write_status()
         self.notifier.watchdog()
@@ -298,15 +299,15 @@ class Daemon:
         self.save_state()
 
     def prune(self) -> None:
-        if self.store is None:
+        store, keep = self.store, self.cfg.store
+        if store is None:
             return
-        store = self.cfg.store
         self._store_call(
             "prune",
-            lambda: self.store.prune(
+            lambda: store.prune(
                 self.wall(),
-                events_max_age_s=store.retention_days * 86400,
-                metrics_max_age_s=store.metrics_retention_days * 86400,
+                events_max_age_s=keep.retention_days * 86400,
+                metrics_max_age_s=keep.metrics_retention_days * 86400,
             ),
         )
 
@@ -443,19 +444,17 @@ class Daemon:
         store = self.store
         detector = self.cycle.detector
         events = list(self.unrecorded)
-        recorded = self._store_call(
-            "record events",
-            lambda: (
-                store.record(
-                    events,
-                    [a.to_json() for a in detector.active_violations()],
-                    detector.export_state(),
-                    publish=bool(self.cfg.mqtt.endpoint),
-                )
-                or True
-            ),
-        )
-        if recorded:
+
+        def record() -> bool:
+            store.record(
+                events,
+                [a.to_json() for a in detector.active_violations()],
+                detector.export_state(),
+                publish=bool(self.cfg.mqtt.endpoint),
+            )
+            return True
+
+        if self._store_call("record events", record):
             self.unrecorded.clear()
             self._store_call("save counters", lambda: store.save_counters(self.cycle.counters()))
 
@@ -468,15 +467,17 @@ class Daemon:
         store, outbox = self.store, self.outbox
         pending = self._store_call("read unpublished", store.unpublished_events) or []
         now = self.wall()
-        sent, bad = [], []
+        sent: list[int] = []
         for event_id, doc in pending:
-            (sent if outbox.submit_event(doc, now) else bad).append(event_id)
+            if outbox.submit_event(doc, now):
+                sent.append(event_id)
+            else:
+                self._store_call(
+                    "quarantine",
+                    lambda i=event_id: store.quarantine_event(i, "cannot be encoded"),  # type: ignore[misc]
+                )
         if sent:
             self._store_call("mark published", lambda: store.mark_published(sent))
-        for event_id in bad:
-            self._store_call(
-                "quarantine", lambda i=event_id: store.quarantine_event(i, "cannot be encoded")
-            )
 
     # --- status -----------------------------------------------------------------------
 
