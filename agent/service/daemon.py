@@ -175,6 +175,8 @@ class Daemon:
         return Sampler(cfg, counters_path=counters_dir / "netcounters.json")
 
     def _start_outbox(self) -> None:
+        """Open the spool and connect. A spool or TLS set-up that fails leaves the agent
+        judging locally, degraded; `retry_store` tries again."""
         if not self.cfg.mqtt.endpoint:
             return
         from agent.service.outbox import Outbox  # awscrt only when a broker is set
@@ -186,10 +188,12 @@ class Daemon:
             return
         try:
             self.outbox = Outbox(self.cfg, spool, self.wake)
-        except ConfigError:
+        except ConfigError as e:
             spool.close()
-            raise
+            self._degrade("mqtt", str(e))
+            return
         self.degraded.pop("spool", None)
+        self.degraded.pop("mqtt", None)
         self.outbox.start()
 
     def _stop_outbox(self) -> None:
@@ -411,6 +415,7 @@ class Daemon:
             self.save_state()
         if self.cfg.mqtt.endpoint and self.outbox is None:
             self._start_outbox()
+        if "spool" in self.degraded or self.outbox is not None:
             self._spool_recorded()
 
     def _apply(self, step: Step) -> None:
@@ -419,6 +424,10 @@ class Daemon:
         if not step.events:
             return
         docs = [e.to_json() for e in step.events]
+        overflow = len(self.unrecorded) + len(docs) - MAX_UNRECORDED_EVENTS
+        if overflow > 0:  # the store has been down for a long time: say what goes
+            self.errors["events_dropped"] += overflow
+            log.error(kv("events_dropped", count=overflow, reason="store unavailable"))
         self.unrecorded.extend(docs)
         self.save_state()
         for doc in docs:
@@ -469,13 +478,20 @@ class Daemon:
         now = self.wall()
         sent: list[int] = []
         for event_id, doc in pending:
-            if outbox.submit_event(doc, now):
+            try:
+                handed = outbox.submit_event(doc, now)
+            except StoreError as e:  # the spool: they stay unpublished in the store
+                self._degrade("spool", str(e))
+                break
+            if handed:
                 sent.append(event_id)
             else:
                 self._store_call(
                     "quarantine",
                     lambda i=event_id: store.quarantine_event(i, "cannot be encoded"),  # type: ignore[misc]
                 )
+        else:
+            self.degraded.pop("spool", None)
         if sent:
             self._store_call("mark published", lambda: store.mark_published(sent))
 

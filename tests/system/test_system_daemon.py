@@ -532,3 +532,28 @@ def test_a_refused_reload_is_in_the_status_verdict(agent: Agent) -> None:
     wait_until(lambda: agent.status()["reload"]["at"] > verdict["at"], "a second verdict")
     assert agent.status()["reload"] == {**agent.status()["reload"], "ok": True, "error": None}
     assert agent.stop() == 0
+
+
+def test_a_terminal_gets_a_live_status_line(agent: Agent) -> None:
+    """Run from a terminal, the agent redraws one line per cycle on stdout."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(agent.config)],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(terminal)
+    try:
+        seen = b""
+        deadline = time.monotonic() + TIMEOUT_S
+        while seen.count(b"\r\x1b[K") < 3 and time.monotonic() < deadline:
+            seen += os.read(controller, 4096)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(TIMEOUT_S)
+        os.close(controller)
+    line = seen.split(b"\r\x1b[K")[-1].decode()
+    assert line.startswith("samples ") and "connections " in line and "alarms 0" in line
