@@ -30,7 +30,6 @@ DIR_MODE = 0o700  # the state dir and any directory the stores create
 FILE_MODE = 0o600  # a store file; SQLite gives its -wal, -shm and -journal the same mode
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 BUSY_TIMEOUT_S = 10.0
-_HEADER = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database
 
 # Words for SQLite's result codes, by extended name first, then by primary name.
 _PROBLEMS = {
@@ -83,18 +82,23 @@ class MovedAside:
 def describe(error: sqlite3.Error | OSError) -> str:
     """What went wrong in words, with the code: "disk full (SQLITE_FULL)"."""
     if isinstance(error, OSError):
-        name = errno.errorcode.get(error.errno or 0, "")
+        code = errno.errorcode.get(error.errno or 0, "")
         words = "disk full" if error.errno == errno.ENOSPC else error.strerror or str(error)
-        return f"{words} ({name})" if name else words
-    name = getattr(error, "sqlite_errorname", None)  # absent for errors of the Python module
+        return f"{words} ({code})" if code else words
+    name = _sqlite_name(error)
     if not name:
         return str(error)
     primary = "_".join(name.split("_")[:2])
     return f"{_PROBLEMS.get(name) or _PROBLEMS.get(primary) or error} ({name})"
 
 
+def _sqlite_name(error: sqlite3.Error) -> str:
+    """SQLITE_FULL, SQLITE_IOERR_WRITE...; empty for errors of the Python module alone."""
+    return getattr(error, "sqlite_errorname", None) or ""
+
+
 def fault(path: Path, error: sqlite3.Error | OSError, doing: str) -> StoreUnavailable:
-    damaged = getattr(error, "sqlite_errorname", "").startswith(_DAMAGE)
+    damaged = isinstance(error, sqlite3.Error) and _sqlite_name(error).startswith(_DAMAGE)
     kind = StoreCorrupt if damaged else StoreUnavailable
     return kind(path, f"{describe(error)} while {doing}")
 
@@ -183,10 +187,12 @@ def dir_problem(directory: Path, *, min_free_bytes: int = 0) -> str | None:
 def _connect(
     path: Path, migrations: Sequence[str], create: bool, timeout_s: float
 ) -> sqlite3.Connection:
+    # Never open the file other than through SQLite: closing any descriptor of it drops
+    # every POSIX lock this process holds on it, and another process would then take
+    # this one's connections for gone and delete the WAL under them.
     with guard(path, "opening"):
         try:
-            with path.open("rb") as f:
-                header = f.read(len(_HEADER))
+            size = path.stat().st_size
         except FileNotFoundError:
             if not create:
                 raise StoreNotFound(
@@ -195,15 +201,10 @@ def _connect(
             make_private_dir(path.parent)
             _create(path, migrations)
         else:
-            # Refused before SQLite opens them: closing a connection deletes a -wal
-            # beside the file, which may be the evidence.
-            if not header:
+            if size == 0:
                 # _create never leaves an empty file at the path, even when killed.
                 raise StoreCorrupt(path, "empty file (0 bytes): it was truncated")
-            if header != _HEADER:
-                raise StoreCorrupt(path, "not a SQLite database (no SQLite header)")
-            if create:
-                _quick_check(path, timeout_s)
+            _check(path, timeout_s, "quick_check" if create else "user_version")
         conn = sqlite3.connect(_uri(path, "rw"), uri=True, timeout=timeout_s, isolation_level=None)
     try:
         with guard(path, "opening"):
@@ -226,16 +227,17 @@ def _uri(path: Path, mode: str) -> str:
     return f"file:{quote(str(path))}?mode={mode}"
 
 
-def _quick_check(path: Path, timeout_s: float) -> None:
-    """StoreCorrupt unless PRAGMA quick_check passes. On a read-only connection, which
-    leaves the -wal as it was whatever it finds."""
+def _check(path: Path, timeout_s: float, pragma: str) -> None:
+    """StoreCorrupt if the file is not a SQLite database or `pragma` (quick_check, or a
+    cheap read of the header) finds damage. On a read-only connection: unlike a
+    read-write one, closing it leaves a -wal beside a damaged file as it was (evidence)."""
     conn = sqlite3.connect(_uri(path, "ro"), uri=True, timeout=timeout_s)
     try:
         with guard(path, "checking the file"):
-            rows = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            rows = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}")]
     finally:
         conn.close()
-    if rows != ["ok"]:
+    if pragma == "quick_check" and rows != ["ok"]:
         lines = [line for row in rows for line in row.splitlines() if not line.startswith("***")]
         raise StoreCorrupt(path, f"fails quick_check: {'; '.join(lines[:3])}")
 

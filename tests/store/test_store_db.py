@@ -1,5 +1,7 @@
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,33 @@ def test_root_leaves_side_files_to_the_database_owner(tmp_path: Path) -> None:
     assert sides
     assert {(s.stat().st_uid, s.stat().st_gid) for s in sides} == {(4242, 4242)}
     conn.close()
+
+
+def _count_in_another_process(path: Path) -> int:
+    script = (
+        "import sqlite3, sys; (n,), = sqlite3.connect(sys.argv[1]).execute(sys.argv[2]); print(n)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path), "SELECT count(*) FROM a"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_opening_again_in_the_process_keeps_the_locks_of_the_first_connection(
+    tmp_path: Path, create: bool
+) -> None:
+    """A second open in the same process (a reopen, a check) must not drop the locks of
+    the first connection: another process closing its own connection would then take
+    itself for the last one and delete the WAL the first is writing to."""
+    path = tmp_path / "x.db"
+    writer = open_db(path, MIGRATIONS)
+    writer.execute("INSERT INTO a VALUES (1)")
+    open_db(path, MIGRATIONS, create=create).close()
+    assert _count_in_another_process(path) == 1
+    writer.execute("INSERT INTO a VALUES (2)")
+    assert _count_in_another_process(path) == 2
+    writer.close()

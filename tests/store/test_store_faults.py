@@ -279,7 +279,7 @@ def _damaged_page(path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (_garbage, "not a SQLite database (no SQLite header)"),
+        (_garbage, "not a SQLite database (SQLITE_NOTADB) while checking the file"),
         (_zero_bytes, "empty file (0 bytes): it was truncated"),
         (_damaged_page, "fails quick_check: Page 3: btreeInitPage() returns error code 11"),
     ],
@@ -302,7 +302,9 @@ def test_a_damaged_store_is_moved_aside_never_wiped(
         open_history(path, create=False) as reader,
     ):
         events_of(reader)
-    assert {p.name: p.read_bytes() for p in tmp_path.glob("agent.db*")} == evidence
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("agent.db*")}
+    assert {name: after[name] for name in evidence} == evidence
+    assert set(after) - set(evidence) <= {"agent.db-shm"}  # SQLite's index of the WAL
 
     with caplog.at_level(logging.ERROR):
         store = open_history(path)
@@ -310,7 +312,7 @@ def test_a_damaged_store_is_moved_aside_never_wiped(
     assert moved is not None and moved.path == path and moved.reason.startswith(reason)
     assert re.fullmatch(r"agent\.db\.corrupt-\d{8}T\d{6}Z", moved.to.name)
     assert f"store_moved_aside path={path} to={moved.to} reason=" in caplog.text
-    # Every byte kept under the new name, side files with it (the check may have added
+    # Every byte kept under the new name, side files with it (the checks may have added
     # an -shm and an empty -wal).
     kept = {p.name.replace(moved.to.name, "agent.db"): p.read_bytes() for p in
             tmp_path.glob(f"{moved.to.name}*")}  # fmt: skip

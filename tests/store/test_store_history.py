@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import random
 import uuid
@@ -610,3 +611,44 @@ def test_events_recorded_for_publishing_wait_until_marked(tmp_path: Path) -> Non
         store.record([first], [], {"v": 3}, publish=True)
         store.prune(T0 + 10 * 86400, events_max_age_s=86400, metrics_max_age_s=86400)
         assert store.unpublished_events() == []  # pruned events go with their mark
+
+
+def test_an_unsendable_event_is_quarantined_kept_and_never_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "agent.db"
+    good, bad = _good_event(), {**_good_event(), "violationId": "v-2"}
+    with open_history(path) as store:
+        store.record([bad, good], [], {}, publish=True)
+        (bad_id, _), (good_id, _) = store.unpublished_events()
+        with caplog.at_level(logging.ERROR):
+            assert store.quarantine_event(bad_id, "cannot encode: surrogates not allowed", T0)
+        assert not store.quarantine_event(bad_id, "again")  # no longer waiting
+        assert not store.quarantine_event(good_id + 100, "unknown")
+        assert 'event_quarantined id=1 reason="cannot encode: surrogates not allowed"' in (
+            caplog.text
+        )
+    # A restart does not offer it again; it is still stored, listed and counted.
+    with open_history(path) as store:
+        assert [event_id for event_id, _ in store.unpublished_events()] == [good_id]
+        assert store.quarantined() == 1
+        assert store.quarantined_events() == [
+            (
+                bad_id,
+                "cannot encode: surrogates not allowed",
+                {**bad, "verificationState": "UNKNOWN"},
+            )
+        ]
+        assert [e["violationId"] for e in _all_events(store)] == ["v-2", "v-1"]
+        # Retention takes it with its event.
+        store.prune(T0 + 10 * 86400, events_max_age_s=86400, metrics_max_age_s=86400)
+        assert store.quarantined() == 0
+
+
+def test_a_store_from_before_the_quarantine_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    open_db(path, MIGRATIONS[:2]).close()
+    with open_history(path) as store:
+        store.record([_good_event()], [], {}, publish=True)
+        assert store.quarantined() == 0
+        assert len(store.unpublished_events()) == 1
