@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sqlite3
 import sys
@@ -16,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config
-from agent.service.text import iso_time, metric_value_text, table
+from agent.service.text import iso_time, metric_value_text, table, time_problem
 from agent.store.history import (
     CRITERIA_TYPES,
     MAX_RESULTS,
@@ -33,7 +32,7 @@ Verb = Callable[[History, argparse.Namespace], None]
 
 def parse_time(text: str) -> float:
     """Epoch seconds from epoch seconds or ISO 8601; a time without offset is UTC, as the
-    AWS CLI reads it."""
+    AWS CLI reads it. Only years 1970 to 9999 are times here."""
     try:
         value = float(text)
     except ValueError:
@@ -45,9 +44,10 @@ def parse_time(text: str) -> float:
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+        value = moment.timestamp()
+    problem = time_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

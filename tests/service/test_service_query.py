@@ -213,6 +213,24 @@ def test_times_as_iso_8601_or_epoch_seconds(config: Path, store: History) -> Non
             "--start-time",
         ),
         (["list-violation-events", "--start-time", "0", "--end-time", "nan"], 2, "--end-time"),
+        (["export-metrics", "--start-time", "-1", "--end-time", "0"], 2, "before 1970"),
+        (["export-metrics", "--start-time", "0", "--end-time", "1e12"], 2, "after 9999"),
+        (
+            ["list-violation-events", "--start-time", "1969-12-31T23:00:00", "--end-time", "0"],
+            2,
+            "--start-time: -3600.0 is before 1970",
+        ),
+        # A forged token holding NaN, then one holding an integer beyond 64 bits
+        (["list-active-violations", "--next-token", "WyJhY3RpdmUiLE5hTiwieCJd"], 2, "--next-token"),
+        (
+            [
+                "list-active-violations",
+                "--next-token",
+                "WyJhY3RpdmUiLDEuMCw5MjIzMzcyMDM2ODU0Nzc1ODA4XQ",
+            ],
+            2,
+            "--next-token",
+        ),
         (["list-violation-events", *EVERYTHING, "--next-token", "Zm9v"], 2, "--next-token"),
         (["list-active-violations", "--max-results", "251"], 2, "--max-results"),
         (["list-active-violations", "--max-results", "lots"], 2, "--max-results"),
@@ -346,7 +364,7 @@ def test_reader_works_while_a_writer_records(config: Path, store: History) -> No
         counts = []
         for _ in range(4):
             answer = ok_json(
-                config, "list-violation-events", "--start-time", "0", "--end-time", "1e12"
+                config, "list-violation-events", "--start-time", "0", "--end-time", "253402300799"
             )
             counts.append(len(answer["violationEvents"]))
     finally:
