@@ -4,16 +4,21 @@ error names the key path and the file."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import re
+import reprlib
 import socket
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-defender/config.toml")
+_N = TypeVar("_N", int, float)
 
 
 def writable_by_others(path: str | Path) -> str | None:
@@ -29,14 +34,71 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and key path."""
 
 
+SERVICE_STATE_DIR = Path("/var/lib/edge-defender")
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_STRING_CHARS = 4096  # PATH_MAX: no key needs more
+MAX_LIST_ITEMS = 1000
+DAY_S = 86400.0
+MAX_DURATION_S = 10 * 365 * DAY_S
+# AWS IoT thing names and custom metric names (CreateThing, CreateCustomMetric).
+_AWS_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+_ENDPOINT = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_shown = reprlib.Repr()
+_shown.maxstring = _shown.maxother = _shown.maxlong = 60
+_shown.maxlevel = 2
+
+
 def _default_state_dir() -> str:
-    # Set by systemd for the unit's StateDirectory= (the service runs as its own user).
+    """Where the agent keeps its state when the config does not say:
+
+    1. `$STATE_DIRECTORY` when set (systemd sets it for the unit's StateDirectory=);
+    2. the service's /var/lib/edge-defender for root, or for a user who can read that
+       directory (the service user running `status`, `list-*`);
+    3. otherwise `$XDG_STATE_HOME/edge-defender` (~/.local/state/edge-defender): a
+       user's own agent, run outside the service.
+    """
     if os.environ.get("STATE_DIRECTORY"):
         return os.environ["STATE_DIRECTORY"]
-    if os.geteuid() == 0:
-        return "/var/lib/edge-defender"
+    if os.geteuid() == 0 or os.access(SERVICE_STATE_DIR, os.R_OK | os.X_OK):
+        return str(SERVICE_STATE_DIR)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "edge-defender")
+
+
+def _short_host_name() -> str:
+    # A thing name holds no dots: the host name up to the first one, as `hostname -s`.
+    return socket.gethostname().partition(".")[0]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number key may take; NaN and infinities are in no range."""
+
+    low: float
+    high: float
+    low_open: bool = False  # `low` itself is outside
+
+    def problem(self, value: float) -> str | None:
+        finite = not isinstance(value, float) or math.isfinite(value)
+        above = value > self.low if self.low_open else value >= self.low
+        if finite and above and value <= self.high:
+            return None
+        return f"must be {self}, got {_shown.repr(value)}"
+
+    def __str__(self) -> str:
+        if isinstance(self.low, int) and isinstance(self.high, int) and not self.low_open:
+            return f"{self.low}-{self.high}"
+        if self.low_open:
+            low = "positive" if self.low == 0 else f"more than {self.low:g}"
+        else:
+            low = f"at least {self.low:g}"
+        return f"{low} and at most {self.high:g}"
+
+
+def _ranged(default: _N, low: float, high: float, *, low_open: bool = False) -> _N:
+    """A number field whose configured value must lie in the range."""
+    return field(default=default, metadata={"range": Range(low, high, low_open)})
 
 
 @dataclass(frozen=True)
@@ -55,14 +117,15 @@ class CustomMetricConfig:
     ]
     path: str | None = None
     command: list[str] | None = None
-    timeout_s: float = 5.0
+    timeout_s: float = _ranged(5.0, 0, 3600.0, low_open=True)
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    interval_s: float = 10.0
-    report_interval_s: float = 300.0
-    max_list: int = 100  # ports and connections listed per report; totals stay exact
+    interval_s: float = _ranged(10.0, 0.1, DAY_S)
+    report_interval_s: float = _ranged(300.0, 1, DAY_S)
+    # Ports and connections listed per report; totals stay exact.
+    max_list: int = _ranged(100, 0, 10000)
     interfaces_include: list[str] = field(default_factory=list)  # empty: all but loopback
     interfaces_exclude: list[str] = field(default_factory=list)
     socket_source: Literal["auto", "netlink", "proc"] = "auto"
@@ -71,7 +134,7 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class MqttConfig:
     endpoint: str | None = None
-    port: int = 8883
+    port: int = _ranged(8883, 1, 65535)
     client_id: str | None = None
     tls: bool = True
     ca_file: str | None = None
@@ -79,28 +142,32 @@ class MqttConfig:
     key_file: str | None = None
     format: Literal["json", "cbor"] = "cbor"
     short_names: bool = True
-    spool_max_bytes: int = 16 * 1024 * 1024
-    keep_alive_s: int = 60
+    # At least one report of the largest size (128 KiB).
+    spool_max_bytes: int = _ranged(16 * 1024 * 1024, 128 * 1024, 4 * 1024**3)
+    keep_alive_s: int = _ranged(60, 0, 65535)
 
 
 @dataclass(frozen=True)
 class DetectConfig:
     profiles: list[str] = field(default_factory=lambda: ["/etc/edge-defender/profiles/*.json"])
+    # Judge with the built-in default profile when no file matches `profiles`.
+    builtin_profile: bool = True
     violations_topic: str = "things/{thing_name}/defender/violations"
-    stale_after_s: float = 172800.0
-    baseline_s: float = 14 * 86400.0
-    min_baseline_datapoints: int = 30
+    stale_after_s: float = _ranged(172800.0, 1, MAX_DURATION_S)
+    baseline_s: float = _ranged(14 * DAY_S, 1, MAX_DURATION_S)
+    min_baseline_datapoints: int = _ranged(30, 1, 1_000_000)
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    retention_days: float = 30.0
-    metrics_retention_days: float = 14.0
+    # 0 keeps none.
+    retention_days: float = _ranged(30.0, 0, 36500)
+    metrics_retention_days: float = _ranged(14.0, 0, 36500)
 
 
 @dataclass(frozen=True)
 class Config:
-    thing_name: str = field(default_factory=socket.gethostname)
+    thing_name: str = field(default_factory=_short_host_name)
     state_dir: str = field(default_factory=_default_state_dir)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -125,6 +192,12 @@ def _type_name(tp: Any) -> str:
     )
 
 
+def _key_path(prefix: str, key: str) -> str:
+    # Only unknown keys can be odd (quoted, control characters): keep messages one line.
+    shown = key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+    return f"{prefix}.{shown}" if prefix else shown
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
@@ -132,11 +205,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return _convert(value, options[0], path)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {_shown.repr(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {_shown.repr(value)}")
+        if len(value) > MAX_LIST_ITEMS:
+            raise ConfigError(f"{path}: must have at most {MAX_LIST_ITEMS} items, got {len(value)}")
         inner = typing.get_args(tp)[0]
         return [_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
@@ -144,26 +219,44 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: must be a table")
         return _build(tp, value, path)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
-    if not isinstance(value, tp):
-        raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r}")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{path}: must be a number, got an integer too large") from None
+    if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
+        raise ConfigError(f"{path}: must be {_type_name(tp)}, got {_shown.repr(value)}")
+    if tp is str:
+        _check_string(value, path)
     return value
+
+
+def _check_string(value: str, path: str) -> None:
+    """What every string must be: no key needs a NUL (it ends a C string: a path, an
+    argv, an MQTT string) or a lone surrogate (it cannot be encoded), or 4096 characters."""
+    if len(value) > MAX_STRING_CHARS:
+        raise ConfigError(
+            f"{path}: must be at most {MAX_STRING_CHARS} characters, got {len(value)}"
+        )
+    bad = next((c for c in value if c == "\0" or "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        raise ConfigError(f"{path}: must not hold the character {bad!r}")
 
 
 def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "config_file"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "config_file"}
     kwargs = {}
     for key, value in table.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if key not in names:
+        path = _key_path(prefix, key)
+        if key not in fields:
             raise ConfigError(f"{path}: unknown key")
         kwargs[key] = _convert(value, hints[key], path)
+        allowed = fields[key].metadata.get("range")
+        if allowed is not None and (problem := allowed.problem(kwargs[key])):
+            raise ConfigError(f"{path}: {problem}")
     missing = [
         f.name
-        for f in dataclasses.fields(cls)
+        for f in fields.values()
         if f.name not in kwargs
         and f.default is dataclasses.MISSING
         and f.default_factory is dataclasses.MISSING
@@ -175,27 +268,58 @@ def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
 
 
 def _check(cfg: Config) -> None:
-    s = cfg.sampling
-    if s.interval_s <= 0:
-        raise ConfigError("sampling.interval_s: must be positive")
-    if s.report_interval_s < 1:
-        raise ConfigError("sampling.report_interval_s: must be at least 1")
-    if s.max_list < 0:
-        raise ConfigError("sampling.max_list: must not be negative")
-    if not 1 <= cfg.mqtt.port <= 65535:
-        raise ConfigError("mqtt.port: must be 1-65535")
+    """The rules that span keys or need more than a type and a range."""
+    if not _AWS_NAME.fullmatch(cfg.thing_name):
+        raise ConfigError(
+            f"thing_name: must be 1-128 of a-z A-Z 0-9 : _ - (an AWS IoT thing name; it goes"
+            f" in MQTT topics), got {_shown.repr(cfg.thing_name)}"
+        )
+    if not cfg.state_dir:
+        raise ConfigError("state_dir: must not be empty")
+    m = cfg.mqtt
+    if m.endpoint and not _ENDPOINT.fullmatch(m.endpoint):
+        raise ConfigError(
+            "mqtt.endpoint: must be a host name or IP address alone (no scheme, port or"
+            f" path), such as xxxx-ats.iot.eu-west-1.amazonaws.com, got {_shown.repr(m.endpoint)}"
+        )
+    if m.client_id and (len(m.client_id.encode()) > 128 or not m.client_id.isprintable()):
+        raise ConfigError(
+            "mqtt.client_id: must be at most 128 bytes of printable characters,"
+            f" got {_shown.repr(m.client_id)}"
+        )
+    topic = cfg.detect.violations_topic
+    problem = _topic_problem(topic.replace("{thing_name}", cfg.thing_name))
+    if problem:
+        raise ConfigError(f"detect.violations_topic: {problem}, got {_shown.repr(topic)}")
     seen: set[str] = set()
-    for i, m in enumerate(cfg.custom_metrics):
+    for i, metric in enumerate(cfg.custom_metrics):
         path = f"custom_metrics[{i}]"
-        if m.name in seen:
-            raise ConfigError(f"{path}.name: duplicate custom metric {m.name!r}")
-        seen.add(m.name)
-        if m.source == "command" and not m.command:
+        if not _AWS_NAME.fullmatch(metric.name) or metric.name.lower().startswith("aws:"):
+            raise ConfigError(
+                f"{path}.name: must be 1-128 of a-z A-Z 0-9 : _ - and not start with aws:"
+                f" (an AWS custom metric name), got {_shown.repr(metric.name)}"
+            )
+        if metric.name in seen:
+            raise ConfigError(f"{path}.name: duplicate custom metric {metric.name!r}")
+        seen.add(metric.name)
+        if metric.source == "command" and not (metric.command and metric.command[0]):
             raise ConfigError(f"{path}.command: source 'command' needs an argv list")
-        if m.source in ("file", "disk_percent") and not m.path:
-            raise ConfigError(f"{path}.path: source {m.source!r} needs a path")
-        if m.timeout_s <= 0:
-            raise ConfigError(f"{path}.timeout_s: must be positive")
+        if metric.source in ("file", "disk_percent") and not metric.path:
+            raise ConfigError(f"{path}.path: source {metric.source!r} needs a path")
+
+
+def _topic_problem(topic: str) -> str | None:
+    """Why the broker would refuse to take `topic` for a PUBLISH (MQTT 3.1.1 4.7, AWS
+    IoT's 256-byte limit), or None."""
+    if not topic.isprintable() or len(topic.encode()) > 256:
+        return "must be at most 256 bytes of printable characters once {thing_name} is filled in"
+    if "+" in topic or "#" in topic:
+        return "must not hold the wildcards + or # (it is a topic to publish to)"
+    if topic.startswith("$"):
+        return "must not start with $ (topics reserved for the broker)"
+    if "" in topic.split("/"):
+        return "must not have empty levels (a leading, trailing or double /)"
+    return None
 
 
 def parse_config(text: str, source: str) -> Config:
@@ -203,6 +327,10 @@ def parse_config(text: str, source: str) -> Config:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    except ValueError:  # Python's limit on the digits of an integer
+        raise ConfigError(f"{source}: not valid TOML: an integer of over 4300 digits") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid TOML: arrays or tables nested too deep") from None
     try:
         cfg = _build(Config, table, "")
         _check(cfg)
@@ -212,14 +340,29 @@ def parse_config(text: str, source: str) -> Config:
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """The config at `path`; without a path, the default file when present, else defaults."""
+    """The config at `path`; without a path, the default file when present, else defaults.
+    A file that group or others may write is refused: whoever can write it can blind
+    the agent."""
     if path is None:
         if not DEFAULT_CONFIG_PATH.exists():
-            return Config()
+            return parse_config("", Config.config_file)
         path = DEFAULT_CONFIG_PATH
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        unsafe = writable_by_others(path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if unsafe:
+        raise ConfigError(f"{path}: {unsafe}")
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; a config takes a few KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} (TOML is UTF-8)"
+        ) from None
     return parse_config(text, str(path))

@@ -59,7 +59,7 @@ def test_empty_file_gives_the_defaults() -> None:
         ("[sampling]\ninterval = 5", "c.toml: sampling.interval: unknown key"),
         ('[sampling]\ninterval_s = "10"', "c.toml: sampling.interval_s: must be a number"),
         ("[sampling]\ninterval_s = true", "sampling.interval_s: must be a number"),
-        ("[sampling]\ninterval_s = 0", "sampling.interval_s: must be positive"),
+        ("[sampling]\ninterval_s = 0", "sampling.interval_s: must be at least 0.1 and at most 86400"),
         ("[sampling]\nreport_interval_s = 0.5", "sampling.report_interval_s: must be at least 1"),
         ("[mqtt]\nport = 70000", "mqtt.port: must be 1-65535"),
         ('[mqtt]\nformat = "xml"', "mqtt.format: must be one of 'json', 'cbor'"),

@@ -1,6 +1,8 @@
 """`edge-defender check-config`: is the config usable, are the TLS files right, do the
-profiles load? One plain line per problem, `<file>: <what is wrong>`, so an operator
-(or the unit's ExecStartPre) sees at once what to fix.
+profiles load, can the agent keep its state (directory writable, disk not full, store
+readable)? One plain line per problem, `<file>: <what is wrong>`, so an operator (or
+the unit's ExecStartPre) sees at once what would stop `run`. It reads and changes
+nothing of the agent's own: a corrupt store is reported, and left for `run` to move.
 
 Only the standard library reads the certificates: OpenSSL (through `ssl`) parses them
 and matches the key; the validity dates come from a few lines of DER walking, since
@@ -14,20 +16,29 @@ import base64
 import logging
 import os
 import re
+import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.config import ConfigError, MqttConfig, load_config
+from agent.config import Config, ConfigError, MqttConfig, load_config
 from agent.core.profile import ProfileError
 from agent.logs import kv
 from agent.service.profiles import load_profiles
+from agent.store.history import history_path
 
 log = logging.getLogger(__name__)
 
 EXPIRY_WARNING_S = 30 * 86400
+# Free space on the state dir's file system: below the first the store's writes fail
+# (SQLite grows its WAL before a checkpoint); below the second, a warning.
+MIN_FREE_BYTES = 8 * 1024 * 1024
+LOW_FREE_BYTES = 64 * 1024 * 1024
+SPOOL_FILE = "spool.db"  # the daemon's outbound spool, beside the store
+_MOVED_ASIDE = "the agent will move it aside and start a new one"
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL
 )
@@ -89,7 +100,79 @@ def check_config(path: str | None) -> list[Finding]:
             findings.append(Finding(cfg.config_file, message, warning=True))
     except ProfileError as e:
         findings += [_finding(line) for line in e.located()]
-    return findings
+    return findings + state_findings(cfg)
+
+
+def state_findings(cfg: Config) -> list[Finding]:
+    """What in the state dir would stop `run`: a directory it cannot create or write,
+    a full file system, a store (or, with a broker, a spool) it cannot open."""
+    state_dir = cfg.state_dir
+    path = Path(state_dir)
+    stores = [history_path(path)] + ([path / SPOOL_FILE] if cfg.mqtt.endpoint else [])
+    try:
+        if path.is_dir():
+            findings = _writable(path)
+            for store in stores:
+                findings += _store_findings(store)
+            return findings + _free_space(path)
+        if path.exists():
+            return [Finding(state_dir, "not a directory (state_dir must be one)")]
+        # `run` creates it (under systemd, StateDirectory= has made it already).
+        parent = next(p for p in path.absolute().parents if p.exists())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return [Finding(state_dir, f"cannot be created: {parent} is not writable")]
+        return _free_space(parent)
+    except OSError as e:
+        return [Finding(state_dir, f"cannot be used: {e.strerror}")]
+
+
+def _writable(folder: Path) -> list[Finding]:
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".check-config-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        return [Finding(str(folder), f"not writable: {e.strerror}; the agent keeps its state here")]
+    return []
+
+
+def _free_space(folder: Path) -> list[Finding]:
+    fs = os.statvfs(folder)
+    free = fs.f_bavail * fs.f_frsize
+    shown = f"{free / 2**20:.1f} MiB free"
+    if free < MIN_FREE_BYTES:
+        need = MIN_FREE_BYTES // 2**20
+        message = f"its file system is full ({shown}); the agent needs {need} MiB for its store"
+        return [Finding(str(folder), message)]
+    if fs.f_files and not fs.f_favail:
+        return [Finding(str(folder), "its file system has no free inodes; the agent cannot write")]
+    if free < LOW_FREE_BYTES:
+        return [Finding(str(folder), f"its file system is nearly full ({shown})", warning=True)]
+    return []
+
+
+def _store_findings(path: Path) -> list[Finding]:
+    """Whether the SQLite file at `path` opens, read without a trace: immutable=1 makes
+    SQLite take no lock and create no -wal or -shm file (one made by root here would be
+    out of the service user's reach)."""
+    try:
+        if path.stat().st_size == 0:
+            return [Finding(str(path), f"corrupt: empty (0 bytes); {_MOVED_ASIDE}")]
+    except FileNotFoundError:
+        return []  # `run` makes a new one
+    except OSError as e:
+        return [Finding(str(path), f"cannot read: {e.strerror}")]
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            return [Finding(str(path), f"corrupt: {e}; {_MOVED_ASIDE}")]
+        return [Finding(str(path), f"cannot open: {e}")]
+    return []
 
 
 def _finding(line: str) -> Finding:
