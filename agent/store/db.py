@@ -257,7 +257,7 @@ def _create(path: Path, migrations: Sequence[str]) -> None:
         leftover.unlink(missing_ok=True)
     fd = os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)  # the umask narrowed nothing we want, but be exact
+        os.fchmod(fd, FILE_MODE)  # whatever bits the umask took away
     finally:
         os.close(fd)
     try:

@@ -9,6 +9,11 @@ filters of ListViolationEvents / ListActiveViolations. A verification state is a
 property of the violation, not of one copy of it, so it lives in its own table and is
 merged in on read: it survives the rule core replacing the active set and applies to
 events recorded later for the same violation.
+
+Faults (disk full, read-only, I/O error, locked, the file deleted) are StoreUnavailable
+with one line naming the file; the write that met one rolled back, so the daemon keeps
+what it meant to write and calls again later (agent.store.db.Store). An event recorded
+for publishing that can never be sent is quarantined: kept, counted, never retried.
 """
 
 from __future__ import annotations
