@@ -318,9 +318,11 @@ def _uninstall_service(root: str | None, *, purge: bool) -> None:
     live = root is None and _systemd_running()
     if live and _unit_known():
         _run(["systemctl", "stop", UNIT])
-    for line in remove_files(top, purge=purge) or ["nothing to remove"]:
+    removed = remove_files(top, purge=purge)
+    for line in removed or ["nothing to remove"]:
         print(line)
-    if live:
+    if live and removed:
         _run(["systemctl", "daemon-reload"])
-    if not purge:
-        print(f"kept {top / _CONFIG_DIR} and {top / _STATE_DIR}; --purge removes them")
+    kept = [str(path) for path in (top / _CONFIG_DIR, top / _STATE_DIR) if path.exists()]
+    if kept and not purge:
+        print(f"kept {' and '.join(kept)}; --purge removes them")

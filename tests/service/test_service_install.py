@@ -312,3 +312,36 @@ def test_under_the_unit_the_default_state_dir_is_its_state_directory(
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/edge-defender")
     assert Config().state_dir == "/var/lib/edge-defender"
     assert "StateDirectory=edge-defender\n" in data("edge-defender.service").decode()
+
+
+def test_a_purged_tree_uninstalls_to_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_root(tmp_path, with_user=True)
+    assert main(["install-service", "--root", str(root), "--exec", PROGRAM]) == 0
+    assert main(["uninstall-service", "--root", str(root), "--purge"]) == 0
+    capsys.readouterr()
+    assert main(["uninstall-service", "--root", str(root)]) == 0
+    assert capsys.readouterr().out == "nothing to remove\n"
+
+
+def test_what_it_says_comes_before_what_a_tool_it_runs_says(tmp_path: Path) -> None:
+    # Into a pipe, as under a provisioning script: Python buffers its own output there.
+    script = (
+        "import sys; from agent.service.install import _run; print('edge-defender says');"
+        " _run([sys.executable, '-c', 'print(\"the tool says\")'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=Path(agent.__file__).parents[1],
+    )
+    assert done.stdout.splitlines() == [
+        "edge-defender says",
+        f'running {sys.executable} -c print("the tool says")',
+        "the tool says",
+    ]
