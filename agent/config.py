@@ -60,7 +60,7 @@ def _default_state_dir() -> str:
     """
     if os.environ.get("STATE_DIRECTORY"):
         return os.environ["STATE_DIRECTORY"]
-    if os.geteuid() == 0 or os.access(SERVICE_STATE_DIR, os.R_OK | os.X_OK):
+    if os.geteuid() == 0 or os.access(SERVICE_STATE_DIR, os.R_OK | os.X_OK, effective_ids=True):
         return str(SERVICE_STATE_DIR)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "edge-defender")
@@ -90,10 +90,10 @@ class Range:
         if isinstance(self.low, int) and isinstance(self.high, int) and not self.low_open:
             return f"{self.low}-{self.high}"
         if self.low_open:
-            low = "positive" if self.low == 0 else f"more than {self.low:g}"
+            low = "positive" if self.low == 0 else f"more than {self.low:.15g}"
         else:
-            low = f"at least {self.low:g}"
-        return f"{low} and at most {self.high:g}"
+            low = f"at least {self.low:.15g}"
+        return f"{low} and at most {self.high:.15g}"
 
 
 def _ranged(default: _N, low: float, high: float, *, low_open: bool = False) -> _N:

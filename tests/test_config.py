@@ -1,8 +1,28 @@
+import dataclasses
+import os
+import pwd
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.config import Config, ConfigError, load_config, parse_config
+import agent
+import agent.config
+from agent.config import (
+    Config,
+    ConfigError,
+    CustomMetricConfig,
+    DetectConfig,
+    MqttConfig,
+    SamplingConfig,
+    StoreConfig,
+    load_config,
+    parse_config,
+)
 
 FULL = """
 thing_name = "dut-1"
@@ -59,7 +79,10 @@ def test_empty_file_gives_the_defaults() -> None:
         ("[sampling]\ninterval = 5", "c.toml: sampling.interval: unknown key"),
         ('[sampling]\ninterval_s = "10"', "c.toml: sampling.interval_s: must be a number"),
         ("[sampling]\ninterval_s = true", "sampling.interval_s: must be a number"),
-        ("[sampling]\ninterval_s = 0", "sampling.interval_s: must be at least 0.1 and at most 86400"),
+        (
+            "[sampling]\ninterval_s = 0",
+            "sampling.interval_s: must be at least 0.1 and at most 86400",
+        ),
         ("[sampling]\nreport_interval_s = 0.5", "sampling.report_interval_s: must be at least 1"),
         ("[mqtt]\nport = 70000", "mqtt.port: must be 1-65535"),
         ('[mqtt]\nformat = "xml"', "mqtt.format: must be one of 'json', 'cbor'"),
@@ -101,3 +124,232 @@ def test_load_config_reads_the_file_and_names_a_missing_one(tmp_path: Path) -> N
     assert load_config(path).thing_name == "pi-7"
     with pytest.raises(ConfigError, match=r"nope\.toml: cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sampling]\ninterval_s = nan", "sampling.interval_s: must be at least 0.1 and at most"),
+        ("[sampling]\ninterval_s = inf", "sampling.interval_s: must be at least 0.1"),
+        ("[sampling]\nreport_interval_s = -inf", "sampling.report_interval_s: must be at least 1"),
+        ("[sampling]\nmax_list = -1", "sampling.max_list: must be 0-10000, got -1"),
+        ("[mqtt]\nport = 0", "mqtt.port: must be 1-65535, got 0"),
+        ("[mqtt]\nspool_max_bytes = 0", "mqtt.spool_max_bytes: must be 131072-4294967296, got 0"),
+        ("[mqtt]\nkeep_alive_s = 65536", "mqtt.keep_alive_s: must be 0-65535, got 65536"),
+        ("[mqtt]\nkeep_alive_s = -1", "mqtt.keep_alive_s: must be 0-65535, got -1"),
+        ("[detect]\nstale_after_s = 0", "detect.stale_after_s: must be at least 1 and at most"),
+        (
+            "[detect]\nbaseline_s = nan",
+            "detect.baseline_s: must be at least 1 and at most 315360000",
+        ),
+        ("[detect]\nmin_baseline_datapoints = 0", "detect.min_baseline_datapoints: must be 1-"),
+        ("[store]\nretention_days = -1", "store.retention_days: must be 0-36500, got -1.0"),
+        ("[store]\nmetrics_retention_days = -0.5", "store.metrics_retention_days: must be 0-36500"),
+        ("[detect]\nbuiltin_profile = 1", "detect.builtin_profile: must be true or false, got 1"),
+        ('thing_name = ""', "thing_name: must be 1-128 of a-z A-Z 0-9 : _ - (an AWS IoT thing"),
+        ('thing_name = "pi+1"', "thing_name: must be 1-128 of a-z A-Z 0-9 : _ -"),
+        ('thing_name = "pi/#"', "got 'pi/#'"),
+        ('thing_name = "pi\\u0001"', "thing_name: must be 1-128"),
+        (f'thing_name = "{"x" * 129}"', "thing_name: must be 1-128"),
+        ('thing_name = "pi\\u0000"', "thing_name: must not hold the character '\\x00'"),
+        ('state_dir = "/var/lib/a\\u0000b"', "state_dir: must not hold the character '\\x00'"),
+        ('state_dir = ""', "state_dir: must not be empty"),
+        ('[detect]\nprofiles = ["/a\\u0000"]', "detect.profiles[0]: must not hold the character"),
+        ('[mqtt]\nkey_file = "k\\u0000"', "mqtt.key_file: must not hold the character"),
+        (f'state_dir = "/{"a" * 4096}"', "state_dir: must be at most 4096 characters, got 4097"),
+        ("[detect]\nprofiles = [" + '"a",' * 1001 + "]", "detect.profiles: must have at most 1000"),
+        ('[mqtt]\nendpoint = "mqtts://broker:8883"', "mqtt.endpoint: must be a host name or IP"),
+        ('[mqtt]\nclient_id = "a\\nb"', "mqtt.client_id: must be at most 128 bytes of printable"),
+        (
+            '[detect]\nviolations_topic = "a/+/b"',
+            "detect.violations_topic: must not hold the wildcards",
+        ),
+        (
+            '[detect]\nviolations_topic = "a/#"',
+            "detect.violations_topic: must not hold the wildcards",
+        ),
+        (
+            '[detect]\nviolations_topic = "a//b"',
+            "detect.violations_topic: must not have empty levels",
+        ),
+        (
+            '[detect]\nviolations_topic = "/a"',
+            "detect.violations_topic: must not have empty levels",
+        ),
+        ('[detect]\nviolations_topic = ""', "detect.violations_topic: must not have empty levels"),
+        ('[detect]\nviolations_topic = "$aws/x"', "detect.violations_topic: must not start with $"),
+        (
+            f'thing_name = "{"t" * 128}"\n'
+            f'[detect]\nviolations_topic = "{"v" * 128}/{{thing_name}}"',
+            "detect.violations_topic: must be at most 256 bytes",
+        ),
+        (
+            '[[custom_metrics]]\nname = "aws:cpu"\ntype = "number"\nsource = "cpu_percent"',
+            "custom_metrics[0].name: must be 1-128 of a-z A-Z 0-9 : _ - and not start with aws:",
+        ),
+        (
+            '[[custom_metrics]]\nname = "AWS:cpu"\ntype = "number"\nsource = "cpu_percent"',
+            "custom_metrics[0].name: must be 1-128",
+        ),
+        (
+            '[[custom_metrics]]\nname = "cpu usage"\ntype = "number"\nsource = "cpu_percent"',
+            "custom_metrics[0].name: must be 1-128",
+        ),
+        (
+            '[[custom_metrics]]\nname = "t"\ntype = "number"\nsource = "command"\ncommand = [""]',
+            "custom_metrics[0].command: source 'command' needs an argv list",
+        ),
+        (
+            '[[custom_metrics]]\nname = "t"\ntype = "number"\nsource = "command"\n'
+            'command = ["/bin/echo"]\ntimeout_s = nan',
+            "custom_metrics[0].timeout_s: must be positive and at most 3600, got nan",
+        ),
+        (
+            '[[custom_metrics]]\nname = "t"\ntype = "number"\nsource = "command"\n'
+            'command = ["/bin/echo"]\ntimeout_s = 0',
+            "custom_metrics[0].timeout_s: must be positive",
+        ),
+        ("a = " + "[" * 5000 + "]" * 5000, "not valid TOML: arrays or tables nested too deep"),
+        ("[mqtt]\nport = " + "9" * 5000, "not valid TOML: an integer of over 4300 digits"),
+        ("[sampling]\ninterval_s = " + "9" * 400, "sampling.interval_s: must be a number, got an"),
+        ("[mqtt]\nport = " + "9" * 400, "mqtt.port: must be 1-65535, got 99999"),
+        ('"a\\nb" = 1', 'c.toml: "a\\nb": unknown key'),
+    ],
+)
+def test_values_that_would_crash_or_mislead_the_agent_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.toml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("c.toml: ")
+    assert "\n" not in str(err.value)
+    assert len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[sampling]\ninterval_s = 0.1\nreport_interval_s = 86400\nmax_list = 0",
+        "[mqtt]\nport = 1\nkeep_alive_s = 0\nspool_max_bytes = 131072",
+        "[mqtt]\nport = 65535\nkeep_alive_s = 65535",
+        "[store]\nretention_days = 0\nmetrics_retention_days = 36500",
+        "[detect]\nstale_after_s = 1\nbaseline_s = 1\nmin_baseline_datapoints = 1",
+        f'thing_name = "{("Az09:_-" * 19)[:128]}"',
+        '[mqtt]\nendpoint = "::1"\nclient_id = "é-client"',
+        '[detect]\nviolations_topic = "site/{thing_name}/alerts"\nbuiltin_profile = false',
+        '[[custom_metrics]]\nname = "a:b_c-1"\ntype = "number"\nsource = "command"\n'
+        'command = ["sh", "-c", "echo 1\\n"]\ntimeout_s = 3600',
+    ],
+)
+def test_values_at_the_edges_of_their_ranges_are_taken(text: str) -> None:
+    parse_config(text, "c.toml")
+
+
+def test_builtin_profile_is_on_by_default() -> None:
+    assert parse_config("", "c.toml").detect.builtin_profile is True
+    assert parse_config("[detect]\nbuiltin_profile = false", "c").detect.builtin_profile is False
+
+
+def test_the_example_config_names_every_key_and_its_values_load() -> None:
+    example = (Path(agent.__file__).parent / "data" / "config.toml").read_text()
+    # Uncomment every `# key = value` line: the defaults written there must load.
+    uncommented = re.sub(r"^# (\w+ = )", r"\1", example, flags=re.MULTILINE)
+    parse_config(uncommented, "example")
+    written = set(re.findall(r"^(\w+) = ", uncommented, flags=re.MULTILINE))
+    keys = {f.name for f in dataclasses.fields(Config)} - {"config_file", "custom_metrics"}
+    for block in (SamplingConfig, MqttConfig, DetectConfig, StoreConfig, CustomMetricConfig):
+        keys |= {f.name for f in dataclasses.fields(block)}
+    for section in ("sampling", "mqtt", "detect", "store"):
+        keys.discard(section)
+    assert keys - written == {"path", "command", "timeout_s"}  # documented in the comment
+
+
+def write(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666, 0o620])
+def test_a_config_others_may_write_is_refused(tmp_path: Path, mode: int) -> None:
+    config = write(tmp_path / "config.toml", b'thing_name = "pi-7"\n', mode)
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert str(err.value) == (
+        f"{config}: mode {mode:04o} lets group or others write it (chmod go-w {config})"
+    )
+    config.chmod(0o644)
+    assert load_config(config).thing_name == "pi-7"
+
+
+def test_a_config_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    config = write(tmp_path / "config.toml", b'# ok\nthing_name = "pi\xe9"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert str(err.value) == f"{config}: not UTF-8 text: byte 0xe9 on line 2 (TOML is UTF-8)"
+
+
+def test_a_config_of_absurd_size_is_not_read_whole(tmp_path: Path) -> None:
+    config = write(tmp_path / "config.toml", b"# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r"config\.toml: larger than 1048576 bytes"):
+        load_config(config)
+
+
+def test_the_default_thing_name_is_the_short_host_name() -> None:
+    assert Config().thing_name == socket.gethostname().partition(".")[0]
+
+
+def state_dir_as(uid: int, env: dict[str, str], service_dir: Path) -> str:
+    """`_default_state_dir()` in a child process that really is `uid` (a forked child:
+    the interpreter needs no exec, which /root's 0700 would forbid another user)."""
+    read, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running pytest's teardown
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            agent.config.SERVICE_STATE_DIR = service_dir
+            os.setgroups([])
+            os.setgid(pwd.getpwuid(uid).pw_gid)
+            os.setuid(uid)
+            os.write(write_end, agent.config._default_state_dir().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read, "rb") as f:
+        answer = f.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder other users can reach (pytest's tmp_path is under a 0700 folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="edge-defender-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to be another user")
+def test_the_default_state_dir_rule(shared_tmp: Path) -> None:
+    service = shared_tmp / "service-state"
+    service.mkdir(mode=0o700)
+    home = {"HOME": str(shared_tmp / "home")}
+    xdg = {**home, "XDG_STATE_HOME": str(shared_tmp / "xdg")}
+    nobody = pwd.getpwnam("nobody")
+    # systemd's StateDirectory= wins for anyone.
+    assert state_dir_as(nobody.pw_uid, {**xdg, "STATE_DIRECTORY": "/run/sd"}, service) == "/run/sd"
+    # Root works on the service's state.
+    assert state_dir_as(0, xdg, service) == str(service)
+    # Another user who cannot read the service's state: their own.
+    assert state_dir_as(nobody.pw_uid, xdg, service) == str(shared_tmp / "xdg" / "edge-defender")
+    assert (
+        state_dir_as(nobody.pw_uid, home, service) == f"{home['HOME']}/.local/state/edge-defender"
+    )
+    # The service user (here: the directory's owner) reads the service's state.
+    os.chown(service, nobody.pw_uid, -1)
+    assert state_dir_as(nobody.pw_uid, xdg, service) == str(service)
+    # So does a member of a group the directory opens to.
+    os.chown(service, 0, nobody.pw_gid)
+    service.chmod(0o750)
+    assert state_dir_as(nobody.pw_uid, xdg, service) == str(service)
