@@ -97,6 +97,11 @@ def _sqlite_name(error: sqlite3.Error) -> str:
     return getattr(error, "sqlite_errorname", None) or ""
 
 
+def counted(count: int, noun: str) -> str:
+    """For the `doing` of a fault: "1 event", "2 events"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def fault(path: Path, error: sqlite3.Error | OSError, doing: str) -> StoreUnavailable:
     damaged = isinstance(error, sqlite3.Error) and _sqlite_name(error).startswith(_DAMAGE)
     kind = StoreCorrupt if damaged else StoreUnavailable

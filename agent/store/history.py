@@ -36,7 +36,7 @@ from agent.logs import kv
 
 # The store's errors are importable from here by the callers of History.
 from agent.store.db import MovedAside as MovedAside
-from agent.store.db import Store, StoreError
+from agent.store.db import Store, StoreError, counted
 from agent.store.db import StoreCorrupt as StoreCorrupt
 from agent.store.db import StoreNotFound as StoreNotFound
 from agent.store.db import StoreUnavailable as StoreUnavailable
@@ -396,7 +396,10 @@ class History(Store):
         if len(set(ids)) != len(ids):
             raise StoreError("active violations: a violationId appears twice")
         state = _dumps(alarm_state, "alarm state")
-        doing = f"recording {len(events)} events and {len(active)} active violations"
+        doing = (
+            f"recording {counted(len(events), 'event')}"
+            f" and {counted(len(active), 'active violation')}"
+        )
         with self._transaction(doing) as conn:
             for row in event_rows:
                 cursor = conn.execute(
@@ -462,7 +465,7 @@ class History(Store):
         return [(row[0], json.loads(row[1])) for row in rows]
 
     def mark_published(self, event_ids: Sequence[int]) -> None:
-        with self._transaction(f"marking {len(event_ids)} events published") as conn:
+        with self._transaction(f"marking {counted(len(event_ids), 'event')} published") as conn:
             conn.executemany(
                 "DELETE FROM unpublished WHERE event_id = ?", [(i,) for i in event_ids]
             )

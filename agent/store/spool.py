@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from agent.logs import kv
-from agent.store.db import Store
+from agent.store.db import Store, counted
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Spool(Store):
     def ack(self, *item_ids: int) -> None:
         """The broker has these messages: forget them, in one transaction (one fsync).
         Unknown ids (evicted meanwhile) are ignored."""
-        with self._transaction(f"forgetting {len(item_ids)} delivered messages") as conn:
+        with self._transaction(f"forgetting {counted(len(item_ids), 'delivered message')}") as conn:
             conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in item_ids])
 
     def quarantine(self, item_id: int, reason: str, now: float | None = None) -> bool:

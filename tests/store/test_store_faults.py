@@ -115,7 +115,7 @@ def test_disk_full_is_one_line_and_the_failed_record_rolls_back(small_fs: Path) 
     done, error = until_full(write)
     assert done > 0
     assert re.fullmatch(
-        rf"{path}: disk full \(SQLITE_FULL\) while recording 2 events and 1 active violations",
+        rf"{path}: disk full \(SQLITE_FULL\) while recording 2 events and 1 active violation",
         str(error),
     )
     # Nothing of the failed step, everything of the ones before.
@@ -192,7 +192,7 @@ def test_state_dir_deleted_while_open_is_noticed_and_reopened(tmp_path: Path) ->
     # SQLite itself would go on writing to the deleted file: the write refuses instead.
     with pytest.raises(StoreUnavailable) as caught:
         store.record([event(2)], [active(1), active(2)], {"n": 2})
-    assert str(caught.value) == f"{problem}, found while recording 1 events and 2 active violations"
+    assert str(caught.value) == f"{problem}, found while recording 1 event and 2 active violations"
 
     assert store.reopen() is None
     assert mode(state) == 0o700
@@ -240,7 +240,7 @@ def test_a_lock_held_beyond_the_timeout_is_one_line_and_retry_works(
         store.record([event(1)], [], {"n": 1})
     assert str(caught.value) == (
         f"{store.path}: locked by another connection beyond the busy timeout (SQLITE_BUSY)"
-        " while recording 1 events and 0 active violations"
+        " while recording 1 event and 0 active violations"
     )
     other.execute("ROLLBACK")
     other.close()
