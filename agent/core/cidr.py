@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import reprlib
 from bisect import bisect_right
 from collections.abc import Iterable
 
@@ -82,11 +83,11 @@ def address_keys(addresses: Iterable[object]) -> list[int]:
 def cidr_problem(text: object) -> str | None:
     """Why `text` is not a CIDR (or plain address), or None."""
     if not isinstance(text, str):
-        return f"{text!r} is not a string"
+        return f"{reprlib.repr(text)} is not a string"
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError:
-        return f"{text!r} is not a CIDR; write e.g. 192.0.2.0/24 or 2001:db8::/32"
+        return f"{reprlib.repr(text)} is not a CIDR; write e.g. 192.0.2.0/24 or 2001:db8::/32"
     return None
 
 

@@ -1,11 +1,21 @@
 """Security profiles and dimensions as AWS IoT prints them (describe-security-profile,
 create-security-profile, create-dimension): parsing and validation. Every problem is
-reported, each naming the behavior and the field and saying what would be right."""
+reported, each naming the behavior and the field and saying what would be right.
+
+One path from a file's bytes to what runs: `parse_detect_document` (bytes to JSON with
+`parse_json_document`, then `parse_profile` or `parse_dimension`). A profile it accepts
+can be judged and every event it causes can be encoded as JSON and CBOR: what JSON or
+CBOR could not carry (lone surrogates, NaN, overlong integers, deep nesting) is refused
+here, not at the first alarm."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from collections.abc import Callable, Mapping
+import reprlib
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +36,14 @@ from agent.core.metrics import (
 from agent.core.topics import topic_filter_problem
 
 MAX_BEHAVIORS = 100
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024  # a profile file; 100 behaviors fit many times over
+MAX_DEPTH = 32  # nesting; the AWS shapes need 7 levels
+# A behavior travels in each of its violation events; AWS IoT takes MQTT messages up to
+# 128 KiB, and the measured value needs room too.
+MAX_BEHAVIOR_BYTES = 64 * 1024
+MAX_COUNT = 2**63 - 1  # value.count is a Long in the AWS API
+MAX_DURATION_S = 2**31 - 1  # durationSeconds is an Integer
+MAX_ERRORS = 100  # listed per refusal; a huge bad list is summed up, not printed whole
 MAX_DIMENSION_FILTERS = 100
 STATISTICS = ("p0", "p0.1", "p0.01", "p1", "p10", "p50", "p90", "p99", "p99.9", "p99.99", "p100")
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
@@ -45,19 +63,175 @@ CRITERIA_KEYS = (
 VALUE_KEYS = ("count", "cidrs", "ports", "number", "numbers", "strings")
 _NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _NAME_RULE = "1-128 letters, digits, ':', '_' or '-'"
+_KEY = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # a key shown as .key in a path, else as ['key']
+_SHORT = reprlib.Repr()  # values quoted in messages, cut short
+_SHORT.maxstring = 130  # a valid name is shown whole
+_SHORT.maxother = 60
+_SHORT.maxlevel = 2
+
+
+def _show(x: object) -> str:
+    """`x` as Python writes it, cut to a readable length (non-printables escaped)."""
+    return _SHORT.repr(x)
 
 
 class ProfileError(ValueError):
     """A profile or dimension that cannot be used; `.errors` lists every problem."""
 
     def __init__(self, errors: list[str], source: str = "") -> None:
-        self.errors = list(errors)
+        self.errors = _capped(errors)
         self.source = source
         super().__init__("\n".join(self.located()))
 
     def located(self) -> list[str]:
         """The errors, each prefixed with the source when there is one."""
         return [f"{self.source}: {e}" if self.source else e for e in self.errors]
+
+
+def _capped(errors: list[str]) -> list[str]:
+    if len(errors) <= MAX_ERRORS:
+        return list(errors)
+    return [*errors[:MAX_ERRORS], f"... and {len(errors) - MAX_ERRORS} more problems"]
+
+
+class _LongInteger:
+    """An integer literal longer than Python converts (sys.get_int_max_str_digits),
+    kept in the document so that validation names where it is."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _integer(text: str) -> int | _LongInteger:
+    try:
+        return int(text)
+    except ValueError:  # longer than the int-string conversion limit
+        return _LongInteger(len(text.lstrip("-")))
+
+
+def parse_json_document(data: bytes, source: str) -> object:
+    """The JSON document in a file's bytes. Raises ProfileError naming `source` when the
+    bytes are not UTF-8 JSON a profile file can be. Values JSON parses but cannot carry
+    onwards (NaN, Infinity, 1e400, lone surrogates, overlong integers) are left for
+    validation, which names the behavior and field they are in."""
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise ProfileError(
+            [f"{len(data)} bytes; a profile file holds at most {MAX_DOCUMENT_BYTES}"], source
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ProfileError(
+            [f"not UTF-8 text (byte {e.start}, line {line}); save it as UTF-8"],
+            source,
+        ) from None
+    try:
+        return json.loads(text, parse_int=_integer)
+    except json.JSONDecodeError as e:
+        raise ProfileError(
+            [f"not JSON: {e.msg} at line {e.lineno} column {e.colno}"], source
+        ) from None
+    except RecursionError:
+        raise ProfileError(
+            [f"nested too deeply; a profile nests at most {MAX_DEPTH} levels"], source
+        ) from None
+
+
+Path = tuple[str | int, ...]  # keys and list indices from a document's root
+
+
+def _text_problem(text: str) -> str | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (
+            f"{_show(text)} holds the lone surrogate {_show(text[e.start])} (a \\ud800-"
+            "\\udfff escape without its pair); strings must be valid Unicode"
+        )
+    return None
+
+
+def _value_problems(doc: object) -> Iterator[tuple[Path, str]]:
+    """What in `doc` JSON or CBOR cannot carry, in document order: strings that are not
+    Unicode, non-finite numbers, overlong integers, non-JSON values, deep nesting."""
+    stack: list[tuple[Path, object]] = [((), doc)]
+    while stack:
+        path, x = stack.pop()
+        if x is None or type(x) in (bool, int):
+            continue
+        if isinstance(x, str):
+            if problem := _text_problem(x):
+                yield path, problem
+        elif type(x) is float:
+            if not math.isfinite(x):
+                yield path, f"{x!r} is not a finite number; write a number within +-1.8e308"
+        elif isinstance(x, _LongInteger):
+            yield path, f"an integer of {x.digits} digits; a count is at most {MAX_COUNT}"
+        elif isinstance(x, list | Mapping):
+            if len(path) >= MAX_DEPTH:
+                yield path, f"nested deeper than {MAX_DEPTH} levels; profiles nest at most 7"
+                continue
+            items: list[tuple[str | int, object]] = []
+            if isinstance(x, list):
+                items = list(enumerate(x))
+            else:
+                for key, value in x.items():
+                    problem = (
+                        f"key {_show(key)} is not a string"
+                        if not isinstance(key, str)
+                        else _text_problem(key)
+                    )
+                    if problem:
+                        yield path, problem
+                    else:
+                        items.append((key, value))
+            stack.extend(((*path, k), v) for k, v in reversed(items))
+        else:
+            yield path, f"{_show(x)} is not a JSON value"
+
+
+def _path_text(path: Path) -> str:
+    """('criteria', 'value', 'strings', 2) -> 'criteria.value.strings[2]'"""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{_show(part)}]"
+    return out
+
+
+def _behavior_label(i: int, doc: object) -> str:
+    name = doc.get("name") if isinstance(doc, Mapping) else None
+    return f"behaviors[{i}] {_show(name)}" if isinstance(name, str) else f"behaviors[{i}]"
+
+
+def _literal_errors(doc: object) -> list[str]:
+    """The problems of `_value_problems`, each at its place. A place inside a behavior
+    (of a profile, or of a bare list of behaviors) names it as the other checks do."""
+    behaviors = doc.get("behaviors") if isinstance(doc, Mapping) else doc
+    head: Path = ("behaviors",) if isinstance(doc, Mapping) else ()
+    errors = []
+    for path, message in _value_problems(doc):
+        where = _path_text(path)
+        at = path[len(head) :]
+        if isinstance(behaviors, list) and path[: len(head)] == head and at:
+            i, rest = at[0], at[1:]
+            if isinstance(i, int):
+                label = _behavior_label(i, behaviors[i])
+                where = f"{label}: {_path_text(rest)}" if rest else label
+        errors.append(f"{where}: {message}" if where else message)
+    return errors
 
 
 @dataclass(frozen=True)
@@ -111,6 +285,11 @@ def _int_in(x: object, lo: int, hi: int | None = None) -> bool:
     return type(x) is int and x >= lo and (hi is None or x <= hi)
 
 
+def _is_double(x: object) -> bool:
+    """A finite number a Double holds (number and numbers are Doubles in the AWS API)."""
+    return is_finite_number(x) and abs(x) <= sys.float_info.max  # type: ignore[arg-type]
+
+
 def _unknown_keys(
     doc: Mapping[str, Any], allowed: tuple[str, ...], path: str, err: ErrorSink
 ) -> None:
@@ -124,30 +303,30 @@ def _check_value(value: object, kind: Kind, op: str, metric: str, err: ErrorSink
     example = " or ".join(f'{{"{k}": ...}}' for k in allowed)
     if not isinstance(value, Mapping) or len(value) != 1 or next(iter(value)) not in allowed:
         got = list(value) if isinstance(value, Mapping) else value
-        err("criteria.value", f"{op} on {metric} takes {example}, got {got!r}")
+        err("criteria.value", f"{op} on {metric} takes {example}, got {_show(got)}")
         return
     ((key, v),) = value.items()
     path = f"criteria.value.{key}"
     if key == "count":
-        if not _int_in(v, 0):
-            err(path, f"{v!r} must be an integer >= 0")
+        if not _int_in(v, 0, MAX_COUNT):
+            err(path, f"{_show(v)} must be an integer >= 0 (at most {MAX_COUNT})")
         return
     if key == "number":
-        if not is_finite_number(v):
-            err(path, f"{v!r} must be a finite number")
+        if not _is_double(v):
+            err(path, f"{_show(v)} must be a finite number")
         return
     if not isinstance(v, list):
-        err(path, f"must be a list, got {v!r}")
+        err(path, f"must be a list, got {_show(v)}")
         return
     for j, item in enumerate(v):
         if key == "ports" and not _int_in(item, 0, 65535):
-            err(f"{path}[{j}]", f"{item!r} is not a port; ports are integers 0-65535")
+            err(f"{path}[{j}]", f"{_show(item)} is not a port; ports are integers 0-65535")
         elif key == "cidrs" and (problem := cidr_problem(item)):
             err(f"{path}[{j}]", problem)
-        elif key == "numbers" and not is_finite_number(item):
-            err(f"{path}[{j}]", f"{item!r} must be a finite number")
+        elif key == "numbers" and not _is_double(item):
+            err(f"{path}[{j}]", f"{_show(item)} must be a finite number")
         elif key == "strings" and not isinstance(item, str):
-            err(f"{path}[{j}]", f"{item!r} must be a string")
+            err(f"{path}[{j}]", f"{_show(item)} must be a string")
 
 
 def _check_criteria(
@@ -185,7 +364,10 @@ def _check_criteria(
         if value is not None and stat is not None:
             err("criteria", "has both value and statisticalThreshold; keep one")
         elif value is None and stat is None:
-            err("criteria", f"comparisonOperator {op!r} needs a value or a statisticalThreshold")
+            err(
+                "criteria",
+                f"comparisonOperator {_show(op)} needs a value or a statisticalThreshold",
+            )
         elif value is not None and kind is not None:
             _check_value(value, kind, op, metric, err)
         elif stat is not None:
@@ -193,7 +375,7 @@ def _check_criteria(
             if statistic not in STATISTICS:
                 err(
                     "criteria.statisticalThreshold.statistic",
-                    f"{statistic!r} is unknown; use one of {', '.join(STATISTICS)}",
+                    f"{_show(statistic)} is unknown; use one of {', '.join(STATISTICS)}",
                 )
             else:
                 _unknown_keys(stat, ("statistic",), "criteria.statisticalThreshold.", err)
@@ -201,15 +383,18 @@ def _check_criteria(
                 err("criteria.statisticalThreshold", f"needs a numeric metric, not {metric}")
     duration = c.get("durationSeconds")
     if duration is not None:
-        if not _int_in(duration, 1):
-            err("criteria.durationSeconds", f"{duration!r} must be a positive integer (seconds)")
+        if not _int_in(duration, 1, MAX_DURATION_S):
+            err(
+                "criteria.durationSeconds",
+                f"{_show(duration)} must be a positive integer (seconds, at most {MAX_DURATION_S})",
+            )
         elif kind in LIST_KINDS:
             err("criteria.durationSeconds", f"not allowed on {metric}, a list metric; remove it")
     counts = {}
     for key in ("consecutiveDatapointsToAlarm", "consecutiveDatapointsToClear"):
         n = c.get(key, 1)
         if not _int_in(n, 1, 10):
-            err(f"criteria.{key}", f"{n!r} must be an integer 1-10")
+            err(f"criteria.{key}", f"{_show(n)} must be an integer 1-10")
         counts[key] = n
     criteria = Criteria(
         operator=op,
@@ -229,17 +414,17 @@ def _check_operator(
     """The metric's kind once the operator is known to fit it, else None."""
     path = "criteria.comparisonOperator"
     if not isinstance(op, str) or op not in OPERATORS:
-        err(path, f"{op!r} is unknown; use one of {', '.join(OPERATORS)}")
+        err(path, f"{_show(op)} is unknown; use one of {', '.join(OPERATORS)}")
         return None
     if kind is None:
         if op in PORT_OPERATORS:
             ports = " and ".join(m for m, k in AWS_METRICS.items() if k is Kind.PORT_LIST)
-            err(path, f"{op!r} is for {ports}; custom metric {metric!r} cannot use it")
+            err(path, f"{_show(op)} is for {ports}; custom metric {_show(metric)} cannot use it")
             return None
         return custom_kind(op, value)
     if op not in KIND_OPERATORS[kind]:
         fits = ", ".join(KIND_OPERATORS[kind])
-        err(path, f"{op!r} does not fit {metric}, a {kind.value} metric; use one of {fits}")
+        err(path, f"{_show(op)} does not fit {metric}, a {kind.value} metric; use one of {fits}")
         return None
     return kind
 
@@ -252,9 +437,9 @@ def _check_dimension(d: object, metric: str, err: ErrorSink) -> MetricDimension 
     name = d["dimensionName"]
     operator = d.get("operator", "IN")
     if not _NAME.fullmatch(name):
-        err("metricDimension.dimensionName", f"{name!r} must be {_NAME_RULE}")
+        err("metricDimension.dimensionName", f"{_show(name)} must be {_NAME_RULE}")
     if operator not in DIMENSION_OPERATORS:
-        err("metricDimension.operator", f"{operator!r} must be IN or NOT_IN")
+        err("metricDimension.operator", f"{_show(operator)} must be IN or NOT_IN")
     if metric not in DIMENSION_METRICS:
         takes = ", ".join(sorted(DIMENSION_METRICS))
         err("metricDimension", f"only {takes} take a dimension; remove it from {metric}")
@@ -267,8 +452,15 @@ def _check_behavior(
     if not isinstance(doc, Mapping):
         errors.append(f"behaviors[{i}]: must be an object with a name and a metric")
         return None
+    label = _behavior_label(i, doc)
+    size = len(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_BEHAVIOR_BYTES:
+        errors.append(
+            f"{label}: {size} bytes as JSON; a behavior holds at most {MAX_BEHAVIOR_BYTES} "
+            "so that its violation events fit in an MQTT message"
+        )
+        return None
     name = doc.get("name")
-    label = f"behaviors[{i}] {name!r}" if isinstance(name, str) else f"behaviors[{i}]"
     before = len(errors)
 
     def err(path: str, message: str) -> None:
@@ -278,7 +470,7 @@ def _check_behavior(
     if name is None:
         err("name", f"missing; every behavior needs a name of {_NAME_RULE}")
     elif not isinstance(name, str) or not _NAME.fullmatch(name):
-        err("name", f"{name!r} must be {_NAME_RULE}")
+        err("name", f"{_show(name)} must be {_NAME_RULE}")
     elif name in seen:
         err("name", f"duplicate of behaviors[{seen[name]}]; names must be unique in a profile")
     else:
@@ -290,10 +482,10 @@ def _check_behavior(
         metric = "?"
     elif metric.startswith("aws:"):
         if metric not in AWS_METRICS:
-            err("metric", f"unknown AWS metric {metric!r}; known: {', '.join(AWS_METRICS)}")
+            err("metric", f"unknown AWS metric {_show(metric)}; known: {', '.join(AWS_METRICS)}")
         kind = AWS_METRICS.get(metric)
     elif not _NAME.fullmatch(metric):
-        err("metric", f"custom metric name {metric!r} must be {_NAME_RULE}")
+        err("metric", f"custom metric name {_show(metric)} must be {_NAME_RULE}")
     dimension = None
     if "metricDimension" in doc:
         dimension = _check_dimension(doc["metricDimension"], metric, err)
@@ -305,8 +497,8 @@ def _check_behavior(
         criteria, kind = _check_criteria(raw, metric, kind, err)
     for key in ("suppressAlerts", "exportMetric"):
         if key in doc and not isinstance(doc[key], bool):
-            err(key, f"{doc[key]!r} must be true or false")
-    if len(errors) > before:
+            err(key, f"{_show(doc[key])} must be true or false")
+    if len(errors) > before or not isinstance(name, str):
         return None
     return Behavior(
         name=name,
@@ -331,16 +523,26 @@ def _check_behaviors(behaviors: object, errors: list[str]) -> list[Behavior]:
 
 
 def validate_behaviors(doc: object) -> list[str]:
-    """Every problem with the behaviors of `doc` (a whole profile or a bare list of
-    behaviors); [] when they are valid."""
-    errors: list[str] = []
+    """Every problem with the behaviors of `doc`, as ValidateSecurityProfileBehaviors
+    lists them; [] when they are valid. `doc` is a bare list of behaviors, its request
+    body {"behaviors": [...]}, or a whole profile, checked as `parse_profile` checks it
+    so that what passes here loads."""
+    if isinstance(doc, Mapping) and "securityProfileName" in doc:
+        try:
+            parse_profile(doc)
+        except ProfileError as e:
+            return e.errors
+        return []
     if isinstance(doc, list):
-        _check_behaviors(doc, errors)
-    elif isinstance(doc, Mapping) and ("behaviors" in doc or "securityProfileName" in doc):
-        _check_behaviors(doc.get("behaviors", []), errors)
+        behaviors = doc
+    elif isinstance(doc, Mapping) and "behaviors" in doc:
+        behaviors = doc["behaviors"]
     else:
-        errors.append("expected a security profile (with 'behaviors') or a list of behaviors")
-    return errors
+        return ["expected a security profile (with 'behaviors') or a list of behaviors"]
+    errors = _literal_errors(doc)
+    if not errors:
+        _check_behaviors(behaviors, errors)
+    return _capped(errors)
 
 
 def parse_profile(doc: object, source: str = "") -> SecurityProfile:
@@ -349,12 +551,14 @@ def parse_profile(doc: object, source: str = "") -> SecurityProfile:
     problem."""
     if not isinstance(doc, Mapping):
         raise ProfileError(["a security profile must be a JSON object"], source)
-    errors: list[str] = []
+    errors = _literal_errors(doc)
+    if errors:
+        raise ProfileError(errors, source)
     name = doc.get("securityProfileName")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        errors.append(f"securityProfileName: {name!r} must be {_NAME_RULE}")
+        errors.append(f"securityProfileName: {_show(name)} must be {_NAME_RULE}")
     behaviors = _check_behaviors(doc.get("behaviors", []), errors)
-    if errors:
+    if errors or not isinstance(name, str):
         raise ProfileError(errors, source)
     return SecurityProfile(name=name, behaviors=tuple(behaviors), doc=doc, source=source)
 
@@ -364,13 +568,15 @@ def parse_dimension(doc: object, source: str = "") -> Dimension:
     prints it. Raises ProfileError listing every problem."""
     if not isinstance(doc, Mapping):
         raise ProfileError(["a dimension must be a JSON object"], source)
-    errors: list[str] = []
+    errors = _literal_errors(doc)
+    if errors:
+        raise ProfileError(errors, source)
     name = doc.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        errors.append(f"dimension name: {name!r} must be {_NAME_RULE}")
-    label = f"dimension {name!r}" if isinstance(name, str) else "dimension"
+        errors.append(f"dimension name: {_show(name)} must be {_NAME_RULE}")
+    label = f"dimension {_show(name)}" if isinstance(name, str) else "dimension"
     if doc.get("type") != "TOPIC_FILTER":
-        errors.append(f"{label}: type: {doc.get('type')!r} must be TOPIC_FILTER")
+        errors.append(f"{label}: type: {_show(doc.get('type'))} must be TOPIC_FILTER")
     filters = doc.get("stringValues")
     if not isinstance(filters, list) or not 1 <= len(filters) <= MAX_DIMENSION_FILTERS:
         errors.append(f"{label}: stringValues: must be a list of 1-100 MQTT topic filters")
@@ -378,7 +584,7 @@ def parse_dimension(doc: object, source: str = "") -> Dimension:
     for j, f in enumerate(filters):
         if problem := topic_filter_problem(f):
             errors.append(f"{label}: stringValues[{j}]: {problem}")
-    if errors:
+    if errors or not isinstance(name, str):
         raise ProfileError(errors, source)
     return Dimension(name=name, filters=tuple(filters), doc=doc, source=source)
 
@@ -386,3 +592,23 @@ def parse_dimension(doc: object, source: str = "") -> Dimension:
 def is_dimension_doc(doc: object) -> bool:
     """Whether a JSON document is a dimension rather than a security profile."""
     return isinstance(doc, Mapping) and "stringValues" in doc and "securityProfileName" not in doc
+
+
+def parse_detect_document(data: bytes, source: str) -> list[SecurityProfile | Dimension]:
+    """The security profiles and dimensions in a file's bytes: one document or a JSON
+    list of them (named `source[i]`). Raises ProfileError listing every problem, each
+    prefixed with where it is."""
+    doc = parse_json_document(data, source)
+    docs = doc if isinstance(doc, list) else [doc]
+    parsed: list[SecurityProfile | Dimension] = []
+    errors: list[str] = []
+    for i, item in enumerate(docs):
+        where = f"{source}[{i}]" if isinstance(doc, list) else source
+        try:
+            parse = parse_dimension if is_dimension_doc(item) else parse_profile
+            parsed.append(parse(item, where))
+        except ProfileError as e:
+            errors.extend(e.located())
+    if errors:
+        raise ProfileError(errors)
+    return parsed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 
 MAX_FILTER_CHARS = 256  # AWS DimensionStringValue
@@ -10,7 +11,7 @@ MAX_FILTER_CHARS = 256  # AWS DimensionStringValue
 def topic_filter_problem(text: object) -> str | None:
     """Why `text` is not a valid topic filter, or None."""
     if not isinstance(text, str):
-        return f"{text!r} is not a string"
+        return f"{reprlib.repr(text)} is not a string"
     if not 1 <= len(text) <= MAX_FILTER_CHARS:
         return f"a topic filter has 1-{MAX_FILTER_CHARS} characters, got {len(text)}"
     levels = text.split("/")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import cbor2
 
 Format = Literal["json", "cbor"]
+MAX_DEPTH = 64  # reports and events nest 5 levels
 
 
 class CodecError(ValueError):
@@ -16,26 +18,33 @@ class CodecError(ValueError):
 
 
 def encode(doc: Mapping[str, Any], fmt: Format) -> bytes:
-    """Compact UTF-8 JSON or CBOR. NaN and infinities are refused: AWS rejects them."""
-    if fmt == "json":
-        try:
+    """Compact UTF-8 JSON or CBOR. Raises CodecError, and nothing else, for what cannot
+    be sent, so that the caller can set it aside: NaN and infinities (AWS rejects them),
+    strings that are not Unicode (lone surrogates), values neither format holds, and
+    nesting deeper than MAX_DEPTH."""
+    _check(doc)
+    try:
+        if fmt == "json":
             text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except ValueError as e:
-            raise CodecError(f"cannot encode as JSON: {e}") from None
-        return text.encode("utf-8")
-    return cbor2.dumps(_check_finite(doc))
+            return text.encode("utf-8")
+        return cbor2.dumps(doc)
+    except (ValueError, TypeError, OverflowError, RecursionError, cbor2.CBOREncodeError) as e:
+        raise CodecError(f"cannot encode as {fmt.upper()}: {e}") from None
 
 
-def _check_finite(obj: Any) -> Any:
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        raise CodecError(f"cannot encode {obj!r}: not a finite number")
-    if isinstance(obj, Mapping):
-        for value in obj.values():
-            _check_finite(value)
-    elif isinstance(obj, list | tuple):
-        for item in obj:
-            _check_finite(item)
-    return obj
+def _check(doc: object) -> None:
+    """Refuse non-finite numbers (CBOR would carry them) and deep nesting (cbor2 takes
+    the process down with SIGSEGV near 10,000 levels), without recursion."""
+    stack = [(doc, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, float) and not math.isfinite(obj):
+            raise CodecError(f"cannot encode {obj!r}: not a finite number")
+        if isinstance(obj, Mapping | list | tuple):
+            if depth >= MAX_DEPTH:
+                raise CodecError(f"cannot encode: nested deeper than {MAX_DEPTH} levels")
+            values = obj.values() if isinstance(obj, Mapping) else obj
+            stack.extend((value, depth + 1) for value in values)
 
 
 def decode(payload: bytes, fmt: Format) -> Any:
@@ -43,7 +52,7 @@ def decode(payload: bytes, fmt: Format) -> Any:
         if fmt == "json":
             return json.loads(payload.decode("utf-8"))
         return cbor2.loads(payload)
-    except (ValueError, cbor2.CBORDecodeError) as e:
+    except (ValueError, RecursionError, cbor2.CBORDecodeError) as e:
         raise CodecError(f"not valid {fmt.upper()}: {e}") from None
 
 

@@ -1,22 +1,25 @@
 """Security profile and dimension files: what `aws iot describe-security-profile` and
 `aws iot describe-dimension` print, dropped in unchanged. A file holds one document or a
-JSON list of them; dimensions and profiles may share a directory and a glob."""
+JSON list of them; dimensions and profiles may share a directory and a glob. Every
+command and the daemon load them here, so what one accepts the others run."""
 
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.config import writable_by_others
 from agent.core.profile import (
     Dimension,
     ProfileError,
     SecurityProfile,
-    is_dimension_doc,
-    parse_dimension,
-    parse_profile,
+    parse_detect_document,
 )
+from agent.service.install import data
+
+DEFAULT_PROFILE = "default-profile.json"
+DEFAULT_PROFILE_SOURCE = "<built-in default profile>"
 
 
 @dataclass(frozen=True)
@@ -37,56 +40,52 @@ def _paths(patterns: list[str]) -> list[str]:
     return list(paths)
 
 
-def _read(path: str) -> object:
+def _read(path: str) -> bytes:
+    """The file's bytes; refused like a readable key when others may write it, since
+    whoever can write a profile can blind the agent."""
     try:
-        return json.loads(Path(path).read_bytes())
+        if unsafe := writable_by_others(path):
+            raise ProfileError([f"refused: {unsafe}"], path)
+        return Path(path).read_bytes()
     except OSError as e:
         raise ProfileError([f"cannot read: {e.strerror}"], path) from None
-    except UnicodeDecodeError:
-        raise ProfileError(["not UTF-8 text"], path) from None
-    except json.JSONDecodeError as e:
-        raise ProfileError(
-            [f"not JSON: {e.msg} at line {e.lineno} column {e.colno}"], path
-        ) from None
 
 
-def load_detect_files(patterns: list[str]) -> DetectFiles:
-    """Every profile and dimension in the files `patterns` match, in file order. Raises
-    ProfileError listing the problems of all files, each prefixed with its file."""
+def builtin_default_profile() -> SecurityProfile:
+    """The profile shipped in agent/data for hosts that have none of their own."""
+    (profile,) = parse_detect_document(data(DEFAULT_PROFILE), DEFAULT_PROFILE_SOURCE)
+    assert isinstance(profile, SecurityProfile)
+    return profile
+
+
+def load_detect_files(patterns: list[str], *, builtin_default: bool = False) -> DetectFiles:
+    """Every profile and dimension in the files `patterns` match, in file order; with
+    `builtin_default`, the built-in default profile when they hold no profile at all.
+    Raises ProfileError listing the problems of all files, each prefixed with its file."""
     profiles: dict[str, SecurityProfile] = {}
     dimensions: dict[str, Dimension] = {}
     errors: list[str] = []
     for path in _paths(patterns):
         try:
-            doc = _read(path)
+            items = parse_detect_document(_read(path), path)
         except ProfileError as e:
             errors.extend(e.located())
             continue
-        docs = doc if isinstance(doc, list) else [doc]
-        for i, item in enumerate(docs):
-            source = f"{path}[{i}]" if isinstance(doc, list) else path
-            try:
-                if is_dimension_doc(item):
-                    dimension = parse_dimension(item, source)
-                    if dimension.name in dimensions:
-                        first = dimensions[dimension.name].source
-                        raise ProfileError(
-                            [f"dimension {dimension.name!r} also in {first}"], source
-                        )
-                    dimensions[dimension.name] = dimension
-                else:
-                    profile = parse_profile(item, source)
-                    if profile.name in profiles:
-                        first = profiles[profile.name].source
-                        raise ProfileError([f"profile {profile.name!r} also in {first}"], source)
-                    profiles[profile.name] = profile
-            except ProfileError as e:
-                errors.extend(e.located())
+        for item in items:
+            if isinstance(item, Dimension):
+                first: SecurityProfile | Dimension = dimensions.setdefault(item.name, item)
+            else:
+                first = profiles.setdefault(item.name, item)
+            if first is not item:
+                kind = "dimension" if isinstance(item, Dimension) else "profile"
+                errors.append(f"{item.source}: {kind} {item.name!r} also in {first.source}")
     if errors:
         raise ProfileError(errors)
+    if builtin_default and not profiles:
+        return DetectFiles([builtin_default_profile()], list(dimensions.values()))
     return DetectFiles(list(profiles.values()), list(dimensions.values()))
 
 
-def load_profiles(patterns: list[str]) -> list[SecurityProfile]:
+def load_profiles(patterns: list[str], *, builtin_default: bool = False) -> list[SecurityProfile]:
     """The security profiles of `load_detect_files`."""
-    return load_detect_files(patterns).profiles
+    return load_detect_files(patterns, builtin_default=builtin_default).profiles

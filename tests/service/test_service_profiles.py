@@ -61,5 +61,5 @@ def test_every_bad_file_is_named(tmp_path):
     assert errors[0].startswith(f"{tmp_path}/1.json: not JSON")
     assert errors[1].startswith(f"{tmp_path}/2.json: behaviors[0] 'b': metric: unknown AWS metric")
     assert errors[2] == f"{tmp_path}/4.json: profile 'ok' also in {tmp_path}/3.json"
-    assert errors[3] == f"{tmp_path}/5.json: not UTF-8 text"
+    assert errors[3] == f"{tmp_path}/5.json: not UTF-8 text (byte 0, line 1); save it as UTF-8"
     assert str(info.value) == "\n".join(errors)
