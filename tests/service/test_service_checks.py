@@ -3,9 +3,14 @@ certificates and keys made here with `cryptography`, profiles on disk."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from agent.cli import main
 from agent.config import MqttConfig
 from agent.service.checks import check_tls_files, tls_findings
 from agent.service.install import data
+from agent.store.history import history_path, open_history
 
 NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
@@ -305,3 +311,177 @@ def test_no_profile_at_all_is_a_warning(
         f"{config}: warning: detect.profiles: no security profile in"
         f" {tmp_path / 'none' / '*.json'}; nothing is judged"
     )
+
+
+def local_config(tmp_path: Path, state: Path, extra: str = "") -> Path:
+    """A config with no broker and no profile (a warning), keeping state in `state`."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'state_dir = "{state}"\n{extra}\n[detect]\nprofiles = []\nbuiltin_profile = true\n'
+    )
+    return config
+
+
+def problems_of(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    code, lines = check_config(config, capsys)
+    return code, [line for line in lines if ": warning: " not in line]
+
+
+@contextmanager
+def tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A real file system of its own at `where` (root only): full or read-only on demand."""
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+MOVED = "the agent will move it aside and start a new one"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+
+
+def test_a_state_dir_that_will_be_created_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "new" / "state"
+    assert problems_of(local_config(tmp_path, state), capsys) == (0, ["configuration ok"])
+    assert not state.exists(), "check-config creates nothing"
+
+
+def test_a_used_state_dir_with_its_store_passes_and_is_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    with open_history(history_path(state)) as store:
+        store.save_counters({"last_report_id": 7})
+    before = sorted(p.name for p in state.iterdir())
+    assert problems_of(local_config(tmp_path, state), capsys) == (0, ["configuration ok"])
+    assert sorted(p.name for p in state.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", f"corrupt: empty (0 bytes); {MOVED}"),
+        (b"not a database\n" * 100, f"corrupt: file is not a database; {MOVED}"),
+    ],
+)
+def test_a_corrupt_store_is_reported_not_moved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, problem: str
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    store = history_path(state)
+    store.write_bytes(content)
+    assert problems_of(local_config(tmp_path, state), capsys) == (1, [f"{store}: {problem}"])
+    assert store.read_bytes() == content
+    assert sorted(p.name for p in state.iterdir()) == [store.name]
+
+
+def test_a_store_with_a_damaged_page_is_corrupt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    with open_history(history_path(state)):
+        pass
+    store = history_path(state)
+    data = bytearray(store.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # the schema's page, past the header
+    store.write_bytes(bytes(data))
+    code, lines = problems_of(local_config(tmp_path, state), capsys)
+    assert code == 1
+    assert lines == [f"{store}: corrupt: database disk image is malformed; {MOVED}"]
+
+
+def test_the_spool_is_checked_only_with_a_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "spool.db").write_bytes(b"")
+    assert problems_of(local_config(tmp_path, state), capsys) == (0, ["configuration ok"])
+    broker = '[mqtt]\nendpoint = "localhost"\ntls = false'
+    config = local_config(tmp_path, state, broker)
+    assert problems_of(config, capsys) == (
+        1,
+        [f"{state / 'spool.db'}: corrupt: empty (0 bytes); {MOVED}"],
+    )
+
+
+def test_a_state_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    state.write_text("")
+    assert problems_of(local_config(tmp_path, state), capsys) == (
+        1,
+        [f"{state}: not a directory (state_dir must be one)"],
+    )
+
+
+@needs_root
+def test_a_read_only_state_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with tmpfs(tmp_path / "ro", "ro,size=64m") as state:
+        assert problems_of(local_config(tmp_path, state), capsys) == (
+            1,
+            [f"{state}: not writable: Read-only file system; the agent keeps its state here"],
+        )
+    with tmpfs(tmp_path / "ro2", "ro,size=64m") as ro:
+        assert problems_of(local_config(tmp_path, ro / "state"), capsys) == (
+            1,
+            [f"{ro / 'state'}: cannot be created: {ro} is not writable"],
+        )
+
+
+@needs_root
+def test_a_full_disk_says_how_much_is_free(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with tmpfs(tmp_path / "small", "size=4m") as state:
+        config = local_config(tmp_path, state)
+        code, lines = problems_of(config, capsys)
+        assert code == 1
+        assert lines == [
+            f"{state}: its file system is full (4.0 MiB free); the agent needs 8 MiB for its store"
+        ]
+        with open(state / "filler", "wb") as f, contextlib.suppress(OSError):  # ENOSPC
+            f.write(bytes(5 * 1024 * 1024))
+        code, lines = problems_of(config, capsys)
+        assert lines == [
+            f"{state}: its file system is full (0.0 MiB free); the agent needs 8 MiB for its store"
+        ]
+    with tmpfs(tmp_path / "tight", "size=32m") as state:
+        code, lines = check_config(local_config(tmp_path, state), capsys)
+        assert code == 0
+        assert f"{state}: warning: its file system is nearly full (32.0 MiB free)" in lines
+
+
+def test_a_config_others_may_write_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = local_config(tmp_path, tmp_path / "state")
+    config.chmod(0o666)
+    assert check_config(config, capsys) == (
+        1,
+        [f"{config}: mode 0666 lets group or others write it (chmod go-w {config})"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"a = " + b"[" * 3000 + b"]" * 3000, "not valid TOML: arrays or tables nested too deep"),
+        (b"[mqtt]\nport = " + b"7" * 5000, "not valid TOML: an integer of over 4300 digits"),
+        (b'thing_name = "pi\xff"\n', "not UTF-8 text: byte 0xff on line 1 (TOML is UTF-8)"),
+        (b"[sampling]\ninterval_s = nan\n", "sampling.interval_s: must be at least 0.1"),
+        (b'thing_name = "a/+"\n', "thing_name: must be 1-128 of a-z A-Z 0-9 : _ -"),
+    ],
+)
+def test_configs_that_crashed_it_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, problem: str
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_bytes(content)
+    code, [line] = check_config(config, capsys)
+    assert code == 1
+    assert line.startswith(f"{config}: {problem}")
