@@ -140,7 +140,8 @@ def _register_reload(sub: argparse._SubParsersAction) -> None:
 
 def _register_operations(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "check-config", help="check the config, TLS files and profiles; exit 1 on any problem"
+        "check-config",
+        help="check the config, TLS files, profiles and state dir; exit 1 on any problem",
     )
     _add_config_arg(p)
     p.set_defaults(handler=_run_check_config)
