@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -89,14 +91,23 @@ def test_no_status_file_is_none(tmp_path: Path) -> None:
     [
         ("{", "not valid JSON"),
         ("[1]", "not a JSON object"),
-        ('{"updated_at": 1, "interval_s": 10}', "pid: missing or not a number"),
-        ('{"pid": 1, "updated_at": "today", "interval_s": 10}', "updated_at: missing"),
-        ('{"pid": true, "updated_at": 1, "interval_s": 10}', "pid: missing"),
+        (
+            '{"updated_at": 1, "interval_s": 10}',
+            "left out what does not fit the status format: pid (missing)",
+        ),
+        (
+            '{"pid": 1, "updated_at": "today", "interval_s": 10}',
+            "left out what does not fit the status format: started_at (missing), updated_at,",
+        ),
+        (
+            '{"pid": true, "updated_at": 1, "interval_s": 10}',
+            "left out what does not fit the status format: pid, started_at (missing)",
+        ),
     ],
 )
 def test_a_bad_status_file_is_named(tmp_path: Path, content: str, complaint: str) -> None:
     (tmp_path / STATUS_FILE).write_text(content)
-    with pytest.raises(StatusError, match=f"{tmp_path / STATUS_FILE}: {complaint}"):
+    with pytest.raises(StatusError, match=re.escape(f"{tmp_path / STATUS_FILE}: {complaint}")):
         read_status(tmp_path)
 
 
@@ -191,5 +202,157 @@ def test_status_with_a_broken_file_says_which(
     (tmp_path / STATUS_FILE).write_text("{")
     code, out, err = status_cli(tmp_path, capsys)
     assert code == 1
-    assert out == ""
-    assert err.startswith(f"edge-defender: status: {tmp_path / STATUS_FILE}: not valid JSON")
+    assert out.splitlines() == [
+        "state               unknown: the status file cannot be read",
+        f"problem             {tmp_path / STATUS_FILE}: not valid JSON: Expecting property name"
+        " enclosed in double quotes: line 1 column 2 (char 1)",
+    ]
+    assert err == ""
+
+
+def _damage(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / STATUS_FILE
+    good = json.dumps(sample_status())
+    match kind:
+        case "truncated":
+            path.write_text(good[: len(good) // 2])
+        case "binary":
+            path.write_bytes(bytes(range(256)))
+        case "huge":
+            path.write_text('{"pid": 1, "pad": "' + "x" * (2 * 1024 * 1024) + '"}')
+        case "deep":
+            path.write_text("[" * 100_000 + "]" * 100_000)
+        case "directory":
+            path.mkdir()
+        case "nan-times":
+            path.write_text(good.replace('"updated_at": ', '"updated_at": NaN, "x": '))
+        case "absurd-pid":
+            path.write_text(json.dumps(sample_status(pid=2**70)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "complaint"),
+    [
+        ("truncated", "not valid JSON"),
+        ("binary", "not valid JSON"),
+        ("huge", "larger than 1048576 bytes: not a status file"),
+        ("deep", "not valid JSON"),
+        ("directory", "cannot read"),
+        ("nan-times", "left out what does not fit the status format: updated_at"),
+        ("absurd-pid", None),  # a sound int, but no process can have it
+    ],
+)
+def test_a_damaged_status_file_is_one_line_and_the_rest_is_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, complaint: str | None
+) -> None:
+    _damage(tmp_path, kind)
+    with open_history(history_path(tmp_path)) as store:
+        store.record([], [active_violation(1)], {})
+    code, out, err = status_cli(tmp_path, capsys)
+    assert code == 1 and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("state               unknown: the status file")
+    problems = [line for line in lines if line.startswith("problem")]
+    if complaint is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and complaint in problems[0]
+        assert str(tmp_path / STATUS_FILE) in problems[0] and len(problems[0]) < 300
+    assert "active violations   1" in lines  # the store is still read
+    if kind == "nan-times":  # the sound fields are still shown
+        assert "samples             360" in lines and "last update" not in out
+
+
+def test_degraded_agent_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reload = {"at": time.time() - 60, "ok": False, "error": "p.json: behaviors[0]: bad"}
+    written = sample_status(
+        degraded=["store unwritable: disk full", "state dir gone"],
+        errors={"cycle": 3, "report": 0, "prune": 1},
+        quarantined=2,
+        reload=reload,
+    )
+    write_status(tmp_path, written)
+    code, out, _ = status_cli(tmp_path, capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[2:5] == [
+        "degraded            store unwritable: disk full",
+        "                    state dir gone",
+        "errors              cycle 3, prune 1",
+    ]
+    assert "quarantined         2 messages that cannot be sent" in lines
+    assert any(
+        line.startswith("last reload")
+        and line.endswith("s ago) refused: p.json: behaviors[0]: bad")
+        for line in lines
+    )
+    code, out, _ = status_cli(tmp_path, capsys, "--output", "json")
+    assert json.loads(out)["status"] == written
+    # A healthy agent shows none of those lines.
+    write_status(tmp_path, sample_status(degraded=[], errors={"cycle": 0}, quarantined=0))
+    code, out, _ = status_cli(tmp_path, capsys)
+    assert not any(w in out for w in ("degraded", "errors", "quarantined", "reload"))
+
+
+def _status_as_nobody(config: Path) -> tuple[int, str]:
+    """`edge-defender status` run by uid/gid 65534 with no groups, in a forked child."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, run, and leave without pytest's cleanup
+        code = 99
+        try:
+            os.dup2(write_end, 1)
+            os.dup2(write_end, 2)
+            sys.stdout = os.fdopen(1, "w")
+            sys.stderr = os.fdopen(2, "w")
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = main(["status", "--config", str(config)])
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        output = f.read()
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")
+def test_status_as_a_user_the_state_dir_is_closed_to() -> None:
+    # pytest's tmp_path lies under a directory only root can enter.
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o755)
+        _status_as_a_user_the_state_dir_is_closed_to(Path(top))
+
+
+def _status_as_a_user_the_state_dir_is_closed_to(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    write_status(state, sample_status())
+    with open_history(history_path(state)) as store:
+        store.record([], [active_violation(1)], {})
+    os.chown(state, 999, 999)  # the service user's, as StateDirectory= makes it
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{state}"\n')
+    config.chmod(0o644)
+    code, output = _status_as_nobody(config)
+    assert code == 1, output
+    assert "Traceback" not in output
+    assert output.splitlines() == [
+        "state               unknown: the status file cannot be read",
+        f"problem             cannot read {state}: permission denied; run as root or as user"
+        " edge-defender (the state directory is its alone)",
+    ]
+    # The directory open but the files the service user's alone (0600).
+    state.chmod(0o755)
+    (state / STATUS_FILE).chmod(0o600)
+    code, output = _status_as_nobody(config)
+    assert code == 1 and "Traceback" not in output, output
+    assert f"cannot read {state / STATUS_FILE}: permission denied; run as root" in output
