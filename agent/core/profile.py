@@ -79,16 +79,20 @@ class ProfileError(ValueError):
     """A profile or dimension that cannot be used; `.errors` lists every problem."""
 
     def __init__(self, errors: list[str], source: str = "") -> None:
-        self.errors = _capped(errors)
+        self.errors = list(errors)
         self.source = source
         super().__init__("\n".join(self.located()))
 
     def located(self) -> list[str]:
-        """The errors, each prefixed with the source when there is one."""
-        return [f"{self.source}: {e}" if self.source else e for e in self.errors]
+        """The errors, each prefixed with the source when there is one; those of one
+        source cut to MAX_ERRORS. (Without a source they are other errors' lines.)"""
+        if not self.source:
+            return self.errors
+        return [f"{self.source}: {e}" for e in _capped(self.errors)]
 
 
 def _capped(errors: list[str]) -> list[str]:
+    """At most MAX_ERRORS, then how many more."""
     if len(errors) <= MAX_ERRORS:
         return list(errors)
     return [*errors[:MAX_ERRORS], f"... and {len(errors) - MAX_ERRORS} more problems"]
@@ -531,7 +535,7 @@ def validate_behaviors(doc: object) -> list[str]:
         try:
             parse_profile(doc)
         except ProfileError as e:
-            return e.errors
+            return _capped(e.errors)
         return []
     if isinstance(doc, list):
         behaviors = doc

@@ -12,7 +12,9 @@ from agent.core.metrics import Kind
 from agent.core.profile import (
     ProfileError,
     is_dimension_doc,
+    parse_detect_document,
     parse_dimension,
+    parse_json_document,
     parse_profile,
     validate_behaviors,
 )
@@ -373,3 +375,144 @@ def test_parsers_raise_nothing_but_profile_error(doc):
             assert e.errors and all(isinstance(m, str) and m for m in e.errors)
     errors = validate_behaviors(doc)
     assert isinstance(errors, list) and all(isinstance(m, str) for m in errors)
+
+
+def profile_bytes(*behaviors: Any, **extra: Any) -> bytes:
+    return json.dumps({"securityProfileName": "p", "behaviors": list(behaviors), **extra}).encode()
+
+
+def refusal(data: bytes) -> list[str]:
+    with pytest.raises(ProfileError) as info:
+        parse_detect_document(data, "p.json")
+    return info.value.located()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\xff{}", ["p.json: not UTF-8 text (byte 0, line 1); save it as UTF-8"]),
+        (b"{\n\n", ["p.json: not JSON: Expecting property name enclosed in double quotes"]),
+        (b"[" * 5000 + b"]" * 5000, ["p.json: nested too deeply; a profile nests at most 32"]),
+        (b" " * (8 * 1024 * 1024 + 1), ["p.json: 8388609 bytes; a profile file holds at most"]),
+    ],
+)
+def test_bytes_that_are_no_profile_file_are_refused_by_name(data, expected):
+    (error,) = refusal(data)
+    assert error.startswith(expected[0])
+
+
+def test_a_byte_order_mark_is_allowed():
+    (p,) = parse_detect_document(b"\xef\xbb\xbf" + profile_bytes(), "p.json")
+    assert p.name == "p"
+
+
+STRINGS = {"comparisonOperator": "not-in-set", "value": {"strings": ["evil", "\ud800"]}}
+
+
+# What JSON parses but JSON and CBOR cannot carry on: refused where it stands.
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            profile_bytes(b("s", "ssids", **STRINGS)),
+            "behaviors[0] 's': criteria.value.strings[1]: '\\ud800' holds the lone surrogate",
+        ),
+        (
+            profile_bytes(b("s\udc00", **LT)),
+            "behaviors[0] 's\\udc00': name: 's\\udc00' holds the lone surrogate '\\udc00'",
+        ),
+        (
+            profile_bytes(b(**LT), securityProfileDescription="\udfff"),
+            "securityProfileDescription: '\\udfff' holds the lone surrogate",
+        ),
+        (
+            profile_bytes(b(**LT), alertTargets={"\ud800": {}}),
+            "alertTargets: '\\ud800' holds the lone surrogate",
+        ),
+        (
+            profile_bytes(b(comparisonOperator="less-than", value={"number": 1})).replace(
+                b'"number": 1', b'"number": NaN'
+            ),
+            "behaviors[0] 'b': criteria.value.number: nan is not a finite number",
+        ),
+        (
+            profile_bytes(b(comparisonOperator="less-than", value={"number": 1})).replace(
+                b'"number": 1', b'"number": -1e400'
+            ),
+            "behaviors[0] 'b': criteria.value.number: -inf is not a finite number",
+        ),
+        (
+            profile_bytes(b(**LT), version=1).replace(b'"version": 1', b'"version": Infinity'),
+            "version: inf is not a finite number",
+        ),
+        (
+            profile_bytes(b(**LT)).replace(b'"count": 5', b'"count": ' + b"7" * 5000),
+            "behaviors[0] 'b': criteria.value.count: an integer of 5000 digits; a count is at most",
+        ),
+        (
+            profile_bytes(b(**LT), tags=json.loads("[" * 40 + "]" * 40)),
+            "tags" + "[0]" * 31 + ": nested deeper than 32 levels",
+        ),
+    ],
+)
+def test_what_cannot_be_encoded_is_refused_at_its_field(data, expected):
+    errors = refusal(data)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"p.json: {expected}"), errors[0]
+    errors[0].encode("utf-8")  # printable anywhere: the surrogate itself is escaped
+    # validate-security-profile-behaviors says the same
+    said = validate_behaviors(parse_json_document(data, "p.json"))
+    assert [f"p.json: {e}" for e in said] == errors
+
+
+@pytest.mark.parametrize(
+    ("criteria", "expected"),
+    [
+        ({**LT, "value": {"count": 2**63}}, "criteria.value.count: 9223372036854775808 must be"),
+        ({**LT, "durationSeconds": 2**31}, "criteria.durationSeconds: 2147483648 must be"),
+        (
+            {"comparisonOperator": "less-than", "value": {"number": 10**309}},
+            "criteria.value.number: 1000000",
+        ),
+        (
+            {"comparisonOperator": "in-set", "value": {"numbers": [1, -(10**309)]}},
+            "criteria.value.numbers[1]: -1000000",
+        ),
+    ],
+)
+def test_numbers_beyond_the_aws_types_are_refused(criteria, expected):
+    (error,) = validate_behaviors([b("b", "cpu", **criteria)])
+    assert expected in error
+    assert len(error) < 300
+
+
+def test_huge_values_are_refused_in_short_messages():
+    huge = b("ss", "ssids", comparisonOperator="in-set", value={"strings": ["x"] * 20_000})
+    (error,) = validate_behaviors([huge])
+    assert error.startswith("behaviors[0] 'ss': 80095 bytes as JSON; a behavior holds at most")
+    bad_ports = b("p", "aws:listening-tcp-ports", comparisonOperator="in-port-set")
+    bad_ports["criteria"]["value"] = {"ports": [[0] * 100] * 3 + [-1] * 500}
+    errors = validate_behaviors([bad_ports])
+    assert len(errors) == 101 and errors[-1] == "... and 403 more problems"
+    assert all(len(e) < 200 for e in errors)
+    long_name = validate_behaviors([b("n" * 10_000, **LT)])[0]
+    assert len(long_name) < 400
+
+
+def test_validating_a_whole_profile_checks_what_the_loader_checks():
+    doc = {"securityProfileName": "bad name", "behaviors": [b(**LT)]}
+    (error,) = validate_behaviors(doc)
+    assert error.startswith("securityProfileName: 'bad name' must be")
+    # the request body of ValidateSecurityProfileBehaviors has no name to check
+    assert validate_behaviors({"behaviors": [b(**LT)]}) == []
+
+
+def test_a_file_holds_a_profile_or_a_list_of_profiles_and_dimensions():
+    dimension = json.loads((FIXTURES / "dimension-sensors.json").read_text())
+    data = json.dumps([json.loads(profile_bytes(b(**LT))), dimension]).encode()
+    profile, dim = parse_detect_document(data, "all.json")
+    assert (profile.source, dim.source) == ("all.json[0]", "all.json[1]")
+    errors = refusal(json.dumps([{"securityProfileName": "p"}, {"x": 1}]).encode())
+    assert errors == [
+        "p.json[1]: securityProfileName: None must be 1-128 letters, digits, ':', '_' or '-'"
+    ]

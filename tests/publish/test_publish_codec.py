@@ -68,3 +68,47 @@ def test_violations_topic_fills_in_only_the_thing_name() -> None:
         "things/gw-1/defender/violations"
     )
     assert violations_topic("site/{region}/{thing_name}", "gw-1") == "site/{region}/gw-1"
+
+
+def _nested(depth: int) -> dict:
+    doc: dict = {}
+    for _ in range(depth):
+        doc = {"a": [doc]}
+    return doc
+
+
+def _cyclic() -> dict:
+    doc: dict = {}
+    doc["self"] = [doc]
+    return doc
+
+
+@pytest.mark.parametrize("fmt", ["json", "cbor"])
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ({"strings": ["ok", "\ud800"]}, "surrogates not allowed"),  # a lone surrogate
+        ({"\udfff": 1}, "surrogates not allowed"),
+        ({"x": object()}, "object"),
+        (_nested(5000), "nested deeper than 64"),  # cbor2 itself dies with SIGSEGV
+        (_cyclic(), "nested deeper than 64"),
+    ],
+)
+def test_what_cannot_be_sent_raises_codec_error_only(fmt: str, bad: dict, why: str) -> None:
+    with pytest.raises(CodecError, match=why) as info:
+        encode(bad, fmt)  # type: ignore[arg-type]
+    assert type(info.value) is CodecError
+
+
+@pytest.mark.parametrize(
+    "bad", [{(1, 2): "tuple key"}, {"n": 10**5000}, {"b": b"\x00"}, {"s": {1}}]
+)
+def test_json_refusals_are_codec_errors(bad: dict) -> None:
+    with pytest.raises(CodecError, match="cannot encode as JSON"):
+        encode(bad, "json")
+
+
+def test_deep_json_input_is_a_codec_error() -> None:
+    with pytest.raises(CodecError, match="not valid JSON"):
+        decode(b"[" * 100_000 + b"]" * 100_000, "json")
+    assert decode(encode(_nested(30), "json"), "json") == _nested(30)
