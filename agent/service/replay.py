@@ -92,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.thing:
         cfg = dataclasses.replace(cfg, thing_name=args.thing)
-    patterns = args.profile or cfg.detect.profiles
-    return replay_command(cfg, patterns, args.metrics, args.output, sys.stdout, sys.stderr)
+    return replay_command(cfg, args.profile, args.metrics, args.output, sys.stdout, sys.stderr)
 
 
 def _open(path: str) -> contextlib.AbstractContextManager[BinaryIO]:
@@ -274,17 +273,23 @@ def table_cells(e: ViolationEvent) -> list[str]:
 
 def replay_command(
     cfg: Config,
-    profile_patterns: list[str],
+    profile_patterns: list[str] | None,
     metrics_path: str,
     output: str,
     out: TextIO,
     err: TextIO,
 ) -> int:
     """The `replay` command: judge as `run` with `cfg` would, printing each event as it
-    comes. 0 when the whole input was replayed, 2 on bad input."""
+    comes. Without `profile_patterns`, the profiles are the daemon's: [detect] profiles,
+    else the built-in one when the config allows it. 0 when the whole input was
+    replayed, 2 on bad input."""
     prog = f"edge-defender {REPLAY}"
+    if profile_patterns is None:
+        profile_patterns, builtin = cfg.detect.profiles, cfg.detect.builtin_profile
+    else:
+        builtin = False
     try:
-        files = load_detect_files(profile_patterns)
+        files = load_detect_files(profile_patterns, builtin_default=builtin)
     except ProfileError as e:
         print(f"{prog}: {e}", file=err)
         return 2
