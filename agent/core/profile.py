@@ -10,13 +10,15 @@ here, not at the first alarm."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
 import reprlib
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from agent.core.cidr import cidr_problem
@@ -37,6 +39,7 @@ from agent.core.topics import topic_filter_problem
 
 MAX_BEHAVIORS = 100
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024  # a profile file; 100 behaviors fit many times over
+MAX_DOCUMENTS = 1000  # profiles and dimensions in one file
 MAX_DEPTH = 32  # nesting; the AWS shapes need 7 levels
 # A behavior travels in each of its violation events; AWS IoT takes MQTT messages up to
 # 128 KiB, and the measured value needs room too.
@@ -78,9 +81,10 @@ def _show(x: object) -> str:
 class ProfileError(ValueError):
     """A profile or dimension that cannot be used; `.errors` lists every problem."""
 
-    def __init__(self, errors: list[str], source: str = "") -> None:
+    def __init__(self, errors: list[str], source: str = "", more: int = 0) -> None:
         self.errors = list(errors)
         self.source = source
+        self.more = more  # problems found but not worded
         super().__init__("\n".join(self.located()))
 
     def located(self) -> list[str]:
@@ -88,14 +92,13 @@ class ProfileError(ValueError):
         source cut to MAX_ERRORS. (Without a source they are other errors' lines.)"""
         if not self.source:
             return self.errors
-        return [f"{self.source}: {e}" for e in _capped(self.errors)]
+        return [f"{self.source}: {e}" for e in _capped(self.errors, self.more)]
 
 
-def _capped(errors: list[str]) -> list[str]:
+def _capped(errors: list[str], more: int = 0) -> list[str]:
     """At most MAX_ERRORS, then how many more."""
-    if len(errors) <= MAX_ERRORS:
-        return list(errors)
-    return [*errors[:MAX_ERRORS], f"... and {len(errors) - MAX_ERRORS} more problems"]
+    more += max(0, len(errors) - MAX_ERRORS)
+    return [*errors[:MAX_ERRORS], f"... and {more} more problems"] if more else list(errors)
 
 
 class _LongInteger:
@@ -163,43 +166,68 @@ def _text_problem(text: str) -> str | None:
     return None
 
 
-def _value_problems(doc: object) -> Iterator[tuple[Path, str]]:
-    """What in `doc` JSON or CBOR cannot carry, in document order: strings that are not
-    Unicode, non-finite numbers, overlong integers, non-JSON values, deep nesting."""
-    stack: list[tuple[Path, object]] = [((), doc)]
+def _carried(x: object) -> bool:
+    """Whether JSON and CBOR carry `x`, a value that is no list or object, as it is."""
+    if isinstance(x, str):
+        return x.isascii() or _text_problem(x) is None
+    if isinstance(x, float):
+        return math.isfinite(x)
+    return x is None or isinstance(x, int)  # bool is an int
+
+
+def _leaf_problem(x: object) -> str:
+    """Why `x`, not `_carried`, cannot be."""
+    if isinstance(x, str):
+        return _text_problem(x) or ""
+    if isinstance(x, float):
+        return f"{x!r} is not a finite number; write a number within +-1.8e308"
+    if isinstance(x, _LongInteger):
+        return f"an integer of {x.digits} digits; a count is at most {MAX_COUNT}"
+    return f"{_show(x)} is not a JSON value"
+
+
+def _key_problem(key: object) -> str:
+    return (
+        f"key {_leaf_problem(key)}" if isinstance(key, str) else f"key {_show(key)} is not a string"
+    )
+
+
+def _too_deep() -> str:
+    return f"nested deeper than {MAX_DEPTH} levels; profiles nest at most 7"
+
+
+def _value_problems(doc: object) -> Iterator[tuple[Path, Callable[[], str]]]:
+    """Where `doc` holds what JSON or CBOR cannot carry (strings that are not Unicode,
+    non-finite numbers, overlong integers, non-JSON values, deep nesting), each with
+    what words it. Only lists and objects are stacked and only problems are worded, so
+    that long lists cost little."""
+    if not isinstance(doc, list | Mapping):
+        if not _carried(doc):
+            yield (), partial(_leaf_problem, doc)
+        return
+    stack: list[tuple[Path, list[Any] | Mapping[Any, Any]]] = [((), doc)]
     while stack:
-        path, x = stack.pop()
-        if x is None or type(x) in (bool, int):
+        path, node = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            yield path, _too_deep
             continue
-        if isinstance(x, str):
-            if problem := _text_problem(x):
-                yield path, problem
-        elif type(x) is float:
-            if not math.isfinite(x):
-                yield path, f"{x!r} is not a finite number; write a number within +-1.8e308"
-        elif isinstance(x, _LongInteger):
-            yield path, f"an integer of {x.digits} digits; a count is at most {MAX_COUNT}"
-        elif isinstance(x, list | Mapping):
-            if len(path) >= MAX_DEPTH:
-                yield path, f"nested deeper than {MAX_DEPTH} levels; profiles nest at most 7"
-                continue
-            items: list[tuple[str | int, object]] = []
-            if isinstance(x, list):
-                items = list(enumerate(x))
-            else:
-                for key, value in x.items():
-                    problem = (
-                        f"key {_show(key)} is not a string"
-                        if not isinstance(key, str)
-                        else _text_problem(key)
-                    )
-                    if problem:
-                        yield path, problem
-                    else:
-                        items.append((key, value))
-            stack.extend(((*path, k), v) for k, v in reversed(items))
+        if isinstance(node, list):
+            items: Iterable[tuple[Any, object]] = enumerate(node)
         else:
-            yield path, f"{_show(x)} is not a JSON value"
+            items = node.items()
+            for key in node:
+                if not isinstance(key, str) or not _carried(key):
+                    yield path, partial(_key_problem, key)
+        inner = []
+        for key, value in items:
+            if type(value) in (int, bool) or (type(value) is str and value.isascii()):
+                continue  # most values, at little cost
+            if isinstance(value, list | Mapping):
+                if value:
+                    inner.append(((*path, key), value))
+            elif not _carried(value):
+                yield (*path, key), partial(_leaf_problem, value)
+        stack.extend(reversed(inner))
 
 
 def _path_text(path: Path) -> str:
@@ -220,13 +248,16 @@ def _behavior_label(i: int, doc: object) -> str:
     return f"behaviors[{i}] {_show(name)}" if isinstance(name, str) else f"behaviors[{i}]"
 
 
-def _literal_errors(doc: object) -> list[str]:
-    """The problems of `_value_problems`, each at its place. A place inside a behavior
-    (of a profile, or of a bare list of behaviors) names it as the other checks do."""
+def _literal_errors(doc: object) -> tuple[list[str], int]:
+    """The first MAX_ERRORS problems of `_value_problems`, each at its place, and how
+    many more there are. A place inside a behavior (of a profile, or of a bare list of
+    behaviors) names it as the other checks do."""
     behaviors = doc.get("behaviors") if isinstance(doc, Mapping) else doc
     head: Path = ("behaviors",) if isinstance(doc, Mapping) else ()
     errors = []
-    for path, message in _value_problems(doc):
+    problems = _value_problems(doc)
+    for path, problem in itertools.islice(problems, MAX_ERRORS):
+        message = problem()
         where = _path_text(path)
         at = path[len(head) :]
         if isinstance(behaviors, list) and path[: len(head)] == head and at:
@@ -235,7 +266,7 @@ def _literal_errors(doc: object) -> list[str]:
                 label = _behavior_label(i, behaviors[i])
                 where = f"{label}: {_path_text(rest)}" if rest else label
         errors.append(f"{where}: {message}" if where else message)
-    return errors
+    return errors, sum(1 for _ in problems)
 
 
 @dataclass(frozen=True)
@@ -519,8 +550,9 @@ def _check_behaviors(behaviors: object, errors: list[str]) -> list[Behavior]:
     if not isinstance(behaviors, list):
         errors.append("behaviors: must be a list of behavior objects")
         return []
-    if len(behaviors) > MAX_BEHAVIORS:
+    if len(behaviors) > MAX_BEHAVIORS:  # the behaviors themselves are not worth checking
         errors.append(f"behaviors: {len(behaviors)} behaviors; a profile holds at most 100")
+        return []
     seen: dict[str, int] = {}
     built = [_check_behavior(doc, i, seen, errors) for i, doc in enumerate(behaviors)]
     return [b for b in built if b is not None]
@@ -535,7 +567,7 @@ def validate_behaviors(doc: object) -> list[str]:
         try:
             parse_profile(doc)
         except ProfileError as e:
-            return _capped(e.errors)
+            return _capped(e.errors, e.more)
         return []
     if isinstance(doc, list):
         behaviors = doc
@@ -543,10 +575,10 @@ def validate_behaviors(doc: object) -> list[str]:
         behaviors = doc["behaviors"]
     else:
         return ["expected a security profile (with 'behaviors') or a list of behaviors"]
-    errors = _literal_errors(doc)
+    errors, more = _literal_errors(doc)
     if not errors:
         _check_behaviors(behaviors, errors)
-    return _capped(errors)
+    return _capped(errors, more)
 
 
 def parse_profile(doc: object, source: str = "") -> SecurityProfile:
@@ -555,9 +587,9 @@ def parse_profile(doc: object, source: str = "") -> SecurityProfile:
     problem."""
     if not isinstance(doc, Mapping):
         raise ProfileError(["a security profile must be a JSON object"], source)
-    errors = _literal_errors(doc)
+    errors, more = _literal_errors(doc)
     if errors:
-        raise ProfileError(errors, source)
+        raise ProfileError(errors, source, more)
     name = doc.get("securityProfileName")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         errors.append(f"securityProfileName: {_show(name)} must be {_NAME_RULE}")
@@ -572,9 +604,9 @@ def parse_dimension(doc: object, source: str = "") -> Dimension:
     prints it. Raises ProfileError listing every problem."""
     if not isinstance(doc, Mapping):
         raise ProfileError(["a dimension must be a JSON object"], source)
-    errors = _literal_errors(doc)
+    errors, more = _literal_errors(doc)
     if errors:
-        raise ProfileError(errors, source)
+        raise ProfileError(errors, source, more)
     name = doc.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         errors.append(f"dimension name: {_show(name)} must be {_NAME_RULE}")
@@ -604,6 +636,8 @@ def parse_detect_document(data: bytes, source: str) -> list[SecurityProfile | Di
     prefixed with where it is."""
     doc = parse_json_document(data, source)
     docs = doc if isinstance(doc, list) else [doc]
+    if len(docs) > MAX_DOCUMENTS:
+        raise ProfileError([f"{len(docs)} documents; a file holds at most {MAX_DOCUMENTS}"], source)
     parsed: list[SecurityProfile | Dimension] = []
     errors: list[str] = []
     for i, item in enumerate(docs):

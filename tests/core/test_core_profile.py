@@ -427,7 +427,7 @@ STRINGS = {"comparisonOperator": "not-in-set", "value": {"strings": ["evil", "\u
         ),
         (
             profile_bytes(b(**LT), alertTargets={"\ud800": {}}),
-            "alertTargets: '\\ud800' holds the lone surrogate",
+            "alertTargets: key '\\ud800' holds the lone surrogate",
         ),
         (
             profile_bytes(b(comparisonOperator="less-than", value={"number": 1})).replace(
@@ -516,3 +516,15 @@ def test_a_file_holds_a_profile_or_a_list_of_profiles_and_dimensions():
     assert errors == [
         "p.json[1]: securityProfileName: None must be 1-128 letters, digits, ':', '_' or '-'"
     ]
+
+
+def test_a_flood_of_problems_is_listed_up_to_100_with_the_true_count():
+    many = b'{"securityProfileName": "p", "tags": [' + b"NaN," * 5000 + b"1]}"
+    errors = refusal(many)
+    assert len(errors) == 101
+    assert (
+        errors[0] == "p.json: tags[0]: nan is not a finite number; write a number within +-1.8e308"
+    )
+    assert errors[-1] == "p.json: ... and 4900 more problems"
+    (error,) = refusal(b"[" + b"{}," * 1000 + b"{}]")
+    assert error == "p.json: 1001 documents; a file holds at most 1000"
