@@ -128,7 +128,7 @@ def parse_json_document(data: bytes, source: str) -> object:
     validation, which names the behavior and field they are in."""
     if len(data) > MAX_DOCUMENT_BYTES:
         raise ProfileError(
-            [f"{len(data)} bytes; a profile file holds at most {MAX_DOCUMENT_BYTES}"], source
+            [f"more than {MAX_DOCUMENT_BYTES} bytes; a profile file holds at most that"], source
         )
     try:
         text = data.decode("utf-8-sig")

@@ -6,11 +6,13 @@ command and the daemon load them here, so what one accepts the others run."""
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.config import writable_by_others
 from agent.core.profile import (
+    MAX_DOCUMENT_BYTES,
     Dimension,
     ProfileError,
     SecurityProfile,
@@ -41,12 +43,16 @@ def _paths(patterns: list[str]) -> list[str]:
 
 
 def _read(path: str) -> bytes:
-    """The file's bytes; refused like a readable key when others may write it, since
-    whoever can write a profile can blind the agent."""
+    """The file's bytes, up to one more than a profile file may hold. Refused like a
+    readable key when others may write it: whoever can write a profile can blind the
+    agent."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the agent
+            raise ProfileError(["not a regular file"], path)
         if unsafe := writable_by_others(path):
             raise ProfileError([f"refused: {unsafe}"], path)
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as e:
         raise ProfileError([f"cannot read: {e.strerror}"], path) from None
 

@@ -18,6 +18,7 @@ from agent.core.evaluator import Detector
 from agent.core.events import EventType, ViolationEvent
 from agent.core.metrics import metrics_from_report
 from agent.core.profile import (
+    MAX_DOCUMENT_BYTES,
     ProfileError,
     SecurityProfile,
     parse_json_document,
@@ -108,7 +109,7 @@ def validate_command(path: str, out: TextIO, err: TextIO) -> int:
     name = "<stdin>" if path == "-" else path
     try:
         with _open(path) as f:
-            doc = parse_json_document(f.read(), name)
+            doc = parse_json_document(f.read(MAX_DOCUMENT_BYTES + 1), name)
     except OSError as e:
         print(f"edge-defender {VALIDATE}: {name}: cannot read: {e.strerror}", file=err)
         return 2

@@ -393,7 +393,10 @@ def refusal(data: bytes) -> list[str]:
         (b"\xff{}", ["p.json: not UTF-8 text (byte 0, line 1); save it as UTF-8"]),
         (b"{\n\n", ["p.json: not JSON: Expecting property name enclosed in double quotes"]),
         (b"[" * 5000 + b"]" * 5000, ["p.json: nested too deeply; a profile nests at most 32"]),
-        (b" " * (8 * 1024 * 1024 + 1), ["p.json: 8388609 bytes; a profile file holds at most"]),
+        (
+            b" " * (8 * 1024 * 1024 + 1),
+            ["p.json: more than 8388608 bytes; a profile file holds at most that"],
+        ),
     ],
 )
 def test_bytes_that_are_no_profile_file_are_refused_by_name(data, expected):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -213,3 +214,10 @@ def test_validate_check_config_and_the_loader_agree(tmp_path, case):
     findings = [f for f in check_config(str(config)) if f.path == str(path)]
     assert (validated == 0) == loaded == (not findings), (validated, err.getvalue(), findings)
     assert loaded == (case in ("valid", "default"))
+
+
+def test_only_regular_files_are_read(tmp_path):
+    fifo = tmp_path / "p.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ProfileError, match=r"p\.json: not a regular file"):
+        load_profiles([str(tmp_path / "*.json")])
