@@ -1,5 +1,7 @@
-"""The TOML configuration: one dataclass per block, checked key by key so that an
-error names the key path and the file."""
+"""The TOML configuration: one dataclass per block, checked key by key (type, range,
+AWS's rules for names and topics) so that an error names the file, the key path and
+what would be right. Whatever the file holds, loading it returns a Config `run` can
+use or raises ConfigError, nothing else."""
 
 from __future__ import annotations
 

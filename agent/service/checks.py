@@ -71,6 +71,11 @@ def tls_findings(mqtt: MqttConfig, now: float, *, openssl: bool = True) -> list[
     """`openssl` adds OpenSSL's own parse of every certificate and the key match."""
     if not mqtt.tls:
         return []
+    if mqtt.endpoint and not (mqtt.cert_file or mqtt.key_file):
+        message = (
+            "required with mqtt.key_file when mqtt.tls is true (false only for a local broker)"
+        )
+        return [Finding("mqtt.cert_file", message)]
     if bool(mqtt.cert_file) != bool(mqtt.key_file):
         have, lacking = ("cert_file", "key_file") if mqtt.cert_file else ("key_file", "cert_file")
         return [Finding(f"mqtt.{lacking}", f"required when mqtt.{have} is set")]

@@ -276,6 +276,14 @@ def test_a_certificate_without_a_key_is_named_by_key_path(device: Device) -> Non
     assert check_tls_files(mqtt) == ["mqtt.key_file: required when mqtt.cert_file is set"]
 
 
+def test_a_broker_with_tls_needs_the_client_certificate() -> None:
+    assert check_tls_files(MqttConfig(endpoint="broker.example")) == [
+        "mqtt.cert_file: required with mqtt.key_file when mqtt.tls is true"
+        " (false only for a local broker)"
+    ]
+    assert check_tls_files(MqttConfig()) == []  # no broker: nothing to connect to
+
+
 def test_without_tls_the_files_are_not_read(tmp_path: Path) -> None:
     absent = str(tmp_path / "absent")
     mqtt = MqttConfig(tls=False, ca_file=absent, cert_file=absent, key_file=absent)
