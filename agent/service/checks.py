@@ -101,7 +101,10 @@ def check_config(path: str | None) -> list[Finding]:
     try:
         if not load_profiles(cfg.detect.profiles):
             patterns = ", ".join(cfg.detect.profiles)
-            message = f"detect.profiles: no security profile in {patterns}; nothing is judged"
+            judged = "the built-in default profile judges"
+            if not cfg.detect.builtin_profile:
+                judged = "nothing is judged (detect.builtin_profile is false)"
+            message = f"detect.profiles: no security profile in {patterns}; {judged}"
             findings.append(Finding(cfg.config_file, message, warning=True))
     except ProfileError as e:
         findings += [_finding(line) for line in e.located()]

@@ -315,10 +315,15 @@ def test_no_profile_at_all_is_a_warning(
     config = write_config(tmp_path, device, str(tmp_path / "none" / "*.json"))
     code, lines = check_config(config, capsys)
     assert code == 0
-    assert lines[0] == (
+    warning = (
         f"{config}: warning: detect.profiles: no security profile in"
-        f" {tmp_path / 'none' / '*.json'}; nothing is judged"
+        f" {tmp_path / 'none' / '*.json'};"
     )
+    assert lines[0] == f"{warning} the built-in default profile judges"
+    config.write_text(config.read_text().replace("[detect]", "[detect]\nbuiltin_profile = false"))
+    code, lines = check_config(config, capsys)
+    assert code == 0
+    assert lines[0] == f"{warning} nothing is judged (detect.builtin_profile is false)"
 
 
 def local_config(tmp_path: Path, state: Path, extra: str = "") -> Path:
