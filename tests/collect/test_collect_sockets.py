@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import platform
 import socket
 import struct
@@ -26,7 +27,6 @@ from agent.collect.sockets import (
     Summarizer,
     parse_diag_messages,
     parse_proc_net,
-    read_netlink,
     read_proc,
 )
 
@@ -223,49 +223,123 @@ def test_address_map_names_interfaces() -> None:
     assert name("198.51.100.1") is None
 
 
-# -- live sockets of this process --------------------------------------------------------
+# -- live sockets ------------------------------------------------------------------------
+
+# Opens a TCP listener with a connection to it and a connected UDP pair on 127.0.0.1,
+# then prints the ports and what netlink and /proc show. argv[1] "isolated": it runs in
+# a new network namespace, whose loopback it brings up.
+LIVE = r"""
+import fcntl, json, socket, struct, sys
+from pathlib import Path
+from agent.collect.interfaces import AddressMap
+from agent.collect.sockets import Summarizer, read_netlink, read_proc
+
+if sys.argv[1] == "isolated":
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", 1))  # SIOCSIFFLAGS IFF_UP
+with (
+    socket.socket() as listener,
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server_udp,
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client_udp,
+):
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server_udp.bind(("127.0.0.1", 0))
+    client_udp.bind(("127.0.0.1", 0))
+    client_udp.connect(server_udp.getsockname())
+    with socket.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            ports = {
+                "listener": listener.getsockname()[1],
+                "client": client.getsockname()[1],
+                "udp_server": server_udp.getsockname()[1],
+                "udp_client": client_udp.getsockname()[1],
+            }
+            addresses = AddressMap.current()
+            snaps = [
+                Summarizer().summarize(*records, addresses)
+                for records in (read_netlink(), read_proc(Path("/proc")))
+            ]
+views = [
+    {
+        "tcp": [[p.port, p.interface] for p in snap.tcp_ports],
+        "udp": [[p.port, p.interface] for p in snap.udp_ports],
+        "conn": [[c.remote_addr, c.local_port, c.local_interface] for c in snap.connections],
+    }
+    for snap in snaps
+]
+print(json.dumps({"ports": ports, "views": views}))
+"""
 
 
-def test_netlink_and_proc_see_the_sockets_of_this_test() -> None:
-    with (
-        socket.socket() as listener,
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server_udp,
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client_udp,
-    ):
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        server_udp.bind(("127.0.0.1", 0))
-        client_udp.connect(server_udp.getsockname())
-        with socket.create_connection(listener.getsockname()) as client:
-            accepted, _ = listener.accept()
-            with accepted:
-                lport, cport = listener.getsockname()[1], client.getsockname()[1]
-                uport = server_udp.getsockname()[1]
-                ours = {lport, cport, uport, client_udp.getsockname()[1]}
-                addresses = AddressMap.current()
-                views = [
-                    Summarizer().summarize(*records, addresses)
-                    for records in (read_netlink(), read_proc(Path("/proc")))
-                ]
+def _unshare() -> list[str] | None:
+    """The command prefix for a new network namespace (as root, or in a new user
+    namespace where unprivileged ones are allowed), or None where there is none."""
+    prefix = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "-U", "-r", "--net"]
+    try:
+        done = subprocess.run([*prefix, "true"], capture_output=True, timeout=10, check=False)
+    except FileNotFoundError:
+        return None
+    return prefix if done.returncode == 0 else None
 
-    def mine(snap: SocketSnapshot) -> dict[str, Any]:
-        return {
-            "tcp": {(p.port, p.interface) for p in snap.tcp_ports if p.port in ours},
-            "udp": {(p.port, p.interface) for p in snap.udp_ports if p.port in ours},
-            "conn": {
-                (c.remote_addr, c.local_port, c.local_interface)
-                for c in snap.connections
-                if c.local_port in ours or c.remote_port in ours
-            },
-        }
 
-    netlink, proc = (mine(v) for v in views)
-    assert netlink == proc
-    assert netlink == {
+View = dict[str, set[tuple[Any, ...]]]
+
+
+def _live(prefix: list[str] | None) -> tuple[View, View, View]:
+    """One run of LIVE: what netlink and /proc saw, and what they should have seen of the
+    scenario's own sockets."""
+    done = subprocess.run(
+        [*(prefix or []), sys.executable, "-c", LIVE, "isolated" if prefix else "shared"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    ports = seen["ports"]
+    lport, cport, uport = ports["listener"], ports["client"], ports["udp_server"]
+    expected: View = {
         "tcp": {(lport, "lo")},
         "udp": {(uport, "lo")},  # the connected client is left out
         "conn": {(f"127.0.0.1:{lport}", cport, "lo"), (f"127.0.0.1:{cport}", lport, "lo")},
     }
+    netlink, proc = (
+        {key: {tuple(item) for item in items} for key, items in view.items()}
+        for view in seen["views"]
+    )
+    return netlink, proc, expected
+
+
+def _ours(view: View, expected: View) -> View:
+    """What `view` shows on the scenario's own ports (by protocol) and connections."""
+    ports = {key: {p[0] for p in expected[key]} for key in ("tcp", "udp")}
+    return {
+        "tcp": {p for p in view["tcp"] if p[0] in ports["tcp"]},
+        "udp": {p for p in view["udp"] if p[0] in ports["udp"]},
+        "conn": view["conn"] & expected["conn"],
+    }
+
+
+def test_netlink_and_proc_see_the_sockets_of_this_test() -> None:
+    # Other processes' sockets come and go, and one may have a port number of ours in the
+    # other protocol or on another address. In a namespace of its own the scenario sees
+    # nothing else, and both views must be exactly what it opened.
+    prefix = _unshare()
+    if prefix:
+        netlink, proc, expected = _live(prefix)
+        assert netlink == proc == expected
+        return
+    # Without one, only its own sockets are compared, by protocol and port. /proc/net is
+    # read page by page, and thousands of sockets of others opening and closing between
+    # two pages can shift one of ours past the read: another run then sees it.
+    for _ in range(3):
+        netlink, proc, expected = _live(None)
+        if _ours(netlink, expected) == _ours(proc, expected) == expected:
+            break
+    assert _ours(netlink, expected) == _ours(proc, expected) == expected
 
 
 # -- netlink refused ----------------------------------------------------------------------
