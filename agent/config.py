@@ -41,6 +41,9 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_STRING_CHARS = 4096  # PATH_MAX: no key needs more
 MAX_LIST_ITEMS = 1000
 DAY_S = 86400.0
+# The cycle waits for each custom metric command in turn: together, commands that hang
+# must not starve the unit's 60 s watchdog (the cycle feeds it).
+COMMANDS_BUDGET_S = 30.0
 MAX_DURATION_S = 10 * 365 * DAY_S
 # AWS IoT thing names and custom metric names (CreateThing, CreateCustomMetric).
 _AWS_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
@@ -119,7 +122,7 @@ class CustomMetricConfig:
     ]
     path: str | None = None
     command: list[str] | None = None
-    timeout_s: float = _ranged(5.0, 0, 3600.0, low_open=True)
+    timeout_s: float = _ranged(5.0, 0, COMMANDS_BUDGET_S, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,12 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{path}.command: source 'command' needs an argv list")
         if metric.source in ("file", "disk_percent") and not metric.path:
             raise ConfigError(f"{path}.path: source {metric.source!r} needs a path")
+    waits = sum(m.timeout_s for m in cfg.custom_metrics if m.source == "command")
+    if waits > COMMANDS_BUDGET_S:
+        raise ConfigError(
+            f"custom_metrics: the commands' timeout_s add up to {waits:g} s; at most"
+            f" {COMMANDS_BUDGET_S:g} (a cycle waits for each in turn)"
+        )
 
 
 def _topic_problem(topic: str) -> str | None:

@@ -202,12 +202,19 @@ def test_load_config_reads_the_file_and_names_a_missing_one(tmp_path: Path) -> N
         (
             '[[custom_metrics]]\nname = "t"\ntype = "number"\nsource = "command"\n'
             'command = ["/bin/echo"]\ntimeout_s = nan',
-            "custom_metrics[0].timeout_s: must be positive and at most 3600, got nan",
+            "custom_metrics[0].timeout_s: must be positive and at most 30, got nan",
         ),
         (
             '[[custom_metrics]]\nname = "t"\ntype = "number"\nsource = "command"\n'
             'command = ["/bin/echo"]\ntimeout_s = 0',
             "custom_metrics[0].timeout_s: must be positive",
+        ),
+        (
+            '[[custom_metrics]]\nname = "a"\ntype = "number"\nsource = "command"\n'
+            'command = ["/bin/a"]\ntimeout_s = 20\n'
+            '[[custom_metrics]]\nname = "b"\ntype = "number"\nsource = "command"\n'
+            'command = ["/bin/b"]\ntimeout_s = 10.5',
+            "custom_metrics: the commands' timeout_s add up to 30.5 s; at most 30 (a cycle",
         ),
         ("a = " + "[" * 5000 + "]" * 5000, "not valid TOML: arrays or tables nested too deep"),
         ("[mqtt]\nport = " + "9" * 5000, "not valid TOML: an integer of over 4300 digits"),
@@ -237,7 +244,7 @@ def test_values_that_would_crash_or_mislead_the_agent_are_refused(text: str, mes
         '[mqtt]\nendpoint = "::1"\nclient_id = "é-client"',
         '[detect]\nviolations_topic = "site/{thing_name}/alerts"\nbuiltin_profile = false',
         '[[custom_metrics]]\nname = "a:b_c-1"\ntype = "number"\nsource = "command"\n'
-        'command = ["sh", "-c", "echo 1\\n"]\ntimeout_s = 3600',
+        'command = ["sh", "-c", "echo 1\\n"]\ntimeout_s = 30',
     ],
 )
 def test_values_at_the_edges_of_their_ranges_are_taken(text: str) -> None:
