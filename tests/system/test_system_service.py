@@ -38,6 +38,7 @@ UNIT = "edge-defender.service"
 CONFIG = "/etc/edge-defender/config.toml"
 PROFILES = "/etc/edge-defender/profiles"
 STATUS = "/var/lib/edge-defender/status.json"
+AS_SERVICE_USER = ("setpriv", "--reuid=edge-defender", "--regid=edge-defender", "--init-groups")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIMEOUT_S = 60.0
 LISTEN_TCP, LISTEN_UDP = 31337, 31338  # outside the example profile's port set (22)
@@ -284,17 +285,7 @@ class Machine:
 
 
 def _service_user_ports(machine: Machine) -> dict[str, Any]:
-    out = machine.run(
-        "setpriv",
-        "--reuid=edge-defender",
-        "--regid=edge-defender",
-        "--init-groups",
-        PROGRAM,
-        "collect",
-        "--once",
-        "--config",
-        CONFIG,
-    ).stdout
+    out = machine.run(*AS_SERVICE_USER, PROGRAM, "collect", "--once", "--config", CONFIG).stdout
     metrics = json.loads(out)["metrics"]
     return {
         "tcp": {p["port"] for p in metrics["listening_tcp_ports"]["ports"]},
@@ -398,6 +389,21 @@ def test_collection_as_the_service_user_equals_ss(machine: Machine) -> None:
     assert agent == ss
     assert {LISTEN_TCP} <= agent["tcp"] and {LISTEN_UDP} <= agent["udp"]
     assert agent["established"] == 2  # both ends of the test connection
+
+
+def test_status_as_root_the_service_user_and_an_outsider(machine: Machine) -> None:
+    for prefix in ((), AS_SERVICE_USER):
+        out = machine.run(*prefix, PROGRAM, "status", check=False)
+        assert out.returncode == 0 and out.stdout.startswith("state               running"), out
+    # Outside the service group the config cannot be read: one line that says so.
+    machine.run("useradd", "--create-home", "outsider")
+    out = machine.run(
+        *("setpriv", "--reuid=outsider", "--regid=outsider", "--init-groups"),
+        *("env", "HOME=/home/outsider", PROGRAM, "status"),
+        check=False,
+    )
+    assert out.returncode != 0
+    assert out.stderr == f"edge-defender: config: {CONFIG}: cannot read: Permission denied\n", out
 
 
 def test_journal_priorities(machine: Machine) -> None:
