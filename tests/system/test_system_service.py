@@ -438,8 +438,11 @@ def test_reload_takes_a_good_profile_and_refuses_a_bad_one(machine: Machine) -> 
     assert sorted(status["profiles"]) == ["raspberry-pi-baseline", "second"]  # old ones in force
     show = machine.show("ActiveState", "MainPID")
     assert show == {"ActiveState": "active", "MainPID": pid}
-    refused = [e for e in machine.journal("-u", UNIT) if "reload: refused" in e["MESSAGE"]]
-    assert refused and "bad.json" in refused[0]["MESSAGE"], refused
+    journal = machine.journal("-u", UNIT)
+    said = [e for e in journal if e["MESSAGE"].startswith("edge-defender: reload: refused: ")]
+    assert said and "bad.json" in said[0]["MESSAGE"], said  # ExecReload's own words
+    logged = [e for e in journal if e["MESSAGE"].startswith("reload_refused ")]
+    assert logged and logged[0]["PRIORITY"] == "3", logged  # the agent's, as an error
     (machine.root / PROFILES.lstrip("/") / "bad.json").unlink()
     machine.run("systemctl", "reload", UNIT)
 
