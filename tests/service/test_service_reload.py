@@ -19,7 +19,14 @@ from agent.cli import main
 FAKE_DAEMON = r"""
 import json, os, signal, sys, time
 state_dir, actions = sys.argv[1], sys.argv[2:]
-status = {"pid": os.getpid(), "updated_at": time.time(), "interval_s": 10.0}
+now = time.time()
+status = {
+    "pid": os.getpid(), "started_at": now, "updated_at": now, "interval_s": 10.0,
+    "last_sample_time": now, "samples": 1, "reports": {"sent": 0, "accepted": 0, "rejected": 0},
+    "broker": {"endpoint": None, "connected": False},
+    "spool": {"depth": 0, "bytes": 0, "dropped": {"metrics": 0, "violation": 0}},
+    "active_violations": 0, "profiles": ["test"], "inactive_behaviors": [],
+}
 hups = []
 
 def write():
