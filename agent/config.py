@@ -355,8 +355,12 @@ def load_config(path: str | Path | None = None) -> Config:
     A file that group or others may write is refused: whoever can write it can blind
     the agent."""
     if path is None:
-        if not DEFAULT_CONFIG_PATH.exists():
+        try:
+            DEFAULT_CONFIG_PATH.stat()
+        except FileNotFoundError:
             return parse_config("", Config.config_file)
+        except OSError:
+            pass  # outside the service group (0750 directory): reading it says so below
         path = DEFAULT_CONFIG_PATH
     path = Path(path)
     try:
