@@ -37,7 +37,7 @@ from agent.service.cycle import Cycle, Step
 from agent.service.detect import detector_from_config
 from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
-from agent.service.status import AgentStatus, write_status
+from agent.service.status import AgentStatus, Reload, write_status
 from agent.store.history import History, StoreError, history_path, open_history
 from agent.store.spool import Spool
 
@@ -115,7 +115,7 @@ class Daemon:
         self.unrecorded: deque[dict[str, Any]] = deque(maxlen=MAX_UNRECORDED_EVENTS)
         self.degraded: dict[str, str] = {}  # part -> what is wrong with it now
         self.errors: Counter[str] = Counter()  # failures per job
-        self.reload_verdict: dict[str, Any] | None = None
+        self.reload_verdict: Reload | None = None
         self.live = sys.stdout.isatty()
 
     # --- start and stop ---------------------------------------------------------------

@@ -84,7 +84,11 @@ def write_status(state_dir: Path, status: AgentStatus) -> None:
     No fsync: the file is advisory and rewritten next cycle."""
     path = Path(state_dir) / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.tmp")
-    tmp.write_text(json.dumps(status, separators=(",", ":")))
+    # Private whatever the umask, like everything in the state dir.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(json.dumps(status, separators=(",", ":")))
     os.replace(tmp, path)
 
 

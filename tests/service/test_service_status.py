@@ -356,3 +356,15 @@ def _status_as_a_user_the_state_dir_is_closed_to(tmp_path: Path) -> None:
     code, output = _status_as_nobody(config)
     assert code == 1 and "Traceback" not in output, output
     assert f"cannot read {state / STATUS_FILE}: permission denied; run as root" in output
+
+
+def test_the_status_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    status = sample_status()
+    old = os.umask(0o000)
+    try:
+        write_status(tmp_path, status)
+        write_status(tmp_path, status)  # replacing keeps it private
+    finally:
+        os.umask(old)
+    assert (tmp_path / STATUS_FILE).stat().st_mode & 0o777 == 0o600
+    assert read_status(tmp_path) == status
