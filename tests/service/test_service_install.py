@@ -52,7 +52,7 @@ def make_root(tmp_path: Path, *, with_user: bool) -> Path:
 
 def tree(root: Path) -> dict[str, tuple[object, ...]]:
     """Every path under root with its mode, owner, mtime and content hash."""
-    listing = {}
+    listing: dict[str, tuple[object, ...]] = {}
     for path in [root, *sorted(root.rglob("*"))]:
         st = path.lstat()
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
