@@ -7,9 +7,10 @@ collection as the service user equals `ss`, `systemctl reload` takes a good prof
 fails on a bad one, the watchdog restarts a stopped agent (leaving its Python stack in
 the journal), and `uninstall-service` removes it all.
 
-The tests run in file order against one booted container (about 40 s once the rootfs
-and the wheels are cached; the first run builds the rootfs, about 1-3 minutes). The
-container only sees an overlay of the cached rootfs: the cache stays pristine.
+The tests run in file order against one booted container: about 20 s once the rootfs
+and the wheels are cached, about 2 minutes on a cold cache (debootstrap, pip download).
+The container only sees an overlay of the cached rootfs: the cache stays pristine.
+EDGE_DEFENDER_TEST_CACHE moves the cache (default /var/cache/edge-defender-test).
 """
 
 from __future__ import annotations
