@@ -29,6 +29,7 @@ from agent.core.profile import ProfileError
 from agent.logs import kv
 from agent.service.profiles import load_profiles
 from agent.store.history import history_path
+from agent.store.spool import spool_path
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ EXPIRY_WARNING_S = 30 * 86400
 # (SQLite grows its WAL before a checkpoint); below the second, a warning.
 MIN_FREE_BYTES = 8 * 1024 * 1024
 LOW_FREE_BYTES = 64 * 1024 * 1024
-SPOOL_FILE = "spool.db"  # the daemon's outbound spool, beside the store
 _MOVED_ASIDE = "the agent will move it aside and start a new one"
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL
@@ -116,7 +116,7 @@ def state_findings(cfg: Config) -> list[Finding]:
     a full file system, a store (or, with a broker, a spool) it cannot open."""
     state_dir = cfg.state_dir
     path = Path(state_dir)
-    stores = [history_path(path)] + ([path / SPOOL_FILE] if cfg.mqtt.endpoint else [])
+    stores = [history_path(path)] + ([spool_path(path)] if cfg.mqtt.endpoint else [])
     try:
         if path.is_dir():
             findings = _writable(path)

@@ -39,7 +39,7 @@ from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
 from agent.service.status import AgentStatus, Reload, write_status
 from agent.store.history import History, StoreError, history_path, open_history
-from agent.store.spool import Spool
+from agent.store.spool import Spool, spool_path
 
 if TYPE_CHECKING:
     from agent.service.outbox import Outbox
@@ -182,7 +182,7 @@ class Daemon:
         from agent.service.outbox import Outbox  # awscrt only when a broker is set
 
         try:
-            spool = Spool(self.state_dir / "spool.db", self.cfg.mqtt.spool_max_bytes)
+            spool = Spool(spool_path(self.state_dir), self.cfg.mqtt.spool_max_bytes)
         except StoreError as e:
             self._degrade("spool", str(e))
             return

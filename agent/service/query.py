@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sqlite3
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -154,9 +153,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 2
     except StoreError as e:
         print(f"edge-defender: {args.command}: {e}", file=sys.stderr)
-        return 1
-    except sqlite3.Error as e:
-        print(f"edge-defender: {args.command}: store {path}: {e}", file=sys.stderr)
         return 1
     return 0
 

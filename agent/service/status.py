@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sqlite3
 import sys
 import time
 import types
@@ -231,8 +230,6 @@ def _active_violations(state_dir: str) -> tuple[list[dict[str, Any]] | None, str
         return None, cannot_read(path, e)
     except StoreError as e:  # its message names the file
         return None, f"store {e}"
-    except (sqlite3.Error, OSError) as e:
-        return None, f"store {path}: {e}"
 
 
 def _when(seconds: float | None, now: float) -> str:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["metrics", "violation"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
+SPOOL_FILE = "spool.db"  # the outbound spool, beside the store
 QUARANTINE_MAX = 1000
 
 # AUTOINCREMENT: ids are never reused, so a late PUBACK for an evicted message can
@@ -61,6 +62,10 @@ _MIGRATIONS = (
     );
     """,
 )
+
+
+def spool_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / SPOOL_FILE
 
 
 @dataclass(frozen=True, slots=True)
