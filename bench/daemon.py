@@ -47,6 +47,26 @@ def make_pki(d: Path) -> None:
         (d / f"{name}.key").chmod(0o600)
 
 
+def broker_conf(d: Path, port: int) -> Path:
+    """mosquitto with mutual TLS on 127.0.0.1:`port`, certificates from `make_pki`."""
+    conf = d / "mosquitto.conf"
+    conf.write_text(
+        f"""per_listener_settings true
+persistence false
+user {"root" if os.geteuid() == 0 else "mosquitto"}
+log_dest none
+listener {port} 127.0.0.1
+cafile {d / "ca.pem"}
+certfile {d / "server.pem"}
+keyfile {d / "server.key"}
+require_certificate true
+use_identity_as_username true
+allow_anonymous false
+"""
+    )
+    return conf
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,20 +108,7 @@ def main() -> None:
         d = Path(tmp)
         make_pki(d)
         port = free_port()
-        (d / "mosquitto.conf").write_text(
-            f"""per_listener_settings true
-persistence false
-user {"root" if os.geteuid() == 0 else "mosquitto"}
-log_dest none
-listener {port} 127.0.0.1
-cafile {d / "ca.pem"}
-certfile {d / "server.pem"}
-keyfile {d / "server.key"}
-require_certificate true
-use_identity_as_username true
-allow_anonymous false
-"""
-        )
+        conf = broker_conf(d, port)
         (d / "config.toml").write_text(
             f"""thing_name = "bench"
 state_dir = "{d / "state"}"
@@ -126,7 +133,7 @@ type = "number"
 source = "memory_percent"
 """
         )
-        broker = subprocess.Popen([mosquitto, "-c", str(d / "mosquitto.conf")])
+        broker = subprocess.Popen([mosquitto, "-c", str(conf)])
         agent = None
         try:
             wait_port(port)

@@ -21,28 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import free_port, make_pki, wait_port
+from daemon import broker_conf, free_port, make_pki, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def broker_conf(d: Path, port: int) -> Path:
-    conf = d / "mosquitto.conf"
-    conf.write_text(
-        f"""per_listener_settings true
-persistence false
-user {"root" if os.geteuid() == 0 else "mosquitto"}
-log_dest none
-listener {port} 127.0.0.1
-cafile {d / "ca.pem"}
-certfile {d / "server.pem"}
-keyfile {d / "server.key"}
-require_certificate true
-use_identity_as_username true
-allow_anonymous false
-"""
-    )
-    return conf
 
 
 def start_agent(d: Path, name: str, source: Path, port: int) -> subprocess.Popen[bytes]:
