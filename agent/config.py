@@ -168,6 +168,11 @@ class StoreConfig:
     # 0 keeps none.
     retention_days: float = _ranged(30.0, 0, 36500)
     metrics_retention_days: float = _ranged(14.0, 0, 36500)
+    # The metrics history is also kept under this many bytes, oldest dropped first.
+    metrics_max_bytes: int = _ranged(64 * 1024 * 1024, 1024 * 1024, 1 << 40)
+    # Metrics history is written in batches this far apart (a power cut loses at most
+    # one batch); events and alarms are written at once regardless.
+    metrics_flush_s: float = _ranged(300.0, 1, 3600)
 
 
 @dataclass(frozen=True)
