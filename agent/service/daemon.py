@@ -209,7 +209,8 @@ class Daemon:
             ("report", report_interval_s(self.cfg), self.report),
             ("prune", PRUNE_INTERVAL_S, self.prune),
             ("save_state", STATE_SAVE_INTERVAL_S, self.save_state),
-            ("store_retry", STORE_RETRY_S, self.retry_store),
+            # A store fault is retried soon on a fast cadence, at most 30 s apart.
+            ("store_retry", min(STORE_RETRY_S, 3 * self.cfg.sampling.interval_s), self.retry_store),
         ]
         watchdog_s = self.notifier.watchdog_interval_s()
         if watchdog_s is not None:

@@ -557,3 +557,39 @@ def test_a_terminal_gets_a_live_status_line(agent: Agent) -> None:
         os.close(controller)
     line = seen.split(b"\r\x1b[K")[-1].decode()
     assert line.startswith("samples ") and "connections " in line and "alarms 0" in line
+
+
+def test_a_full_disk_degrades_the_agent_and_loses_no_event(tmp_path: Path) -> None:
+    """The state dir on a 4 MiB tmpfs filled to the last byte: the alarm waits in memory,
+    the agent says why and goes on, and once there is room the event is stored."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    agent = Agent(tmp_path)
+    agent.state = mnt / "state"
+    agent.config.write_text(
+        agent.config.read_text().replace(str(tmp_path / "state"), str(agent.state))
+    )
+    filler = mnt / "filler"
+    try:
+        agent.start()
+        wait_until(lambda: agent.status().get("samples", 0) >= 2, "the first samples")
+        with filler.open("wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        agent.set_level(50)
+        wait_until(lambda: "disk full" in agent.log_text(), "the store's complaint")
+        time.sleep(1.0)
+        assert agent.process is not None and agent.process.poll() is None
+        assert "Traceback" not in agent.log_text()
+        filler.unlink()
+        events = wait_until(lambda: agent.events(), "the alarm, stored once there is room")
+        assert [e["violationEventType"] for e in events] == ["in-alarm"]
+        assert "store_recovered" in agent.log_text()
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
