@@ -12,6 +12,7 @@ degraded, judging in memory, keeping unrecorded events (bounded) and retrying.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -38,7 +39,13 @@ from agent.service.detect import detector_from_config
 from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
 from agent.service.status import AgentStatus, Reload, write_status
-from agent.store.history import History, StoreError, history_path, open_history
+from agent.store.history import (
+    History,
+    StoreError,
+    StoreUnavailable,
+    history_path,
+    open_history,
+)
 from agent.store.spool import Spool, spool_path
 
 if TYPE_CHECKING:
@@ -385,10 +392,11 @@ class Daemon:
 
     def _store_call(self, what: str, call: Callable[[], Any]) -> Any:
         """Run a store call; a store fault degrades the agent (the store is closed and
-        opened again by `retry_store`) instead of stopping it."""
+        opened again by `retry_store`) instead of stopping it. A refusal of the input
+        itself (another StoreError) is the caller's to handle."""
         try:
             return call()
-        except StoreError as e:
+        except StoreUnavailable as e:
             self._degrade("store", f"{what}: {e}")
             if self.store is not None:
                 self.store.close()
@@ -453,9 +461,8 @@ class Daemon:
             return
         store = self.store
         detector = self.cycle.detector
-        events = list(self.unrecorded)
 
-        def record() -> bool:
+        def record(events: list[dict[str, Any]]) -> bool:
             store.record(
                 events,
                 [a.to_json() for a in detector.active_violations()],
@@ -464,7 +471,18 @@ class Daemon:
             )
             return True
 
-        if self._store_call("record events", record):
+        events = list(self.unrecorded)
+        try:
+            recorded = self._store_call("record events", lambda: record(events))
+        except StoreError as e:
+            # The store refuses these events themselves: they must not hold back every
+            # later one. Each goes to the log whole, so none is lost silently.
+            for doc in events:
+                log.error(kv("event_unstorable", error=e, doc=json.dumps(doc, default=repr)))
+            self.errors["events_unstorable"] += len(events)
+            self.unrecorded.clear()
+            recorded = self._store_call("record state", lambda: record([]))
+        if recorded:
             self.unrecorded.clear()
             self._store_call("save counters", lambda: store.save_counters(self.cycle.counters()))
 
