@@ -30,6 +30,12 @@ DIR_MODE = 0o700  # the state dir and any directory the stores create
 FILE_MODE = 0o600  # a store file; SQLite gives its -wal, -shm and -journal the same mode
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 BUSY_TIMEOUT_S = 10.0
+# reclaim_space: free pages are given back to the file system once they are this share
+# of the file (fewer are reused by the next writes, which is cheaper than moving pages),
+# and a store made before incremental auto-vacuum is VACUUMed into it once it holds at
+# most this much (a VACUUM rewrites the whole file: cheap only for a small one).
+RECLAIM_FREE_SHARE = 0.25
+VACUUM_MAX_BYTES = 32 * 1024 * 1024
 
 # Words for SQLite's result codes, by extended name first, then by primary name.
 _PROBLEMS = {
@@ -142,6 +148,7 @@ def open_db(
     *,
     create: bool = True,
     timeout_s: float = BUSY_TIMEOUT_S,
+    incremental_vacuum: bool = False,
 ) -> sqlite3.Connection:
     """A connection to `path` with every migration applied once, in order.
 
@@ -152,11 +159,12 @@ def open_db(
     create=True is the writer's open: a missing store is created (its directory 0700, its
     files 0600), the file passes PRAGMA quick_check and gets mode 0600. create=False (the
     query verbs) raises StoreNotFound for a missing file. Either way an empty or damaged
-    file is StoreCorrupt, and any other fault StoreUnavailable.
+    file is StoreCorrupt, and any other fault StoreUnavailable. `incremental_vacuum`
+    makes a new file with PRAGMA auto_vacuum=INCREMENTAL (see Store.reclaim_space).
     """
     path = Path(path)
     try:
-        return _connect(path, migrations, create, timeout_s)
+        return _connect(path, migrations, create, timeout_s, incremental_vacuum)
     except StoreCorrupt:
         raise
     except StoreUnavailable as e:
@@ -190,7 +198,11 @@ def dir_problem(directory: Path, *, min_free_bytes: int = 0) -> str | None:
 
 
 def _connect(
-    path: Path, migrations: Sequence[str], create: bool, timeout_s: float
+    path: Path,
+    migrations: Sequence[str],
+    create: bool,
+    timeout_s: float,
+    incremental_vacuum: bool,
 ) -> sqlite3.Connection:
     # Never open the file other than through SQLite: closing any descriptor of it drops
     # every POSIX lock this process holds on it, and another process would then take
@@ -204,7 +216,7 @@ def _connect(
                     f"no store at {path} (has the agent run with this state_dir?)"
                 ) from None
             make_private_dir(path.parent)
-            _create(path, migrations)
+            _create(path, migrations, incremental_vacuum)
         else:
             if size == 0:
                 # _create never leaves an empty file at the path, even when killed.
@@ -254,7 +266,7 @@ def _migrate(path: Path, conn: sqlite3.Connection, migrations: Sequence[str]) ->
             conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
 
 
-def _create(path: Path, migrations: Sequence[str]) -> None:
+def _create(path: Path, migrations: Sequence[str], incremental_vacuum: bool) -> None:
     """Build a new store under a temporary name and rename it into place, so a crash
     never leaves an empty or half-made file where a store should be."""
     building = path.with_name(path.name + ".new")
@@ -269,6 +281,8 @@ def _create(path: Path, migrations: Sequence[str]) -> None:
         conn = sqlite3.connect(building, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=FULL")
+            if incremental_vacuum:  # only takes before the first table
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             _migrate(path, conn, migrations)
             # Switched last: the schema is in the main file, not in a WAL left behind.
             conn.execute("PRAGMA journal_mode=WAL")
@@ -344,23 +358,38 @@ class Store:
     now.
     """
 
-    def __init__(self, path: str | Path, migrations: Sequence[str], *, create: bool) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        migrations: Sequence[str],
+        *,
+        create: bool,
+        incremental_vacuum: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.moved_aside: MovedAside | None = None  # by the latest open
         self._migrations = migrations
         self._create = create
+        self._incremental_vacuum = incremental_vacuum
         self._conn, self._identity = self._open()
 
     def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
-        try:
-            conn = open_db(
-                self.path, self._migrations, create=self._create, timeout_s=BUSY_TIMEOUT_S
+        def connect(create: bool) -> sqlite3.Connection:
+            return open_db(
+                self.path,
+                self._migrations,
+                create=create,
+                timeout_s=BUSY_TIMEOUT_S,
+                incremental_vacuum=self._incremental_vacuum,
             )
+
+        try:
+            conn = connect(self._create)
         except StoreCorrupt as e:
             if not self._create:
                 raise
             self.moved_aside = move_aside(self.path, e.problem)
-            conn = open_db(self.path, self._migrations, timeout_s=BUSY_TIMEOUT_S)
+            conn = connect(True)
         try:
             with guard(self.path, "opening"):
                 st = self.path.stat()
@@ -411,6 +440,43 @@ class Store:
 
     def _guard(self, doing: str) -> contextlib.AbstractContextManager[None]:
         return guard(self.path, doing)
+
+    def _pragma(self, name: str) -> int:
+        value: int = self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+        return value
+
+    def used_bytes(self) -> int:
+        """Bytes of the file in use: its pages less the free ones (cheap: two pragmas).
+        Inside a transaction it counts that transaction's changes."""
+        with self._guard("measuring the file"):
+            used = self._pragma("page_count") - self._pragma("freelist_count")
+            return used * self._pragma("page_size")
+
+    def reclaim_space(self) -> int:
+        """Give free pages back to the file system when they are at least
+        RECLAIM_FREE_SHARE of the file: PRAGMA incremental_vacuum, then a checkpoint that
+        truncates the WAL so the file shrinks now. A store opened with
+        incremental_vacuum but made without it is VACUUMed into that mode once it holds
+        at most VACUUM_MAX_BYTES. Returns how many bytes the file shrank by."""
+        problem = self._path_problem()
+        if problem is not None:
+            raise StoreUnavailable(self.path, f"{problem}, found while reclaiming free space")
+        with self._guard("reclaiming free space"):
+            pages, free = self._pragma("page_count"), self._pragma("freelist_count")
+            if free < pages * RECLAIM_FREE_SHARE:
+                return 0
+            if self._pragma("auto_vacuum") == 2:  # INCREMENTAL
+                self._conn.execute("PRAGMA incremental_vacuum").fetchall()
+            elif (
+                self._incremental_vacuum
+                and (pages - free) * self._pragma("page_size") <= VACUUM_MAX_BYTES
+            ):
+                self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                self._conn.execute("VACUUM")
+            else:
+                return 0
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return (pages - self._pragma("page_count")) * self._pragma("page_size")
 
     @contextmanager
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:

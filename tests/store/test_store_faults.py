@@ -281,7 +281,8 @@ def _damaged_page(path: Path) -> None:
     [
         (_garbage, "not a SQLite database (SQLITE_NOTADB) while checking the file"),
         (_zero_bytes, "empty file (0 bytes): it was truncated"),
-        (_damaged_page, "fails quick_check: Page 3: btreeInitPage() returns error code 11"),
+        # Page 4: page 2 is the pointer map of incremental auto-vacuum.
+        (_damaged_page, "fails quick_check: Page 4: btreeInitPage() returns error code 11"),
     ],
     ids=["garbage", "zero-bytes", "damaged-page"],
 )

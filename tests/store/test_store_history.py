@@ -471,6 +471,8 @@ def test_prune_drops_old_events_and_metrics_but_keeps_active(store: History, run
     for i in range(10):
         report = {"header": {"report_id": i + 1, "version": "1.0"}, "metrics": {}}
         store.add_metrics(T0 + i * 600, report)
+        if i in (2, 9):  # batches 0-2 and 3-9: the second is cut at 5
+            store.flush_metrics()
     cut = sorted(e["violationEventTime"] for e in run.events)[len(run.events) // 2]
     now = cut + 30 * 86400
     # A violation that ended before the cut, with a verification state on it.
@@ -526,6 +528,7 @@ def test_export_metrics_round_trips_through_parse_envelope(store: History) -> No
     ]
     for ts, report in reports:
         store.add_metrics(ts, report)
+    store.flush_metrics()
     exported = [
         parse_envelope(json.loads(json.dumps(env))) for env in store.export_metrics(0, math.inf)
     ]
@@ -548,6 +551,7 @@ def test_bad_metrics_report_is_refused(
     store.add_metrics(T0, {"header": {"report_id": 1, "version": "1.0"}})
     with pytest.raises(ReportError, match=message):
         store.add_metrics(timestamp, report)
+    store.flush_metrics()
     assert len(list(store.export_metrics(0, math.inf))) == 1
 
 
