@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -14,6 +17,7 @@ from agent.collect.netstats import NetStats, parse_net_dev
 from agent.config import SamplingConfig
 from agent.core.sample import NetworkStats
 
+REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "collect" / "netdev"
 
 HEADER = (
@@ -140,16 +144,49 @@ def test_after_a_reboot_the_first_sample_has_no_delta(host: Host, tmp_path: Path
     assert after.sample() == NetworkStats(100, 50, 1, 1)
 
 
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('{"boot_id": "boot-1", "counters": {"eth0": [1, 2]}}', "must be 4 non-negative integers"),
+        ("", "Expecting value"),  # what a power cut can leave of an unsynced rename
+    ],
+    ids=["bad-counters", "empty"],
+)
 def test_an_unreadable_state_file_starts_afresh(
-    host: Host, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    host: Host, tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, error: str
 ) -> None:
     state = tmp_path / "netcounters.json"
-    state.write_text('{"boot_id": "boot-1", "counters": {"eth0": [1, 2]}}')
+    state.write_text(text)
     host.counters(eth0=(10, 10, 1, 1))
     with caplog.at_level(logging.WARNING):
         assert host.netstats(state).sample() is None
     assert "netcounters_unreadable" in caplog.text
-    assert "must be 4 non-negative integers" in caplog.text
+    assert error in caplog.text
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_saving_the_counters_never_syncs(host: Host, tmp_path: Path) -> None:
+    """Ten cycles in a real process, traced: not one fsync or fdatasync."""
+    state = tmp_path / "netcounters.json"
+    host.counters(eth0=(10, 10, 1, 1))
+    script = (
+        "from pathlib import Path\n"
+        "from agent.collect.netstats import NetStats\n"
+        "from agent.config import SamplingConfig\n"
+        f"stats = NetStats(SamplingConfig(), state_path=Path({str(state)!r}),"
+        f" proc_root=Path({str(host.proc)!r}), sys_root=Path({str(host.sys)!r}))\n"
+        "for _ in range(10):\n"
+        "    stats.sample()\n"
+    )
+    traced = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,sync_file_range,rename",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    calls = [line for line in traced.stderr.splitlines() if "(" in line]
+    assert sum("rename" in call for call in calls) == 10  # one atomic replace a cycle
+    assert not [call for call in calls if "sync" in call]
+    assert json.loads(state.read_text())["counters"]["eth0"] == [10, 10, 1, 1]
 
 
 def test_a_failing_save_is_logged_once_and_sampling_goes_on(
