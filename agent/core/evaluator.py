@@ -5,13 +5,14 @@ logged here. Replay and the daemon drive the same code."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from agent.core.baseline import Baseline
+from agent.core.baseline import Baseline, raw_entries
 from agent.core.criteria import (
     COMPARE,
     PREPARE,
@@ -31,12 +32,26 @@ from agent.core.metrics import (
 from agent.core.profile import Behavior, Dimension, MetricDimension, SecurityProfile
 from agent.core.topics import matches_any
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+OLD_STATE_FORMAT = 1  # raw baselines in one document; still taken back
 DEFAULT_STALE_AFTER_S = 172800.0
 DEFAULT_BASELINE_S = 14 * 86400.0
 DEFAULT_MIN_BASELINE_DATAPOINTS = 30
-DEFAULT_MAX_BASELINE_DATAPOINTS = 20_000
+DEFAULT_EXACT_BASELINE_DATAPOINTS = 360  # an hour at 10 s: early judgements are exact
+DETECTOR_KEY = "detector"  # the state of the detector itself, beside the rule keys
 _LISTS = (list, tuple)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StateChanges:
+    """What changed in the alarm state since the previous `export_changes`, for a store
+    that keeps one row per key; None means: delete the key.
+
+    rules: rule key (`profile/behavior#hash`, or DETECTOR_KEY) -> its small state;
+    buckets: f"{rule key}@{bucket number}" -> one time bucket of its baseline."""
+
+    rules: dict[str, dict[str, Any] | None]
+    buckets: dict[str, dict[str, Any] | None]
 
 
 class InactiveBehavior(NamedTuple):
@@ -93,6 +108,7 @@ class _Rule:
         "fleet",
         "is_list",
         "is_sum",
+        "key",
         "last_dp",
         "last_time",
         "last_value",
@@ -100,6 +116,7 @@ class _Rule:
         "percent",
         "profile",
         "run",
+        "saved_violation",
         "signature",
         "start_time",
         "to_alarm",
@@ -123,6 +140,7 @@ class _Rule:
         self.order = order  # (profile index, behavior index): event order of one instant
         self.behavior = behavior
         self.signature = signature
+        self.key = rule_key(profile, behavior.name, signature)
         self.event_key = KIND_EVENT_KEY[kind]
         self.is_list = kind not in NUMERIC_KINDS
         self.is_sum = kind is Kind.COUNTER
@@ -149,6 +167,8 @@ class _Rule:
         self.last_dp = 0.0  # the latest judged datapoint while in alarm, for staleness
         self.win_end: float | None = None  # end of the open window
         self.acc: object = None  # the open window's value so far
+        # (what it was made of, the violation's JSON): to_json copies the behavior
+        self.saved_violation: tuple[tuple[object, ...], dict[str, Any]] | None = None
 
     @property
     def is_plain(self) -> bool:
@@ -157,6 +177,12 @@ class _Rule:
 
     def metric_value(self, value: Any) -> dict[str, Any]:
         return {self.event_key: list(value) if self.is_list else value}
+
+
+def rule_key(profile: str, behavior: str, signature: str) -> str:
+    """A stable key of a rule's saved state: names cannot hold '/', '#' or '@'."""
+    digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
+    return f"{profile}/{behavior}#{digest}"
 
 
 def _signature(behavior: Behavior, dimension: Dimension | None) -> str:
@@ -228,19 +254,19 @@ class Detector:
         stale_after_s: float = DEFAULT_STALE_AFTER_S,
         baseline_s: float = DEFAULT_BASELINE_S,
         min_baseline_datapoints: int = DEFAULT_MIN_BASELINE_DATAPOINTS,
-        max_baseline_datapoints: int = DEFAULT_MAX_BASELINE_DATAPOINTS,
+        exact_baseline_datapoints: int = DEFAULT_EXACT_BASELINE_DATAPOINTS,
         dimensions: Iterable[Dimension] = (),
         id_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         if stale_after_s <= 0 or baseline_s <= 0:
             raise ValueError("stale_after_s and baseline_s must be positive")
-        if min_baseline_datapoints < 1 or max_baseline_datapoints < min_baseline_datapoints:
-            raise ValueError("need 1 <= min_baseline_datapoints <= max_baseline_datapoints")
+        if min_baseline_datapoints < 1 or exact_baseline_datapoints < 0:
+            raise ValueError("need min_baseline_datapoints >= 1, exact_baseline_datapoints >= 0")
         self.thing_name = thing_name
         self.stale_after_s = stale_after_s
         self.baseline_s = baseline_s
         self.min_baseline = min_baseline_datapoints
-        self.max_baseline = max_baseline_datapoints
+        self.exact_baseline = exact_baseline_datapoints
         self._new_id = id_factory
         self.datapoints = 0  # behavior datapoints made so far
         self._now = -math.inf
@@ -249,10 +275,16 @@ class Detector:
         self._groups: list[_Group] = []
         self._inactive: list[InactiveBehavior] = []
         self._mismatches: dict[tuple[str, str], str] = {}
-        # Alarms whose behavior vanished or changed while the state was saved: they end
-        # at the next call, timed at its `now`.
-        self._orphans: list[ActiveViolation] = []
+        # Alarms whose behavior vanished or changed while the state was saved, by rule
+        # key: they end at the next call, timed at its `now`.
+        self._orphans: dict[str, ActiveViolation] = {}
         self._dimensions: dict[str, Dimension] = {}
+        # What export_changes last returned per rule key, and what a store may still hold
+        # that is no longer ours (keys given to restore, baselines of dropped rules).
+        self._exported: dict[str, dict[str, Any]] = {}
+        self._exported_all = False
+        self._stale_rules: set[str] = set()
+        self._stale_buckets: set[str] = set()
         self._install(list(profiles), {d.name: d for d in dimensions}, {})
 
     # --- configuration -------------------------------------------------------------
@@ -289,9 +321,13 @@ class Detector:
                 else:
                     baseline = None
                     if behavior.criteria.statistic is not None:
-                        baseline = Baseline(self.baseline_s, self.max_baseline)
+                        baseline = self._new_baseline()
                     rule = _Rule(profile.name, (p_idx, b_idx), behavior, signature, baseline)
                 rules.append(rule)
+        for gone in keep.values():  # what a store holds of its baseline goes with it
+            if gone.baseline is not None:
+                numbers = {*gone.baseline.buckets(), *gone.baseline.gone}
+                self._stale_buckets.update(f"{gone.key}@{k}" for k in numbers)
         self._groups = _group(rules, dimensions)
         self._dimensions = dimensions
         self._rules = rules
@@ -342,7 +378,7 @@ class Detector:
 
     def active_violations(self) -> list[ActiveViolation]:
         active = [self._active(r) for r in self._rules if r.violation_id is not None]
-        return [*self._orphans, *active]
+        return [*self._orphans.values(), *active]
 
     def next_deadline(self) -> float | None:
         """When `tick` next has something to do (a window end or a staleness deadline),
@@ -408,86 +444,193 @@ class Detector:
 
     # --- state ------------------------------------------------------------------------
 
-    def export_state(self) -> dict[str, Any]:
-        """The alarm state as a JSON-able dict, for `restore_state` after a restart."""
-        rules = []
-        for r in self._rules:
-            entry: dict[str, Any] = {
-                "profile": r.profile,
-                "behavior": r.behavior.name,
-                "signature": r.signature,
-                "run": r.run,
-            }
-            if r.violation_id is not None:
-                entry["violation"] = self._active(r).to_json()
-                entry["lastDatapointTime"] = r.last_dp
-            if r.win_end is not None:
-                entry["window"] = {"end": r.win_end, "value": r.acc}
-            if r.baseline is not None:
-                entry["baseline"] = r.baseline.to_json()
-            if r.fleet is not None:
-                entry["fleetThreshold"] = r.fleet
-            rules.append(entry)
-        return {
-            "format": STATE_FORMAT,
-            "now": self._now if self._now > -math.inf else None,
-            "rules": rules,
-            "orphans": [o.to_json() for o in self._orphans],
+    def export_changes(self) -> StateChanges:
+        """The state changed since the previous call (everything at the first call after
+        construction or restore): the rules whose state changed, the time buckets of
+        baselines that changed or went, and None for what a store should delete."""
+        everything = not self._exported_all
+        current = self._rule_states()
+        rules: dict[str, dict[str, Any] | None] = {
+            k: v for k, v in current.items() if everything or self._exported.get(k) != v
         }
+        for key in sorted((self._exported.keys() | self._stale_rules) - current.keys()):
+            rules[key] = None
+        buckets: dict[str, dict[str, Any] | None] = {}
+        held: set[str] = set()
+        for r in self._rules:
+            if r.baseline is None:
+                continue
+            changed, gone = r.baseline.take_changes()
+            for k in sorted(gone):
+                buckets[f"{r.key}@{k}"] = None
+            numbers = r.baseline.buckets() if everything else sorted(changed)
+            for k in numbers:
+                buckets[f"{r.key}@{k}"] = r.baseline.bucket_json(k)
+            if everything:
+                held.update(f"{r.key}@{k}" for k in numbers)
+        for key in sorted(self._stale_buckets - held):
+            buckets[key] = None
+        self._exported, self._exported_all = current, True
+        self._stale_rules, self._stale_buckets = set(), set()
+        return StateChanges(rules, buckets)
+
+    def export_state(self) -> dict[str, Any]:
+        """The whole alarm state as one JSON-able dict, for `restore_state`: what a store
+        holds after every `export_changes`, at once. It changes nothing."""
+        buckets = {
+            f"{r.key}@{k}": r.baseline.bucket_json(k)
+            for r in self._rules
+            if r.baseline is not None
+            for k in r.baseline.buckets()
+        }
+        return {"format": STATE_FORMAT, "rules": self._rule_states(), "buckets": buckets}
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
-        """Take back `export_state` output, before the first observe. State of behaviors
-        that changed or vanished meanwhile is dropped; their alarms end with
-        alarm-invalidated at the next call. Raises ValueError for a malformed state."""
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+        """Take back `export_state` output (or a format 1 state, whose raw baselines
+        become time buckets), before the first observe. Raises ValueError for a
+        malformed state and changes nothing then."""
+        formats = (STATE_FORMAT, OLD_STATE_FORMAT)
+        if not isinstance(state, Mapping) or state.get("format") not in formats:
             raise ValueError(f"alarm state: not a format {STATE_FORMAT} state")
         try:
-            self._restore(state)
+            if state["format"] == STATE_FORMAT:
+                rules, buckets = state["rules"], state["buckets"]
+            else:
+                rules, buckets = self._from_old_format(state)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"alarm state: malformed: {e!r}") from None
-        self._due = -math.inf
+        self.restore(rules, buckets)
 
-    def _restore(self, state: Mapping[str, Any]) -> None:
-        by_key = {(r.profile, r.behavior.name): r for r in self._rules}
-        orphans = [_violation_from_json(o) for o in state["orphans"]]
-        restores = []
-        for entry in state["rules"]:
-            rule = by_key.get((entry["profile"], entry["behavior"]))
-            violation = entry.get("violation")
-            if rule is None or rule.signature != entry["signature"]:
-                if violation is not None:
-                    orphans.append(_violation_from_json(violation))
-                continue
-            baseline = None
-            if rule.baseline is not None:
-                baseline = Baseline(self.baseline_s, self.max_baseline)
-                baseline.load(entry.get("baseline", []))
-            window = entry.get("window") or {"end": None, "value": None}
-            fleet = entry.get("fleetThreshold")
-            values: dict[str, Any] = {
-                "run": int(entry["run"]),
-                "baseline": baseline,
-                "fleet": None if fleet is None else _number(fleet),
-                "win_end": None if window["end"] is None else _number(window["end"]),
-                "acc": None if window["value"] is None else _number(window["value"]),
-            }
-            if violation is not None:
-                active = _violation_from_json(violation)
-                values |= {
-                    "violation_id": active.violation_id,
-                    "start_time": active.violation_start_time,
-                    "last_time": active.last_violation_time,
-                    "last_value": active.last_violation_value,
-                    "last_dp": _number(entry["lastDatapointTime"]),
-                }
-            restores.append((rule, values))
-        # Everything is read before anything changes, so a bad state changes nothing.
+    def restore(
+        self, rules: Mapping[str, Mapping[str, Any]], buckets: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Rebuild from what a store holds (every key `export_changes` gave, as last given),
+        before the first observe. Rules whose behavior changed or vanished meanwhile are
+        dropped; their alarms end with alarm-invalidated at the next call. The next
+        `export_changes` gives everything, and None for the keys dropped. Raises ValueError
+        for a malformed state and changes nothing then."""
+        try:
+            plan = self._plan_restore(rules, buckets)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"alarm state: malformed: {e!r}") from None
+        restores, orphans, now = plan
         for rule, values in restores:
             for name, value in values.items():
                 setattr(rule, name, value)
         self._orphans = orphans
-        if state["now"] is not None:
-            self._now = max(self._now, _number(state["now"]))
+        if now is not None:
+            self._now = max(self._now, now)
+        self._exported, self._exported_all = {}, False
+        self._stale_rules, self._stale_buckets = set(rules), set(buckets)
+        self._due = -math.inf
+
+    def _rule_states(self) -> dict[str, dict[str, Any]]:
+        states: dict[str, dict[str, Any]] = {
+            DETECTOR_KEY: {"now": self._now if self._now > -math.inf else None}
+        }
+        for key, orphan in self._orphans.items():
+            states[key] = {"violation": orphan.to_json()}
+        for r in self._rules:
+            states[r.key] = self._rule_state(r)
+        return states
+
+    def _rule_state(self, r: _Rule) -> dict[str, Any]:
+        entry: dict[str, Any] = {"profile": r.profile, "behavior": r.behavior.name, "run": r.run}
+        if r.violation_id is not None:
+            made_of = (r.violation_id, r.last_time, r.behavior)
+            if r.saved_violation is None or r.saved_violation[0] != made_of:
+                r.saved_violation = (made_of, self._active(r).to_json())
+            entry["violation"] = r.saved_violation[1]
+            entry["lastDatapointTime"] = r.last_dp
+        if r.win_end is not None:
+            entry["window"] = {"end": r.win_end, "value": r.acc}
+        if r.baseline is not None and r.baseline.pending:
+            entry["pending"] = [[t, v] for t, v in r.baseline.pending]
+        if r.fleet is not None:
+            entry["fleetThreshold"] = r.fleet
+        return entry
+
+    def _plan_restore(
+        self, rules: Mapping[str, Mapping[str, Any]], buckets: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[list[tuple[_Rule, dict[str, Any]]], dict[str, ActiveViolation], float | None]:
+        """Everything is read before anything changes, so a bad state changes nothing."""
+        by_key = {r.key: r for r in self._rules}
+        per_rule: dict[str, dict[int, Mapping[str, Any]]] = {}
+        for key, doc in buckets.items():
+            rule_key_, _, number = key.rpartition("@")
+            rule = by_key.get(rule_key_)
+            if rule is not None and rule.baseline is not None:
+                per_rule.setdefault(rule_key_, {})[int(number)] = doc
+        now = None
+        orphans: dict[str, ActiveViolation] = {}
+        restores = []
+        for key, entry in rules.items():
+            rule = by_key.get(key)
+            violation = entry.get("violation")
+            if key == DETECTOR_KEY:
+                now = None if entry["now"] is None else _number(entry["now"])
+            elif rule is None:
+                if violation is not None:
+                    orphans[key] = _violation_from_json(violation)
+            else:
+                restores.append((rule, self._rule_values(rule, entry, per_rule.pop(key, {}))))
+        for key, numbered in per_rule.items():  # a baseline without its rule's state
+            restores.append((by_key[key], self._rule_values(by_key[key], {"run": 0}, numbered)))
+        return restores, orphans, now
+
+    def _rule_values(
+        self, rule: _Rule, entry: Mapping[str, Any], buckets: Mapping[int, Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        window = entry.get("window") or {"end": None, "value": None}
+        fleet = entry.get("fleetThreshold")
+        values: dict[str, Any] = {
+            "run": _count(entry["run"]),
+            "fleet": None if fleet is None else _number(fleet),
+            "win_end": None if window["end"] is None else _number(window["end"]),
+            "acc": None if window["value"] is None else _number(window["value"]),
+        }
+        if rule.baseline is not None:
+            baseline = self._new_baseline()
+            baseline.load(buckets)
+            pending = raw_entries(entry.get("pending", []))
+            if len({t for t, _ in pending}) > 1:
+                raise ValueError(f"pending datapoints {pending!r} are not of one instant")
+            baseline.pending = pending
+            values["baseline"] = baseline
+        violation = entry.get("violation")
+        if violation is not None:
+            active = _violation_from_json(violation)
+            values |= {
+                "violation_id": active.violation_id,
+                "start_time": active.violation_start_time,
+                "last_time": active.last_violation_time,
+                "last_value": active.last_violation_value,
+                "last_dp": _number(entry["lastDatapointTime"]),
+            }
+        return values
+
+    def _from_old_format(
+        self, state: Mapping[str, Any]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """A format 1 state as keys and time buckets; raw baselines are added anew."""
+        rules: dict[str, dict[str, Any]] = {DETECTOR_KEY: {"now": state["now"]}}
+        buckets: dict[str, dict[str, Any]] = {}
+        for orphan in state["orphans"]:
+            key = rule_key(orphan["securityProfileName"], orphan["behavior"]["name"], "")
+            rules[f"{key}-{orphan['violationId']}"] = {"violation": orphan}
+        for entry in state["rules"]:
+            key = rule_key(entry["profile"], entry["behavior"], entry["signature"])
+            rules[key] = {k: v for k, v in entry.items() if k not in ("signature", "baseline")}
+            if "baseline" in entry:
+                baseline = self._new_baseline()
+                baseline.load_raw(entry["baseline"])
+                rules[key]["pending"] = [[t, v] for t, v in baseline.pending]
+                for k in baseline.buckets():
+                    buckets[f"{key}@{k}"] = baseline.bucket_json(k)
+        return rules, buckets
+
+    def _new_baseline(self) -> Baseline:
+        return Baseline(self.baseline_s, self.exact_baseline)
 
     # --- internals ----------------------------------------------------------------
 
@@ -498,7 +641,7 @@ class Detector:
             raise ValueError(f"time went back: {now} after {self._now}")
         self._now = now
         events: list[_Keyed] = []
-        for o in self._orphans:
+        for o in self._orphans.values():
             event = self._event(
                 o.violation_id,
                 o.security_profile_name,
@@ -508,7 +651,7 @@ class Detector:
                 now,
             )
             events.append(((now, (-1, -1)), event))  # before the profiles now loaded
-        self._orphans = []
+        self._orphans = {}
         if now >= self._due:
             for rule in self._rules:
                 self._run_deadlines(rule, now, events)
@@ -537,13 +680,14 @@ class Detector:
         else:
             baseline = rule.baseline
             assert baseline is not None and rule.compare is not None and rule.percent is not None
-            earlier = baseline.before(t)
-            baseline.add(t, v)
+            baseline.advance(t)
+            earlier = len(baseline)
+            baseline.add(t, v)  # pending: it joins once a later instant is asked for
             threshold = rule.fleet
             if threshold is None:
-                if len(earlier) < self.min_baseline or baseline.has_negative:
+                if earlier < self.min_baseline or baseline.has_negative:
                     return  # not judged: no event, counters untouched, staleness runs on
-                threshold = earlier.percentile(rule.percent)
+                threshold = baseline.percentile(rule.percent)
             ok = rule.compare(v, threshold)
         if ok and rule.violation_id is None:
             rule.run = 0
@@ -633,6 +777,12 @@ def _number(x: object) -> float:
     if not is_finite_number(x):
         raise ValueError(f"{x!r} is not a finite number")
     return x  # type: ignore[return-value]
+
+
+def _count(x: object) -> int:
+    if type(x) is not int or x < 0:
+        raise ValueError(f"{x!r} is not a count")
+    return x
 
 
 def _violation_from_json(doc: Mapping[str, Any]) -> ActiveViolation:

@@ -489,13 +489,15 @@ def test_negative_baseline_value_stops_judging_until_it_leaves():
     assert events == [("in-alarm", "stat", 102, {"number": 1000.5})]
 
 
-def test_baseline_is_bounded_by_its_cap():
+def test_sketched_baseline_keeps_the_whole_period():
     d = detector(
-        profile(stat_behavior("p100")), min_baseline_datapoints=2, max_baseline_datapoints=3
+        profile(stat_behavior("p100")), min_baseline_datapoints=2, exact_baseline_datapoints=3
     )
     run(d, [(i, {BYTES: v}) for i, v in enumerate([10**6, 1, 2, 3])])
-    # the cap of 3 dropped 10**6: p100 of 1, 2, 3 is 3
-    assert [kind for kind, *_ in run(d, [(4, {BYTES: 4})])] == ["in-alarm"]
+    # beyond 3 datapoints the baseline is a sketch, and nothing is dropped: p100 stays
+    # 10**6 (exact: the maximum is kept)
+    assert run(d, [(4, {BYTES: 10**6})]) == []
+    assert [kind for kind, *_ in run(d, [(5, {BYTES: 10**6 + 1})])] == ["in-alarm"]
 
 
 def test_fleet_threshold_overrides_the_local_one():
@@ -593,7 +595,7 @@ def test_restored_detector_neither_repeats_nor_forgets_an_alarm():
     d = detector(p, min_baseline_datapoints=3)
     run(d, [(0, {BYTES: 5}), (1, {BYTES: 6}), (2, {BYTES: 7}), (3, {BYTES: 500}), (4, {BYTES: 1})])
     state = json.loads(json.dumps(d.export_state()))  # JSON-able
-    assert state["format"] == 1
+    assert state["format"] == 2
 
     again = detector(p, min_baseline_datapoints=3)
     again.restore_state(state)
@@ -632,9 +634,20 @@ def test_restore_invalidates_alarms_of_behaviors_changed_meanwhile():
         changed.observe(-1, {})
 
 
-def entry(name: str, d: Detector, **extra: Any) -> dict[str, Any]:
-    (rule,) = [r for r in d.export_state()["rules"] if r["behavior"] == name]
-    return {**rule, **extra}
+def rule_states(d: Detector) -> dict[str, dict[str, Any]]:
+    """The behavior name -> its saved state."""
+    rules = d.export_state()["rules"]
+    return {r["behavior"]: r for r in rules.values() if "behavior" in r}
+
+
+def old_state(d: Detector, **extra: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 state of `d`'s rules (their signatures as the detector makes them)."""
+    signatures = {r.behavior.name: r.signature for r in d._rules}
+    rules = [
+        {**state, "signature": signatures[name], **extra.get(name, {})}
+        for name, state in rule_states(d).items()
+    ]
+    return {"format": 1, "now": 0, "orphans": [], "rules": rules}
 
 
 @pytest.mark.parametrize(
@@ -645,23 +658,25 @@ def entry(name: str, d: Detector, **extra: Any) -> dict[str, Any]:
         {"fleetThreshold": "high"},
         {"run": "x"},
         {"violation": {"violationId": "v"}},
-        {"baseline": [[2, 1], [1, 1]]},
+        {"pending": [[2, 1], [3, 1]]},
     ],
 )
 def test_malformed_state_is_refused_and_changes_nothing(bad):
     d = detector(profile(behavior("a"), stat_behavior("p50")))
-    state = {
-        "format": 1,
-        "now": 0,
-        "orphans": [],
-        "rules": [entry("a", d, run=1), entry("stat", d, **bad)],
-    }
+    state = d.export_state()
+    for rule in state["rules"].values():
+        rule.update({"a": {"run": 1}, "stat": bad}.get(rule.get("behavior"), {}))
     with pytest.raises(ValueError, match="alarm state: malformed"):
         d.restore_state(state)
-    assert [r["run"] for r in d.export_state()["rules"]] == [0, 0]
+    assert [r["run"] for r in rule_states(d).values()] == [0, 0]
+    # the same in a format 1 state, and a raw baseline out of time order
+    for old_bad in (bad, {"baseline": [[2, 1], [1, 1]]}):
+        with pytest.raises(ValueError, match="alarm state: malformed"):
+            d.restore_state(old_state(d, a={"run": 1}, stat=old_bad))
+        assert [r["run"] for r in rule_states(d).values()] == [0, 0]
 
 
 @pytest.mark.parametrize("state", [None, {}, {"format": 99}, [1]])
 def test_state_of_another_format_is_refused(state):
-    with pytest.raises(ValueError, match="not a format 1 state"):
+    with pytest.raises(ValueError, match="not a format 2 state"):
         detector(profile(behavior("a"))).restore_state(state)
