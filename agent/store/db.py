@@ -36,6 +36,7 @@ BUSY_TIMEOUT_S = 10.0
 # most this much (a VACUUM rewrites the whole file: cheap only for a small one).
 RECLAIM_FREE_SHARE = 0.25
 VACUUM_MAX_BYTES = 32 * 1024 * 1024
+PAGE_SIZE = 4096  # SQLite's default
 
 # Words for SQLite's result codes, by extended name first, then by primary name.
 _PROBLEMS = {
@@ -148,6 +149,7 @@ def open_db(
     *,
     create: bool = True,
     timeout_s: float = BUSY_TIMEOUT_S,
+    page_size: int = PAGE_SIZE,
     incremental_vacuum: bool = False,
 ) -> sqlite3.Connection:
     """A connection to `path` with every migration applied once, in order.
@@ -159,12 +161,13 @@ def open_db(
     create=True is the writer's open: a missing store is created (its directory 0700, its
     files 0600), the file passes PRAGMA quick_check and gets mode 0600. create=False (the
     query verbs) raises StoreNotFound for a missing file. Either way an empty or damaged
-    file is StoreCorrupt, and any other fault StoreUnavailable. `incremental_vacuum`
-    makes a new file with PRAGMA auto_vacuum=INCREMENTAL (see Store.reclaim_space).
+    file is StoreCorrupt, and any other fault StoreUnavailable. A new file gets
+    `page_size` and, with `incremental_vacuum`, PRAGMA auto_vacuum=INCREMENTAL (see
+    Store.reclaim_space); an existing file keeps what it was made with.
     """
     path = Path(path)
     try:
-        return _connect(path, migrations, create, timeout_s, incremental_vacuum)
+        return _connect(path, migrations, create, timeout_s, page_size, incremental_vacuum)
     except StoreCorrupt:
         raise
     except StoreUnavailable as e:
@@ -202,6 +205,7 @@ def _connect(
     migrations: Sequence[str],
     create: bool,
     timeout_s: float,
+    page_size: int,
     incremental_vacuum: bool,
 ) -> sqlite3.Connection:
     # Never open the file other than through SQLite: closing any descriptor of it drops
@@ -216,7 +220,7 @@ def _connect(
                     f"no store at {path} (has the agent run with this state_dir?)"
                 ) from None
             make_private_dir(path.parent)
-            _create(path, migrations, incremental_vacuum)
+            _create(path, migrations, page_size, incremental_vacuum)
         else:
             if size == 0:
                 # _create never leaves an empty file at the path, even when killed.
@@ -266,7 +270,9 @@ def _migrate(path: Path, conn: sqlite3.Connection, migrations: Sequence[str]) ->
             conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
 
 
-def _create(path: Path, migrations: Sequence[str], incremental_vacuum: bool) -> None:
+def _create(
+    path: Path, migrations: Sequence[str], page_size: int, incremental_vacuum: bool
+) -> None:
     """Build a new store under a temporary name and rename it into place, so a crash
     never leaves an empty or half-made file where a store should be."""
     building = path.with_name(path.name + ".new")
@@ -281,7 +287,10 @@ def _create(path: Path, migrations: Sequence[str], incremental_vacuum: bool) -> 
         conn = sqlite3.connect(building, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=FULL")
-            if incremental_vacuum:  # only takes before the first table
+            # Both only take before the first table, and the page size only before
+            # the auto-vacuum mode.
+            conn.execute(f"PRAGMA page_size={int(page_size)}")
+            if incremental_vacuum:
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             _migrate(path, conn, migrations)
             # Switched last: the schema is in the main file, not in a WAL left behind.
@@ -364,12 +373,14 @@ class Store:
         migrations: Sequence[str],
         *,
         create: bool,
+        page_size: int = PAGE_SIZE,
         incremental_vacuum: bool = False,
     ) -> None:
         self.path = Path(path)
         self.moved_aside: MovedAside | None = None  # by the latest open
         self._migrations = migrations
         self._create = create
+        self._page_size = page_size
         self._incremental_vacuum = incremental_vacuum
         self._conn, self._identity = self._open()
 
@@ -380,6 +391,7 @@ class Store:
                 self._migrations,
                 create=create,
                 timeout_s=BUSY_TIMEOUT_S,
+                page_size=self._page_size,
                 incremental_vacuum=self._incremental_vacuum,
             )
 
