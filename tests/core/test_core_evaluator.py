@@ -3,11 +3,15 @@ updates, statistical thresholds, dimensions, state export and restore."""
 
 import itertools
 import json
+import random
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent.core.evaluator import Detector
+from agent.core.evaluator import Detector, StateChanges
 from agent.core.profile import SecurityProfile, parse_dimension, parse_profile
 
 BYTES = "aws:all-bytes-out"
@@ -680,3 +684,124 @@ def test_malformed_state_is_refused_and_changes_nothing(bad):
 def test_state_of_another_format_is_refused(state):
     with pytest.raises(ValueError, match="not a format 2 state"):
         detector(profile(behavior("a"))).restore_state(state)
+
+
+# --- incremental state ------------------------------------------------------------------
+
+
+def keys_of(changes: dict[str, Any], name: str) -> list[str]:
+    return [k for k in changes if k.startswith(f"p/{name}#")]
+
+
+def apply(store: dict[str, dict[str, Any]], changes: dict[str, Any]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = json.loads(json.dumps(value))  # what a store gives back
+
+
+def test_export_changes_gives_only_what_changed():
+    d = detector(profile(behavior("plain"), stat_behavior("p99")), min_baseline_datapoints=3)
+    first = d.export_changes()
+    (plain,) = keys_of(first.rules, "plain")
+    (stat,) = keys_of(first.rules, "stat")
+    assert set(first.rules) == {"detector", plain, stat} and first.buckets == {}
+    for key in (plain, stat):
+        assert re.fullmatch(r"[A-Za-z0-9:_-]+/[A-Za-z0-9:_-]+#[0-9a-f]{16}", key)
+    run(d, [(0, {BYTES: 5}), (10, {BYTES: 6})])
+    changes = d.export_changes()
+    # the plain rule stayed normal; the statistical one has a datapoint pending and one in
+    # its current time bucket (14 d / 84 = 4 h wide: bucket 0)
+    assert set(changes.rules) == {"detector", stat}
+    assert changes.rules[stat]["pending"] == [[10, 6]]
+    assert changes.buckets == {f"{stat}@0": {"raw": [[0, 5]]}}
+    assert d.export_changes() == StateChanges({}, {})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 399), st.lists(st.integers(0, 399), max_size=20))
+def test_a_store_of_the_changes_restores_the_same_run(seed, cut, saves):
+    """Saving at random instants and restarting from the store changes no event, and the
+    baseline comes back bucket for bucket (exact, then sketched, then expiring)."""
+    p = profile(
+        behavior("plain", consecutiveDatapointsToAlarm=2, consecutiveDatapointsToClear=2),
+        behavior("w", value=300, durationSeconds=20),
+        stat_behavior("p90"),
+    )
+    rng = random.Random(seed)
+    samples = [(i * 3.0, {BYTES: rng.choice([1, 50, 99, 150, 10**6])}) for i in range(400)]
+    options = {"min_baseline_datapoints": 5, "exact_baseline_datapoints": 20, "baseline_s": 300}
+    d = detector(p, **options)
+    twin = detector(p, **options)
+    store: dict[str, dict[str, Any]] = {}
+    buckets: dict[str, dict[str, Any]] = {}
+    for i, sample in enumerate(samples[:cut]):
+        assert run(d, [sample]) == run(twin, [sample])
+        if i in saves:
+            changes = d.export_changes()
+            assert changes == twin.export_changes()  # nothing depends on chance or order
+            apply(store, changes.rules)
+            apply(buckets, changes.buckets)
+    changes = d.export_changes()
+    apply(store, changes.rules)
+    apply(buckets, changes.buckets)
+    again = detector(p, **options)
+    again.restore(store, buckets)
+    assert run(again, samples[cut:]) == run(d, samples[cut:])
+    assert again.export_state()["buckets"] == d.export_state()["buckets"]
+
+
+def test_a_dropped_behavior_takes_its_keys_and_buckets_with_it():
+    d = detector(profile(behavior("plain"), stat_behavior("p99")))
+    run(d, [(t * 5000.0, {BYTES: 1}) for t in range(8)])  # 4 h buckets 0 to 2
+    (stat,) = keys_of(d.export_changes().rules, "stat")
+    d.update_profiles([profile(behavior("plain"))], now=40000)
+    changes = d.export_changes()
+    assert changes.rules == {"detector": {"now": 40000}, stat: None}
+    assert changes.buckets == {f"{stat}@{k}": None for k in range(3)}
+
+
+def test_an_orphaned_alarm_is_kept_in_the_store_until_it_ends():
+    d = detector(profile(behavior("b")))
+    d.observe(0, {BYTES: 500})
+    store: dict[str, dict[str, Any]] = {}
+    apply(store, d.export_changes().rules)
+    (old,) = keys_of(store, "b")
+    changed = detector(profile(behavior("b", value=1000)))
+    changed.restore(store, {})
+    changes = changed.export_changes()
+    assert len([k for k in keys_of(changes.rules, "b") if k != old]) == 1  # the new rule
+    # the alarm is not forgotten before it ends
+    assert changes.rules[old] == {"violation": store[old]["violation"]}
+    (event,) = changed.tick(30)
+    assert (event.violation_event_type, event.violation_id) == ("alarm-invalidated", "id-1")
+    assert changed.export_changes().rules == {"detector": {"now": 30}, old: None}
+
+
+def test_a_format_1_state_keeps_its_raw_baseline():
+    """An upgraded device keeps its baseline: the raw datapoints become time buckets."""
+    p = profile(stat_behavior("p100"))
+    values = [5, 4, 3, 2, 1] * 8
+    lived = detector(p, min_baseline_datapoints=30)
+    run(lived, [(t, {BYTES: v}) for t, v in enumerate(values)])
+    (rule,) = lived._rules
+    old = {
+        "format": 1,
+        "now": 39,
+        "orphans": [],
+        "rules": [
+            {
+                "profile": "p",
+                "behavior": "stat",
+                "signature": rule.signature,
+                "run": 0,
+                "baseline": [[t, v] for t, v in enumerate(values)],
+            }
+        ],
+    }
+    upgraded = detector(p, min_baseline_datapoints=30)
+    upgraded.restore_state(old)
+    samples = [(40, {BYTES: 5}), (41, {BYTES: 6})]  # p100 of them is 5
+    assert run(upgraded, samples) == run(lived, samples) == [("in-alarm", "stat", 41, {"count": 6})]
+    assert upgraded.export_state() == lived.export_state()
