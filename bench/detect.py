@@ -3,7 +3,11 @@
 - core: Detector.observe over pre-built metrics, 50 mixed behaviors (several on the same
   metric, windows, statistical thresholds, port, CIDR and string sets);
 - replay: the same through the replay path, JSON lines parsed included;
-- cidr: CidrSet lookups at 10,000 CIDRs (IPv4 and IPv6, addresses never repeated).
+- cidr: CidrSet lookups at 10,000 CIDRs (IPv4 and IPv6, addresses never repeated);
+- `--state`, instead: the statistical baseline after 14 days at 10 s for each test
+  distribution (saved bytes, percentile error against the exact one and its bound,
+  traced memory), and the alarm state of 5 statistical and 20 static behaviors after a
+  week: export_changes per sample, the full state, and a restart from it.
 
 Goals on a Raspberry Pi-class 2-core box: core >= 500k behavior evaluations/s, cidr >=
 200k lookups/s."""
@@ -14,14 +18,17 @@ import argparse
 import gc
 import ipaddress
 import json
+import math
 import random
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.core.baseline import Baseline
 from agent.core.cidr import CidrSet
 from agent.core.evaluator import Detector
 from agent.core.profile import parse_profile
@@ -30,6 +37,7 @@ from agent.service.replay import read_samples, replay
 
 T0 = 1_730_000_000.0
 INTERVAL_S = 10.0
+SAVE_EVERY = 30  # samples: the daemon saves the alarm state every 300 s
 
 
 def _numeric(name: str, metric: str, op: str, count: int, **extra: Any) -> dict[str, Any]:
@@ -172,11 +180,95 @@ def bench_cidr(n_cidrs: int, n_lookups: int) -> tuple[float, float]:
     return build, time.perf_counter() - start
 
 
+def bench_sketches() -> None:
+    from tests.core.test_core_sketch_accuracy import DISTRIBUTIONS, STATISTICS, reference
+
+    period = 14 * 86400.0
+    n = int(period / INTERVAL_S)
+    print(
+        f"{'distribution':<16}{'saved bytes':>12}{'traced bytes':>14}{'max error':>11}{'bound':>8}"
+    )
+    for name, source in DISTRIBUTIONS.items():
+        rng = random.Random(name)
+        values = [source(rng, i) for i in range(n)]
+        tracemalloc.start()
+        b = Baseline(period, exact_max=360)
+        for i, v in enumerate(values):
+            t = T0 + i * INTERVAL_S
+            b.advance(t)
+            b.add(t, v)
+        b.advance(T0 + n * INTERVAL_S)
+        traced = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        saved = sum(len(json.dumps(b.bucket_json(k))) for k in b.buckets())
+        ordered = sorted(values)
+        errors = []
+        for p in STATISTICS:
+            exact = reference(ordered, p)
+            errors.append(abs(b.percentile(p) - exact) / abs(exact) if exact else 0.0)
+        print(f"{name:<16}{saved:>12,}{traced:>14,}{max(errors):>10.2%}{b.relative_accuracy:>8.0%}")
+
+
+def bench_state() -> None:
+    """5 statistical and 20 static behaviors, a week of 10 s samples, then a restart."""
+    criteria: list[dict[str, Any]] = [
+        {"comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": s}}
+        for s in ("p99", "p99.9", "p100", "p90", "p50")
+    ]
+    criteria += [
+        {"comparisonOperator": "less-than", "value": {"count": 10**6 + i}} for i in range(20)
+    ]
+    metrics = ("aws:all-bytes-out", "aws:all-bytes-in", "aws:all-packets-out")
+    doc = {
+        "securityProfileName": "bench",
+        "behaviors": [
+            {"name": f"b{i}", "metric": metrics[i % 3], "criteria": c}
+            for i, c in enumerate(criteria)
+        ],
+    }
+    profile = parse_profile(doc)
+    rng = random.Random(3)
+    week = 7 * 86400 // int(INTERVAL_S)
+    detector = Detector([profile], "bench")
+    spent: list[float] = []
+    written = 0
+    for k in range(week):
+        sample = {m: math.floor(rng.lognormvariate(10, 1)) for m in metrics}
+        detector.observe(T0 + k * INTERVAL_S, sample)
+        if k % SAVE_EVERY == 0:
+            start = time.perf_counter()
+            changes = detector.export_changes()
+            spent.append(time.perf_counter() - start)
+            written += len(json.dumps([changes.rules, changes.buckets]))
+    text = json.dumps(detector.export_state())
+    start = time.perf_counter()
+    again = Detector([parse_profile(doc)], "bench")
+    again.restore_state(json.loads(text))
+    again.observe(T0 + week * INTERVAL_S, {m: 1 for m in metrics})
+    restart = time.perf_counter() - start
+    steady = sorted(spent[1:])
+    saves = len(spent)
+    print(
+        f"export_changes every {SAVE_EVERY * INTERVAL_S:.0f} s: median "
+        f"{steady[len(steady) // 2] * 1e6:.0f} us, max {steady[-1] * 1e6:.0f} us, "
+        f"{written / saves:,.0f} bytes of JSON a save ({written / 7e6:.2f} MB a day)"
+    )
+    print(
+        f"whole state after a week: {len(text):,} bytes of JSON; parse + restore + first "
+        f"observe: {restart * 1000:.0f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=200_000)
+    parser.add_argument("--state", action="store_true", help="baseline and state figures")
     args = parser.parse_args()
+    if args.state:
+        bench_sketches()
+        bench_state()
+        return
     profile = parse_profile({"securityProfileName": "bench", "behaviors": behaviors()})
     raw = reports(args.samples)
     lines = [json.dumps(make_envelope(T0 + k * INTERVAL_S, r)) for k, r in enumerate(raw)]

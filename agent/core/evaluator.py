@@ -576,7 +576,8 @@ class Detector:
                 restores.append((rule, self._rule_values(rule, entry, per_rule.pop(key, {}))))
         for key, numbered in per_rule.items():  # a baseline without its rule's state
             restores.append((by_key[key], self._rule_values(by_key[key], {"run": 0}, numbered)))
-        return restores, orphans, now
+        # in key order: a store need not give its rows in the order they were saved
+        return restores, dict(sorted(orphans.items())), now
 
     def _rule_values(
         self, rule: _Rule, entry: Mapping[str, Any], buckets: Mapping[int, Mapping[str, Any]]
