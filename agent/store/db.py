@@ -478,7 +478,8 @@ class Store:
             if free < pages * RECLAIM_FREE_SHARE:
                 return 0
             if self._pragma("auto_vacuum") == 2:  # INCREMENTAL
-                self._conn.execute("PRAGMA incremental_vacuum").fetchall()
+                # executescript steps it to the end: it frees one page a step.
+                self._conn.executescript("PRAGMA incremental_vacuum")
             elif (
                 self._incremental_vacuum
                 and (pages - free) * self._pragma("page_size") <= VACUUM_MAX_BYTES
