@@ -250,6 +250,7 @@ def run_logged(shim: Path, work: Path, steps: int, *, nosync: bool = False) -> l
     """Run the workload on a new state dir work/state under the shim; the write log."""
     state = work / "state"
     state.mkdir(mode=0o700)
+    state = state.resolve()  # as SQLite names its files: the shim compares paths
     log = work / "writes.log"
     env = {
         **os.environ,
@@ -309,7 +310,7 @@ class Disk:
     """The watched directory (which starts empty) as the log's operations leave it."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = root.resolve()  # as run_logged gave it to the shim
         self.names: dict[str, Inode] = {}  # as the process sees them
         self.synced_names: dict[str, Inode] = {}
         self.pending_names: list[NameChange] = []
