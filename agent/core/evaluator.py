@@ -474,6 +474,12 @@ class Detector:
         self._stale_rules, self._stale_buckets = set(), set()
         return StateChanges(rules, buckets)
 
+    def export_state_changes(self) -> StateChanges:
+        """The whole state as changes, as the first `export_changes` gives it: for a
+        store that starts afresh. Later `export_changes` calls go on from here."""
+        self._exported_all = False
+        return self.export_changes()
+
     def export_state(self) -> dict[str, Any]:
         """The whole alarm state as one JSON-able dict, for `restore_state`: what a store
         holds after every `export_changes`, at once. It changes nothing."""

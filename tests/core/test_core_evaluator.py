@@ -717,6 +717,10 @@ def test_export_changes_gives_only_what_changed():
     assert changes.rules[stat]["pending"] == [[10, 6]]
     assert changes.buckets == {f"{stat}@0": {"raw": [[0, 5]]}}
     assert d.export_changes() == StateChanges({}, {})
+    everything = d.export_state_changes()  # for a store that starts afresh
+    assert set(everything.rules) == {"detector", plain, stat}
+    assert list(everything.buckets) == [f"{stat}@0"]
+    assert d.export_changes() == StateChanges({}, {})
 
 
 @settings(max_examples=40, deadline=None)
