@@ -706,6 +706,17 @@ class History(Store):
         if self._metrics_bytes >= METRICS_FLUSH_BYTES:
             self.flush_metrics()
 
+    def close(self) -> None:
+        """Write the buffered metrics history (as flush_metrics), then close. If that
+        fails the reports stay buffered in this object (reopen() keeps them) and a
+        line says how many."""
+        if self._metrics:
+            try:
+                self.flush_metrics()
+            except StoreError as e:
+                log.warning(kv("metrics_history_unwritten", reports=len(self._metrics), error=e))
+        super().close()
+
     @property
     def buffered_metrics(self) -> int:
         """Reports added and not yet written: what a power cut now would lose."""

@@ -93,6 +93,7 @@ def fill(store: History) -> None:
         store.add_metrics(
             now, {"hed": {"rid": step + 1, "v": "1.0"}, "met": {"tp": {"pts": [], "t": step}}}
         )
+    store.flush_metrics()  # the metrics history is written in batches
 
 
 @pytest.fixture

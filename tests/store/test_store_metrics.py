@@ -131,6 +131,14 @@ def test_reports_are_buffered_until_flushed_or_the_buffer_is_full(
     conn.close()
 
 
+def test_closing_writes_what_is_buffered(tmp_path: Path) -> None:
+    path = history_path(tmp_path)
+    with open_history(path) as store:
+        store.add_metrics(T0, report(1))
+    with open_history(path) as store:
+        assert [e["timestamp"] for e in exported(store)] == [T0]
+
+
 def test_reports_stay_buffered_while_the_store_fails_and_the_oldest_go_past_the_bound(
     store: History, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
