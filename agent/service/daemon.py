@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.collect.sampler import Sampler
 from agent.config import Config, ConfigError, load_config
-from agent.core.evaluator import Detector
+from agent.core.evaluator import Detector, StateChanges
 from agent.core.profile import ProfileError
 from agent.logs import kv
 from agent.publish.delivery import is_aws_endpoint
@@ -57,10 +57,6 @@ AWS_MIN_REPORT_INTERVAL_S = 300.0  # AWS IoT throttles Device Defender reports
 FLUSH_ON_STOP_S = 3.0
 PRUNE_INTERVAL_S = 3600.0
 STORE_RETRY_S = 30.0
-# The alarm state is saved with every event, at every report and otherwise this
-# often, to spare the SD card a synced write every cycle (what a crash loses is a few
-# datapoints of consecutive counts and baseline, never an alarm).
-STATE_SAVE_INTERVAL_S = 300.0
 # Events the store could not take yet, kept in memory until it can (oldest dropped).
 MAX_UNRECORDED_EVENTS = 10_000
 
@@ -117,7 +113,11 @@ class Daemon:
         self.stop_requested = False
         self.reload_requested = False
         self.started_at = wall()
-        self.store: History | None = None
+        self.store: History | None = None  # the store, once opened
+        self.store_ok = False  # False after a fault until `retry_store` reopens it
+        # Alarm state changes not yet written (a failed save offers them again).
+        self.unsaved = StateChanges({}, {})
+        self.save_everything = False  # a new store after a fault gets the whole state
         self.outbox: Outbox | None = None
         self.unrecorded: deque[dict[str, Any]] = deque(maxlen=MAX_UNRECORDED_EVENTS)
         self.degraded: dict[str, str] = {}  # part -> what is wrong with it now
@@ -139,9 +139,9 @@ class Daemon:
         self._open_store()
         detector = detector_from_config(cfg, detect.profiles, detect.dimensions)
         counters: dict[str, Any] | None = None
-        if self.store is not None:
-            self._restore(detector)
-            counters = self._store_call("load counters", self.store.load_counters)
+        if (store := self._healthy_store()) is not None:
+            self._restore(store, detector)
+            counters = self._store_call("load counters", store.load_counters)
         self.cycle = Cycle(
             detector,
             max_list=cfg.sampling.max_list,
@@ -163,13 +163,17 @@ class Daemon:
             )
         )
 
-    def _restore(self, detector: Detector) -> None:
-        assert self.store is not None
-        saved = self._store_call("load alarm state", self.store.load_alarm_state)
-        if saved is None:
-            return
+    def _restore(self, store: History, detector: Detector) -> None:
+        """The alarm state as the store holds it: rows, or the single document an older
+        version saved (its baselines are converted)."""
+        rules, buckets = self._store_call("load alarm state", store.load_state) or ({}, {})
         try:
-            detector.restore_state(saved)
+            if rules or buckets:
+                detector.restore(rules, buckets)
+            else:
+                saved = self._store_call("load alarm state", store.load_alarm_state)
+                if saved is not None:
+                    detector.restore_state(saved)
         except ValueError as e:
             # Refusing to start would loop forever under systemd; judging afresh keeps
             # the device watched. The stored events and history stay.
@@ -215,7 +219,7 @@ class Daemon:
             ("cycle", self.cfg.sampling.interval_s, self.sample),
             ("report", report_interval_s(self.cfg), self.report),
             ("prune", PRUNE_INTERVAL_S, self.prune),
-            ("save_state", STATE_SAVE_INTERVAL_S, self.save_state),
+            ("save_state", self.cfg.store.metrics_flush_s, self.save_state),
             # A store fault is retried soon on a fast cadence, at most 30 s apart.
             ("store_retry", min(STORE_RETRY_S, 3 * self.cfg.sampling.interval_s), self.retry_store),
         ]
@@ -266,7 +270,7 @@ class Daemon:
             print(flush=True)
         log.info(kv("stopping"))
         self.guarded("publish", self._stop_outbox)()
-        self.guarded("save_state", self.save_state)()
+        self.guarded("save_state", self.save_state)()  # with the buffered metrics history
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -289,6 +293,7 @@ class Daemon:
         self._check_store_path()
         store, metrics = self.store, step.metrics
         if metrics is not None and store is not None:
+            # Buffered in memory even while the store is down; written with the state.
             self._store_call("add metrics", lambda: store.add_metrics(*metrics))
         self._apply(step)
         self._write_status()
@@ -308,10 +313,9 @@ class Daemon:
         for name in wire.omitted:
             log.warning(kv("custom_metric_not_reported", metric=name, reason="too large"))
         self.outbox.submit_report(wire.doc, now)
-        self.save_state()
 
     def prune(self) -> None:
-        store, keep = self.store, self.cfg.store
+        store, keep = self._healthy_store(), self.cfg.store
         if store is None:
             return
         self._store_call(
@@ -320,6 +324,7 @@ class Daemon:
                 self.wall(),
                 events_max_age_s=keep.retention_days * 86400,
                 metrics_max_age_s=keep.metrics_retention_days * 86400,
+                metrics_max_bytes=keep.metrics_max_bytes,
             ),
         )
 
@@ -382,8 +387,19 @@ class Daemon:
         except StoreError as e:
             self._degrade("store", str(e))
             return
+        self._store_opened()
+
+    def _store_opened(self) -> None:
+        assert self.store is not None
+        self.store_ok = True
+        if (moved := self.store.moved_aside) is not None:
+            self.save_everything = True  # a new, empty store
+            log.error(kv("store_replaced", moved_to=moved.to, reason=moved.reason))
         if self.degraded.pop("store", None) is not None:
             log.warning(kv("store_recovered", path=history_path(self.state_dir)))
+
+    def _healthy_store(self) -> History | None:
+        return self.store if self.store_ok else None
 
     def _degrade(self, part: str, problem: str) -> None:
         if self.degraded.get(part) != problem:
@@ -391,37 +407,43 @@ class Daemon:
         self.degraded[part] = problem
 
     def _store_call(self, what: str, call: Callable[[], Any]) -> Any:
-        """Run a store call; a store fault degrades the agent (the store is closed and
-        opened again by `retry_store`) instead of stopping it. A refusal of the input
-        itself (another StoreError) is the caller's to handle."""
+        """Run a store call; a store fault degrades the agent (`retry_store` reopens the
+        store) instead of stopping it. A refusal of the input itself (another
+        StoreError) is the caller's to handle."""
         try:
             return call()
         except StoreUnavailable as e:
             self._degrade("store", f"{what}: {e}")
-            if self.store is not None:
-                self.store.close()
-                self.store = None
+            self.store_ok = False
             return None
 
     def _check_store_path(self) -> None:
         """The state dir deleted or replaced under a running agent: write to a new store
         at once rather than into an unlinked file."""
-        if self.store is None:
+        if self.store is None or not self.store_ok:
             return
         problem = self.store.check_path()
         if problem is not None:
             self._degrade("store", problem)
-            self.store.close()
-            self.store = None
+            self.store_ok = False
+            self.save_everything = True
             self.retry_store()
 
     def retry_store(self) -> None:
-        """Open the store (and the spool) again after a fault, and record what waited."""
+        """Open the store (and the spool) again after a fault, and record what waited.
+        The same History object is reopened: its buffered metrics history survives."""
         if self.store is None:
             self._open_store()
-            if self.store is None:
-                return
-            self.save_state()
+        elif not self.store_ok:
+            try:
+                self.store.reopen()
+            except StoreError as e:
+                self._degrade("store", str(e))
+            else:
+                self._store_opened()
+        if not self.store_ok:
+            return
+        self.save_state()
         if self.cfg.mqtt.endpoint and self.outbox is None:
             self._start_outbox()
         if "spool" in self.degraded or self.outbox is not None:
@@ -453,21 +475,33 @@ class Daemon:
         self._spool_recorded()
 
     def save_state(self) -> None:
-        """Unrecorded events with the active set and the alarm state that made them (one
-        transaction: a crash leaves all of it or none), then the report counters."""
-        if self.store is None:
+        """Unrecorded events, the active set, what changed in the alarm state, the
+        buffered metrics history and the report counters: one transaction, durable when
+        it returns (a crash leaves all of it or none). Runs with every event and every
+        `store.metrics_flush_s`, so a power cut loses at most that much metrics history
+        and never an acknowledged event or alarm."""
+        detector = self.cycle.detector
+        if self.save_everything:  # a new store: the whole state, as changes
+            full = detector.export_state()
+            changes = StateChanges(dict(full["rules"]), dict(full["buckets"]))
+        else:
+            changes = detector.export_changes()
+        self.unsaved.rules.update(changes.rules)
+        self.unsaved.buckets.update(changes.buckets)
+        store = self._healthy_store()
+        if store is None:
             if self.unrecorded:
                 log.warning(kv("events_unrecorded", held_in_memory=len(self.unrecorded)))
             return
-        store = self.store
-        detector = self.cycle.detector
 
         def record(events: list[dict[str, Any]]) -> bool:
-            store.record(
+            store.record_changes(
                 events,
                 [a.to_json() for a in detector.active_violations()],
-                detector.export_state(),
+                self.unsaved,
                 publish=bool(self.cfg.mqtt.endpoint),
+                metrics=True,
+                counters=self.cycle.counters(),
             )
             return True
 
@@ -484,15 +518,16 @@ class Daemon:
             recorded = self._store_call("record state", lambda: record([]))
         if recorded:
             self.unrecorded.clear()
-            self._store_call("save counters", lambda: store.save_counters(self.cycle.counters()))
+            self.unsaved = StateChanges({}, {})
+            self.save_everything = False
 
     def _spool_recorded(self) -> None:
         """Hand recorded events to the outbox. The store lists them until then, so a crash
         in between spools them at the next start (at least once, never lost). An event
         that cannot be encoded is quarantined in the store, never retried forever."""
-        if self.outbox is None or self.store is None:
+        store, outbox = self._healthy_store(), self.outbox
+        if outbox is None or store is None:
             return
-        store, outbox = self.store, self.outbox
         pending = self._store_call("read unpublished", store.unpublished_events) or []
         now = self.wall()
         sent: list[int] = []

@@ -576,10 +576,9 @@ def test_a_full_disk_degrades_the_agent_and_loses_no_event(tmp_path: Path) -> No
     try:
         agent.start()
         wait_until(lambda: agent.status().get("samples", 0) >= 2, "the first samples")
-        with filler.open("wb") as f, contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:  # until the file system is full to the last block
+                f.write(b"\0" * 4096)
         agent.set_level(50)
         wait_until(lambda: "disk full" in agent.log_text(), "the store's complaint")
         time.sleep(1.0)
