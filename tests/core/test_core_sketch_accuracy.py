@@ -5,6 +5,7 @@ p0 and p100 are exact, and the saved baseline fits 64 KiB."""
 import json
 import math
 import random
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
@@ -83,3 +84,21 @@ def test_sketch_percentiles_stay_within_the_bound(name):
         assert b.percentile(0) == held[0] and b.percentile(100) == held[-1]
     size = sum(len(json.dumps(b.bucket_json(k))) for k in b.buckets())
     assert size <= 64 * 1024
+
+
+def test_memory_per_baseline_is_small_after_14_days():
+    """Closed buckets are kept encoded: ~100 KB for 14 days of heavy-tailed values, where
+    20,000 raw datapoints took about 2 MB."""
+    r = random.Random(5)
+    values = [DISTRIBUTIONS["heavy-tailed"](r, i) for i in range(int(PERIOD / STEP))]
+    tracemalloc.start()
+    try:
+        b = Baseline(PERIOD, exact_max=360)
+        for i, v in enumerate(values):
+            t = T0 + i * STEP
+            b.advance(t)
+            b.add(t, v)
+        traced = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(b) > 120_000 and traced < 200_000
