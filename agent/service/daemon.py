@@ -481,9 +481,8 @@ class Daemon:
         `store.metrics_flush_s`, so a power cut loses at most that much metrics history
         and never an acknowledged event or alarm."""
         detector = self.cycle.detector
-        if self.save_everything:  # a new store: the whole state, as changes
-            full = detector.export_state()
-            changes = StateChanges(dict(full["rules"]), dict(full["buckets"]))
+        if self.save_everything:  # a new store: the whole state
+            changes = detector.export_state_changes()
         else:
             changes = detector.export_changes()
         self.unsaved.rules.update(changes.rules)
