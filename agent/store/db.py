@@ -35,7 +35,7 @@ BUSY_TIMEOUT_S = 10.0
 # and a store made before incremental auto-vacuum is VACUUMed into it once it holds at
 # most this much (a VACUUM rewrites the whole file: cheap only for a small one).
 RECLAIM_FREE_SHARE = 0.25
-VACUUM_MAX_BYTES = 32 * 1024 * 1024
+VACUUM_MAX_BYTES = 64 * 1024 * 1024  # the default store.metrics_max_bytes
 PAGE_SIZE = 4096  # SQLite's default
 
 # Words for SQLite's result codes, by extended name first, then by primary name.
