@@ -91,6 +91,19 @@ def write_status(state_dir: Path, status: AgentStatus) -> None:
     os.replace(tmp, path)
 
 
+def link_status(state_dir: Path, runtime_dir: Path) -> None:
+    """Make state_dir/status.json a link to the one the daemon rewrites in runtime_dir,
+    so that readers (`status`, `reload`) look in one place. Once per start, not per
+    cycle: the status file is rewritten every cycle and belongs on a tmpfs."""
+    link, target = Path(state_dir) / STATUS_FILE, Path(runtime_dir) / STATUS_FILE
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return
+    tmp = link.with_name(f".{STATUS_FILE}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
 def cannot_read(path: Path, e: OSError) -> str:
     """One line for an unreadable file; for a permission, who can read it."""
     if isinstance(e, PermissionError):

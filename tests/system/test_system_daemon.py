@@ -592,3 +592,21 @@ def test_a_full_disk_degrades_the_agent_and_loses_no_event(tmp_path: Path) -> No
     finally:
         agent.kill()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_under_systemd_the_per_cycle_files_live_in_the_runtime_directory(
+    agent: Agent, tmp_path: Path
+) -> None:
+    """status.json and the network counters are rewritten every cycle: on the
+    RuntimeDirectory's tmpfs, not the SD card. `status` finds them through a link."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    agent.start(env={"RUNTIME_DIRECTORY": str(runtime)})
+    wait_until(lambda: agent.status().get("samples", 0) >= 2, "samples")
+    assert (runtime / "status.json").is_file()
+    assert (runtime / "netcounters.json").is_file()
+    assert (agent.state / "status.json").is_symlink()
+    assert not (agent.state / "netcounters.json").exists()
+    shown = agent.cli("status", "--output", "json")
+    assert shown["running"] is True and shown["status"]["samples"] >= 2
+    assert agent.stop() == 0
