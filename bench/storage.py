@@ -12,7 +12,10 @@ Per checkout (`PYTHONPATH=<checkout> python -m agent ...`, working directory out
 both checkouts), in this order:
 1. Fill: days of samples through the checkout's own daemon code on a stepped clock
    (bench/storage_fill.py; 14 days, --quick 2.5: past the old 20,000-datapoint cap),
-   state on tmpfs, then copied to a block-device file system.
+   state on tmpfs, then copied to a block-device file system. Not libfaketime on
+   `agent run`: at 10 s a sample, 14 days are 120,960 cycles, and the old code's
+   whole-state saves alone (0.1-0.4 s each, 4,000 of them) would take longer than the
+   run may; stepping the daemon's own jobs takes ~1 ms a sample and no timing quirks.
 2. Save cost: that daemon restores the filled state, takes 30 samples (one 300 s save
    period) and saves; median of 3 of the save's time and write_bytes.
 3. Restart: `agent run` on the filled state, broker configured: seconds from spawn to
@@ -23,13 +26,14 @@ both checkouts), in this order:
 History on disk is the metrics tables and indexes (SQLite dbstat) after the fill,
 scaled to 14 days when fewer were filled. Baseline state per statistical behavior is
 the payload of the store's remaining tables (not metrics, events, violations, spool)
-after the fill, over 5.
+after the fill, over 5 (an upper bound: it includes the static behaviors' state).
+On Ctrl-C, SIGTERM or failure everything stops and the temporary directories go; on
+kill -9 only /var/tmp/bench-storage-* and /dev/shm/bench-storage-* stay behind.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -62,6 +66,7 @@ SOCKETS = 150
 NOT_STATE = ("metric", "event", "violation", "verification", "unpublished", "spool", "quarantin",
              "sqlite_")  # fmt: skip
 MiB = 1024 * 1024
+FILLS: list[subprocess.Popen[str]] = []
 
 
 @dataclass
@@ -121,15 +126,17 @@ def table_bytes(state: Path) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def run_fill(agent: Agent, mode: str, config: Path, start: float, samples: int) -> dict:
-    out = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, str(FILL), mode, str(config), str(start), str(samples),
          str(agent.dir / "number")],
-        cwd=agent.dir, env=agent.env(), capture_output=True, text=True,
-        preexec_fn=die_with_parent,
+        cwd=agent.dir, env=agent.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=die_with_parent,
     )  # fmt: skip
-    if out.returncode != 0:
-        raise SystemExit(f"{agent.name}: storage_fill {mode} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.splitlines()[-1])
+    FILLS.append(proc)  # to stop on the way out: a fill runs in a thread of the bench
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{agent.name}: storage_fill {mode} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.splitlines()[-1])
 
 
 def status(agent: Agent) -> dict:
@@ -157,7 +164,7 @@ def restart(agent: Agent) -> float:
     return time.monotonic() - began
 
 
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -256,7 +263,10 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
             write_config(agent.dir / "config.toml", state_dir=agent.state, port=port, **kw)
 
             def work(agent: Agent = agent, fill: Path = fill) -> None:
-                agent.fill = run_fill(agent, "fill", fill, start, samples)
+                try:
+                    agent.fill = run_fill(agent, "fill", fill, start, samples)
+                except SystemExit as e:  # a thread drops it silently: main says it
+                    agent.figures["fill_error"] = str(e)
 
             fills[agent.name] = threading.Thread(target=work)
             fills[agent.name].start()
@@ -264,7 +274,7 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
         for agent in agents:
             fills[agent.name].join()
             if not agent.fill:
-                raise SystemExit(f"{agent.name}: the fill failed")
+                raise SystemExit(agent.figures.get("fill_error", f"{agent.name}: no fill"))
             shutil.copytree(shm / agent.name, agent.state)
             pages, payload = table_bytes(agent.state)
             history = sum(v for k, v in pages.items() if "metric" in k.split(":")[1])
@@ -312,6 +322,8 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
         return agents
     finally:
         numbers_stop.set()
+        for proc in FILLS:
+            stop(proc)
         for agent in agents:
             stop(agent.proc)
         stop(broker)
@@ -369,5 +381,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         main()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
