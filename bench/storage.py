@@ -284,8 +284,13 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
                 k: v for k, v in payload.items() if not any(w in k.split(":")[1] for w in NOT_STATE)
             }
             agent.figures["history"] = f"{history * 14 / days / MiB:.1f} MiB"
+            files = sum(f.stat().st_size for f in agent.state.iterdir() if f.is_file())
+            agent.figures["files"] = f"{files / MiB:.1f} MiB"
             agent.figures["state"] = f"{sum(state.values()) / STATISTICAL / 1024:.1f} KiB"
             agent.figures["state_tables"] = ", ".join(sorted(state))
+            agent.figures["tables"] = ", ".join(
+                f"{name} {size / MiB:.1f}" for name, size in sorted(pages.items()) if size
+            )
             agent.figures["fill"] = f"{agent.fill['took_s']:.0f} s"
         print("timing state saves ...", flush=True)
         for agent in agents:
@@ -365,7 +370,8 @@ def main() -> None:
     rows = [
         (f"bytes written per day (write_bytes, {args.window_s:g} s)", "<= 20 MB", "write_day"),
         (f"metrics history on disk after 14 days ({filled} filled)", "<= 100 MiB", "history"),
-        ("baseline state per statistical behavior", "<= 64 KiB", "state"),
+        (f"all store files after {filled} (not scaled)", "", "files"),
+        (f"baseline state per statistical behavior ({filled})", "<= 64 KiB", "state"),
         ("state save: time (median of 3)", "<= 10 ms", "save_s"),
         ("state save: bytes written", "what changed", "save_bytes"),
         (f"restart to first sample ({filled} of state)", "<= 0.3 s", "restart"),
@@ -383,7 +389,9 @@ def main() -> None:
         if i == 0:
             print("-+-".join("-" * w for w in widths))
     for agent in agents:
-        print(f"{agent.name}: {agent.checkout}; state tables: {agent.figures['state_tables']}")
+        print(f"{agent.name}: {agent.checkout}")
+        print(f"  tables after the fill (MiB on disk): {agent.figures['tables']}")
+        print(f"  counted as baseline state: {agent.figures['state_tables']}")
 
 
 if __name__ == "__main__":
