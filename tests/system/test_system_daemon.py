@@ -423,6 +423,9 @@ def test_replaying_the_exported_history_gives_the_daemons_events(agent: Agent) -
     wait_until(lambda: len(agent.events()) >= 2, "both alarms")
     agent.set_level(0)
     wait_until(lambda: len(agent.events()) >= 4, "both clears")
+    # A few samples more, so that replay too sees the clock pass the last window.
+    seen = agent.status()["samples"]
+    wait_until(lambda: agent.status()["samples"] >= seen + 3, "three more samples")
     assert agent.stop() == 0
     live = agent.events()
     history = agent.tmp / "history.jsonl"

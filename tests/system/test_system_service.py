@@ -257,7 +257,8 @@ class Machine:
         return [json.loads(line) for line in out.splitlines()]
 
     def status(self) -> dict[str, Any]:
-        return json.loads((self.root / STATUS.lstrip("/")).read_text())
+        # Read inside: it links to /run/edge-defender, the container's own tmpfs.
+        return json.loads(self.run("cat", STATUS).stdout)
 
     def wait_for(self, what: str, check: Any, timeout_s: float = TIMEOUT_S) -> Any:
         deadline = time.monotonic() + timeout_s
