@@ -6,7 +6,8 @@ The busy device: a network namespace of the bench's own (created with unshare, g
 when the bench and its children exit, even after kill -9: every child dies with the
 bench) holding 150 established TCP sockets on loopback with random traffic,
 mosquitto with mutual TLS on 127.0.0.1, and an agent config with 5 statistical and 20
-static behaviors, a custom number metric and 10 s sampling, loopback counted.
+static behaviors, a custom number metric and 10 s sampling, loopback counted. The
+agents get RUNTIME_DIRECTORY on tmpfs, as under their systemd unit.
 
 Per checkout (`PYTHONPATH=<checkout> python -m agent ...`, working directory outside
 both checkouts), in this order:
@@ -76,6 +77,7 @@ class Agent:
     name: str
     checkout: Path
     dir: Path
+    runtime: Path  # RUNTIME_DIRECTORY, a tmpfs as systemd's RuntimeDirectory= makes it
     fill: dict[str, float] = field(default_factory=dict)
     save: dict[str, float] = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict)
@@ -86,7 +88,11 @@ class Agent:
         return self.dir / "state"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(self.checkout)}
+        return {
+            **os.environ,
+            "PYTHONPATH": str(self.checkout),
+            "RUNTIME_DIRECTORY": str(self.runtime),
+        }
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -150,7 +156,8 @@ def status(agent: Agent) -> dict:
 
 def restart(agent: Agent) -> float:
     """Seconds from spawning `agent run` to its first sample on the filled state."""
-    (agent.state / "status.json").unlink(missing_ok=True)
+    for old in (agent.state, agent.runtime):  # newer agents keep it in the runtime dir
+        (old / "status.json").unlink(missing_ok=True)
     began = time.monotonic()
     agent.proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--config", str(agent.dir / "config.toml")],
@@ -235,8 +242,8 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
     enter_new_netns()
     traffic = Traffic(SOCKETS)
     agents = [
-        Agent("before", args.before, tmp / "before"),
-        Agent("after", args.after, tmp / "after"),
+        Agent(name, checkout, tmp / name, shm / f"run-{name}")
+        for name, checkout in (("before", args.before), ("after", args.after))
     ]
     broker = None
     numbers_stop = threading.Event()
@@ -256,6 +263,7 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
         fills: dict[str, threading.Thread] = {}
         for agent in agents:
             agent.dir.mkdir()
+            agent.runtime.mkdir(mode=0o700)
             (agent.dir / "number").write_text("20\n")
             kw = {"custom_file": agent.dir / "number", "pki": tmp}
             fill = write_config(
