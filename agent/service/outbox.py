@@ -38,6 +38,10 @@ from agent.store.spool import Kind, Spool
 
 log = logging.getLogger(__name__)
 
+# A metrics report sent while connected is held in memory (see Spool.put) and written
+# only if its PUBACK has not come this long after.
+HOLD_MAX_S = 60.0
+
 
 class Outbox:
     """Spools what the daemon submits and sends it; see agent.publish.delivery for the
@@ -79,6 +83,7 @@ class Outbox:
         """Send what is spooled for up to `flush_timeout_s` while connected, then
         disconnect. What is left stays in the spool for the next run."""
         self.flush(flush_timeout_s)
+        self._spool.persist_held()  # what the broker did not take goes to the next run
         self._restart_at = None
         if self._transport.running:
             self._stopped.clear()
@@ -94,20 +99,24 @@ class Outbox:
 
     def submit_report(self, report: Mapping[str, Any], now: float) -> bool:
         """Spool a metrics report (built, in the configured key names) and send it when
-        possible. False when it cannot be encoded (it is logged and counted)."""
-        return self._submit("metrics", self._metrics_topic, report, now)
+        possible. False when it cannot be encoded (it is logged and counted). While
+        connected it is only held in memory: a report is expendable, an SD card is not."""
+        self._spool.persist_held(older_than=now - HOLD_MAX_S)
+        return self._submit("metrics", self._metrics_topic, report, now, durable=not self.connected)
 
     def submit_event(self, event: Mapping[str, Any], now: float) -> bool:
-        """Spool a ViolationEvent document for `detect.violations_topic`."""
-        return self._submit("violation", self._violations_topic, event, now)
+        """Spool a ViolationEvent document for `detect.violations_topic`, durably."""
+        return self._submit("violation", self._violations_topic, event, now, durable=True)
 
-    def _submit(self, kind: Kind, topic: str, doc: Mapping[str, Any], now: float) -> bool:
+    def _submit(
+        self, kind: Kind, topic: str, doc: Mapping[str, Any], now: float, *, durable: bool
+    ) -> bool:
         try:
             payload = encode(doc, self._format)
         except CodecError as e:
             log.error(kv("unencodable", kind=kind, error=e))
             return False
-        self._spool.put(kind, topic, payload, now)
+        self._spool.put(kind, topic, payload, now, durable=durable)
         self.pump()
         return True
 
@@ -179,8 +188,9 @@ class Outbox:
                 self._reply(topic, payload)
 
     def _lost(self) -> None:
-        """The connection failed or dropped: stop the client, restart it at the
-        backoff's time."""
+        """The connection failed or dropped: write what was held, stop the client,
+        restart it at the backoff's time."""
+        self._spool.persist_held()
         if self._restart_at is None:
             self._restart_at = self._backoff.next_attempt(self._clock())
             log.info(kv("mqtt_reconnect", in_s=round(self._restart_at - self._clock(), 2)))

@@ -11,6 +11,12 @@ moved out of the send queue, so it never blocks it, and kept with its topic, pay
 reason and time. The quarantine has its own bound, the newest QUARANTINE_MAX messages
 within max_bytes of payload; an older one dropped to keep it is counted as a drop.
 
+A message put with `durable=False` (a metrics report while the broker is connected:
+it is usually acknowledged within a second) is held in memory instead, in the same
+id order, and written only by `persist_held` (the outbox calls it on a disconnect, at
+stop, and for what waits too long). That spares the SD card a synced write and a
+synced delete per report; a power cut can lose those held reports, never an event.
+
 A Spool wraps one SQLite connection and must be used from the thread that opened it.
 Faults are StoreUnavailable, after which nothing of the call was written (see Store).
 """
@@ -90,36 +96,71 @@ class Spool(Store):
             raise ValueError("spool max_bytes must be positive")
         self.max_bytes = max_bytes
         super().__init__(path, _MIGRATIONS, create=True)
+        self._held: dict[int, SpoolItem] = {}  # id -> message not written yet
+        with self._guard("reading the last message id"):
+            # Ids come from here, held or written, so that they keep one order; the
+            # table's AUTOINCREMENT counter covers every id ever written.
+            row = self._conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+            ).fetchone()
+        self._last_id: int = row[0] if row else 0
 
-    def put(self, kind: Kind, topic: str, payload: bytes, now: float) -> int | None:
+    def put(
+        self, kind: Kind, topic: str, payload: bytes, now: float, *, durable: bool = True
+    ) -> int | None:
         """Spool one message and return its id, or None when the message itself had
-        to be dropped to keep the bound (it is then counted and logged)."""
+        to be dropped to keep the bound (it is then counted and logged). Without
+        `durable` it is only held in memory until `persist_held`."""
         if kind not in KINDS:
             raise ValueError(f"unknown spool kind {kind!r}")
-        size = len(payload)
-        with self._transaction(f"spooling a {kind} message of {size} bytes"):
-            victims = self._victims(kind, size)
-            if victims is None:
-                self._count_drop(kind)
-                too_large = size > self.max_bytes
-                log.log(
-                    logging.ERROR if too_large else logging.WARNING,
-                    kv(
-                        "spool_drop",
-                        kind=kind,
-                        topic=topic,
-                        bytes=size,
-                        max_bytes=self.max_bytes,
-                        reason="larger than the whole spool" if too_large else "spool full",
-                    ),
-                )
-                return None
-            for victim_id, victim_kind, victim_size in victims:
-                self._drop("outbox", victim_id, victim_kind, victim_size, "spool full")
-            return self._conn.execute(
-                "INSERT INTO outbox (kind, topic, payload, size, created) VALUES (?, ?, ?, ?, ?)",
-                (kind, topic, payload, size, now),
-            ).lastrowid
+        self._last_id += 1
+        item = SpoolItem(self._last_id, kind, topic, payload, now)
+        if not durable:
+            self._held[item.id] = item
+            return item.id
+        with self._transaction(f"spooling a {kind} message of {len(payload)} bytes"):
+            return self._insert(item)
+
+    def persist_held(self, older_than: float | None = None) -> None:
+        """Write the held messages (only those created before `older_than`, when given),
+        in one transaction, under the ids they were given."""
+        items = [i for i in self._held.values() if older_than is None or i.created < older_than]
+        if not items:
+            return
+        with self._transaction(f"spooling {counted(len(items), 'held message')}"):
+            for item in items:
+                self._insert(item)
+        for item in items:
+            del self._held[item.id]
+
+    def _insert(self, item: SpoolItem) -> int | None:
+        """Write `item` inside the caller's transaction, evicting what the bound needs;
+        None when it is itself the one to drop (counted and logged)."""
+        kind, topic, size = item.kind, item.topic, len(item.payload)
+        victims = self._victims(kind, size)
+        if victims is None:
+            self._count_drop(kind)
+            too_large = size > self.max_bytes
+            log.log(
+                logging.ERROR if too_large else logging.WARNING,
+                kv(
+                    "spool_drop",
+                    kind=kind,
+                    topic=topic,
+                    bytes=size,
+                    max_bytes=self.max_bytes,
+                    reason="larger than the whole spool" if too_large else "spool full",
+                ),
+            )
+            return None
+        for victim_id, victim_kind, victim_size in victims:
+            self._drop("outbox", victim_id, victim_kind, victim_size, "spool full")
+        self._conn.execute(
+            "INSERT INTO outbox (id, kind, topic, payload, size, created)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (item.id, kind, topic, item.payload, size, item.created),
+        )
+        return item.id
 
     def _victims(self, kind: Kind, size: int) -> list[tuple[int, Kind, int]] | None:
         """(id, kind, size) of the messages to evict so that `size` more bytes fit, or
@@ -153,19 +194,24 @@ class Spool(Store):
         )
 
     def pending(self, limit: int) -> list[SpoolItem]:
-        """Up to `limit` messages, oldest first."""
+        """Up to `limit` messages, written or held, oldest first."""
         with self._guard("reading the messages to send"):
             rows = self._conn.execute(
                 "SELECT id, kind, topic, payload, created FROM outbox ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [SpoolItem(*row) for row in rows]
+        items = [SpoolItem(*row) for row in rows] + list(self._held.values())
+        return sorted(items, key=lambda item: item.id)[:limit]
 
     def ack(self, *item_ids: int) -> None:
-        """The broker has these messages: forget them, in one transaction (one fsync).
-        Unknown ids (evicted meanwhile) are ignored."""
-        with self._transaction(f"forgetting {counted(len(item_ids), 'delivered message')}") as conn:
-            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in item_ids])
+        """The broker has these messages: forget them, the written ones in one
+        transaction (one fsync), the held ones without writing. Unknown ids (evicted
+        meanwhile) are ignored."""
+        written = [i for i in item_ids if self._held.pop(i, None) is None]
+        if not written:
+            return
+        with self._transaction(f"forgetting {counted(len(written), 'delivered message')}") as conn:
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in written])
 
     def quarantine(self, item_id: int, reason: str, now: float | None = None) -> bool:
         """Move a message that can never be sent (the broker or the client refused it)
@@ -173,7 +219,10 @@ class Spool(Store):
         (the wall clock if None). False if it is no longer in the queue (acked or
         evicted meanwhile). The oldest quarantined go, counted as drops, to keep the
         quarantine within QUARANTINE_MAX messages and max_bytes."""
+        held = self._held.pop(item_id, None)
         with self._transaction("quarantining a message") as conn:
+            if held is not None:
+                self._insert(held)
             moved = conn.execute(
                 "INSERT INTO quarantine (id, kind, topic, payload, size, created, quarantined,"
                 " reason) SELECT id, kind, topic, payload, size, created, ?, ?"
@@ -211,11 +260,12 @@ class Spool(Store):
         return [QuarantinedItem(SpoolItem(*row[:5]), row[5], row[6]) for row in rows]
 
     def depth(self) -> tuple[int, int]:
-        """(messages, payload bytes) waiting to be sent."""
+        """(messages, payload bytes) waiting to be sent, written or held."""
         with self._guard("counting the messages to send"):
             query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
             count, size = self._conn.execute(query).fetchone()
-        return count, size
+        held = self._held.values()
+        return count + len(held), size + sum(len(i.payload) for i in held)
 
     def drops(self) -> dict[Kind, int]:
         counts = dict.fromkeys(KINDS, 0)

@@ -184,3 +184,54 @@ def test_quarantine_keeps_the_newest_within_its_bounds_and_counts_the_rest(
 def test_unknown_kind_is_an_error(path: Path) -> None:
     with pytest.raises(ValueError, match="unknown spool kind"):
         Spool(path, 100).put("audit", "t", b"x", now=0.0)  # type: ignore[arg-type]
+
+
+def _written_ids(path: Path) -> list[int]:
+    """What a restart would find: the messages in the file."""
+    with Spool(path, 1000) as other:
+        return ids(other)
+
+
+def test_held_messages_keep_the_order_and_are_written_only_when_persisted(path: Path) -> None:
+    spool = Spool(path, 1000)
+    a = spool.put("violation", "t/v", b"event", now=1.0)
+    b = spool.put("metrics", "t/m", b"report", now=2.0, durable=False)
+    c = spool.put("violation", "t/v", b"event2", now=3.0)
+    assert a is not None and b is not None and c is not None
+    assert ids(spool) == [a, b, c]  # one order, held or written
+    assert spool.depth() == (3, len(b"event") + len(b"report") + len(b"event2"))
+    assert _written_ids(path) == [a, c]  # nothing of the held report on disk
+    spool.persist_held()
+    assert _written_ids(path) == [a, b, c]
+    assert spool.pending(3)[1] == SpoolItem(b, "metrics", "t/m", b"report", 2.0)
+
+
+def test_a_held_message_acked_never_touches_the_file(path: Path) -> None:
+    spool = Spool(path, 1000)
+    held = spool.put("metrics", "t/m", b"report", now=1.0, durable=False)
+    assert held is not None
+    size = path.stat().st_size, (path.parent / "spool.db-wal").stat().st_size
+    spool.ack(held)
+    assert spool.pending(10) == []
+    assert (path.stat().st_size, (path.parent / "spool.db-wal").stat().st_size) == size
+
+
+def test_persist_held_takes_only_the_old_ones_and_written_ids_go_on(path: Path) -> None:
+    spool = Spool(path, 1000)
+    old = spool.put("metrics", "t/m", b"old", now=10.0, durable=False)
+    spool.put("metrics", "t/m", b"new", now=100.0, durable=False)
+    spool.persist_held(older_than=50.0)
+    assert _written_ids(path) == [old]
+    spool.close()  # `new` was held only: lost with the process, as a power cut would
+    again = Spool(path, 1000)
+    later = again.put("violation", "t/v", b"event", now=200.0)
+    assert ids(again) == [old, later]
+    assert later is not None and old is not None and later > old  # written ids never reused
+
+
+def test_a_held_message_can_be_quarantined(path: Path) -> None:
+    spool = Spool(path, 1000)
+    held = spool.put("metrics", "t/m", b"report", now=1.0, durable=False)
+    assert held is not None and spool.quarantine(held, "broker refused it", now=2.0)
+    assert spool.pending(10) == [] and spool.quarantined() == 1
+    assert spool.quarantined_items()[0].item.id == held
