@@ -437,22 +437,26 @@ class Daemon:
 
     def retry_store(self) -> None:
         """Open the store (and the spool) again after a fault, and record what waited.
-        The same History object is reopened: its buffered metrics history survives."""
-        if self.store is None:
-            self._open_store()
-        elif not self.store_ok:
-            try:
-                self.store.reopen()
-            except StoreError as e:
-                self._degrade("store", str(e))
-            else:
-                self._store_opened()
+        The same History object is reopened: its buffered metrics history survives.
+        Does nothing while all is well."""
         if not self.store_ok:
-            return
-        self.save_state()
+            if self.store is None:
+                self._open_store()
+            else:
+                try:
+                    self.store.reopen()
+                except StoreError as e:
+                    self._degrade("store", str(e))
+                else:
+                    self._store_opened()
+            if not self.store_ok:
+                return
+            self.save_state()
+            self._spool_recorded()
         if self.cfg.mqtt.endpoint and self.outbox is None:
             self._start_outbox()
-        if "spool" in self.degraded or self.outbox is not None:
+            self._spool_recorded()
+        elif "spool" in self.degraded:
             self._spool_recorded()
 
     def _apply(self, step: Step) -> None:
