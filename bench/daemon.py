@@ -67,6 +67,17 @@ allow_anonymous false
     return conf
 
 
+def mqtt_section(pki: Path, port: int) -> str:
+    """The agent config's [mqtt] table for the broker of `broker_conf`."""
+    return f"""[mqtt]
+endpoint = "127.0.0.1"
+port = {port}
+ca_file = "{pki / "ca.pem"}"
+cert_file = "{pki / "client.pem"}"
+key_file = "{pki / "client.key"}"
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,13 +126,7 @@ state_dir = "{d / "state"}"
 [sampling]
 interval_s = {args.interval}
 report_interval_s = {max(args.interval, 60.0)}
-[mqtt]
-endpoint = "127.0.0.1"
-port = {port}
-ca_file = "{d / "ca.pem"}"
-cert_file = "{d / "client.pem"}"
-key_file = "{d / "client.key"}"
-[detect]
+{mqtt_section(d, port)}[detect]
 profiles = ["{PROFILE}"]
 [[custom_metrics]]
 name = "cpu_usage"

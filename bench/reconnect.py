@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import broker_conf, free_port, make_pki, wait_port
+from daemon import broker_conf, free_port, make_pki, mqtt_section, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,13 +35,7 @@ state_dir = "{d / name / "state"}"
 [sampling]
 interval_s = 10
 report_interval_s = 10
-[mqtt]
-endpoint = "127.0.0.1"
-port = {port}
-ca_file = "{d / "ca.pem"}"
-cert_file = "{d / "client.pem"}"
-key_file = "{d / "client.key"}"
-"""
+{mqtt_section(d, port)}"""
     )
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--config", str(config)],

@@ -14,6 +14,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+from daemon import mqtt_section  # bench/ is on sys.path (storage.py puts it there)
+
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -161,17 +163,7 @@ def write_config(
     """The agent's config, with its profile beside it and the broker at `port` if any."""
     d = config.parent
     (d / "profile.json").write_text(json.dumps(profile("bench_number"), indent=1))
-    mqtt = (
-        f"""[mqtt]
-endpoint = "127.0.0.1"
-port = {port}
-ca_file = "{pki / "ca.pem"}"
-cert_file = "{pki / "client.pem"}"
-key_file = "{pki / "client.key"}"
-"""
-        if port
-        else ""
-    )
+    mqtt = mqtt_section(pki, port) if port else ""
     config.write_text(
         f"""thing_name = "bench-{d.name}"
 state_dir = "{state_dir}"
