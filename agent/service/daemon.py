@@ -439,6 +439,7 @@ class Daemon:
         """Open the store (and the spool) again after a fault, and record what waited.
         The same History object is reopened: its buffered metrics history survives.
         Does nothing while all is well."""
+        retry_spool = "spool" in self.degraded
         if not self.store_ok:
             if self.store is None:
                 self._open_store()
@@ -452,11 +453,11 @@ class Daemon:
             if not self.store_ok:
                 return
             self.save_state()
-            self._spool_recorded()
+            retry_spool = True
         if self.cfg.mqtt.endpoint and self.outbox is None:
             self._start_outbox()
-            self._spool_recorded()
-        elif "spool" in self.degraded:
+            retry_spool = True
+        if retry_spool:
             self._spool_recorded()
 
     def _apply(self, step: Step) -> None:
