@@ -37,6 +37,7 @@ class ConfigError(ValueError):
 
 
 SERVICE_STATE_DIR = Path("/var/lib/edge-defender")
+SERVICE_USER = "edge-defender"  # the unit's User=, made by sysusers.d
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_STRING_CHARS = 4096  # PATH_MAX: no key needs more
 MAX_LIST_ITEMS = 1000

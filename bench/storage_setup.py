@@ -43,6 +43,7 @@ class Traffic:
     def __init__(self, sockets: int, seed: int = 9) -> None:
         self.rng = random.Random(seed)
         self.stop = threading.Event()
+        self.lock = threading.Lock()  # drop() closes sockets the threads use
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.sel = selectors.DefaultSelector()
         for i in range(sockets // 2):
@@ -61,13 +62,26 @@ class Traffic:
 
     def _send(self) -> None:
         while not self.stop.wait(1.0):
-            for client, _ in self.rng.sample(self.pairs, k=min(5, len(self.pairs))):
-                client.sendall(os.urandom(self.rng.randint(100, 30_000)))
+            with self.lock:
+                for client, _ in self.rng.sample(self.pairs, k=min(5, len(self.pairs))):
+                    client.sendall(os.urandom(self.rng.randint(100, 30_000)))
 
     def _drain(self) -> None:
         while not self.stop.is_set():
-            for key, _ in self.sel.select(0.5):
-                key.fileobj.recv(65536)  # type: ignore[union-attr]
+            ready = self.sel.select(0.5)
+            with self.lock:
+                for key, _ in ready:
+                    if key.fileobj.fileno() != -1:  # type: ignore[union-attr]
+                        key.fileobj.recv(65536)  # type: ignore[union-attr]
+
+    def drop(self, pairs: int) -> None:
+        """Close `pairs` of the connections (two established sockets each)."""
+        with self.lock:
+            for _ in range(pairs):
+                client, peer = self.pairs.pop()
+                self.sel.unregister(peer)
+                client.close()
+                peer.close()
 
     def close(self) -> None:
         self.stop.set()

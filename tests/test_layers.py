@@ -1,5 +1,6 @@
 """Imports point down only (DESIGN.md): core <- collect, store, publish <- service <- cli.
-`agent.config` and `agent.logs` are leaves every layer but the pure core may import."""
+`agent.config`, `agent.logs` and `agent.files` are leaves every layer but the pure core
+may import."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "config": set(),
     "logs": set(),
-    "collect": {"core", "config", "logs"},
-    "store": {"core", "config", "logs"},
-    "publish": {"core", "config", "logs"},
-    "service": {"core", "config", "logs", "collect", "store", "publish"},
-    "cli": {"core", "config", "logs", "collect", "store", "publish", "service"},
+    "files": set(),
+    "collect": {"core", "config", "logs", "files"},
+    "store": {"core", "config", "logs", "files"},
+    "publish": {"core", "config", "logs", "files"},
+    "service": {"core", "config", "logs", "files", "collect", "store", "publish"},
+    "cli": {"core", "config", "logs", "files", "collect", "store", "publish", "service"},
     "__main__": {"cli"},
 }
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from agent.config import SamplingConfig
@@ -22,6 +20,7 @@ from agent.core.counters import (
     total,
 )
 from agent.core.sample import NetworkStats
+from agent.files import replace_file
 from agent.logs import kv
 
 log = logging.getLogger(__name__)
@@ -79,14 +78,7 @@ def save_counters(path: Path, state: CounterState) -> None:
     under systemd). Saving less often would not do: a restart would count the deltas
     since the last save twice."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(state_to_json(state), f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, json.dumps(state_to_json(state), separators=(",", ":")))
 
 
 class NetStats:

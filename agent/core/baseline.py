@@ -563,7 +563,9 @@ class Baseline:
 
     def load(self, buckets: Mapping[int, Mapping[str, Any]]) -> None:
         """Take back `bucket_json` output of an empty baseline ({bucket number: doc});
-        raises ValueError for a malformed bucket. Nothing is marked changed."""
+        raises ValueError for a malformed bucket. Only the buckets whose form here is not
+        the doc given (raw datapoints turned into a sketch, bins merged to a coarser
+        level) are marked changed: a store holds the rest as they are."""
         raw: list[tuple[float, float]] = []
         sketches: dict[int, _Sketch] = {}
         levels: dict[int, int] = {}
@@ -574,6 +576,8 @@ class Baseline:
             else:
                 sketches[k], levels[k] = _Sketch.from_json(doc)
         self._load_raw(raw)
+        # raw buckets stay as given, unless they outgrew exact mode on the way in
+        self.changed, self.gone = (set(), set()) if self._exact else (set(self._sketches), set())
         if sketches:
             if self._exact:
                 self._to_sketches()
@@ -585,6 +589,7 @@ class Baseline:
             for k, s in sketches.items():
                 if levels[k] < level:
                     s.set_bins(_collapse(s.all_bins(), level - levels[k]))
+                    self.changed.add(k)
                 self._sketches[k] = s
                 self._n += s.n
                 self._zeros += s.zeros
@@ -594,7 +599,6 @@ class Baseline:
             self._extremes = None
             if self._too_big():
                 self._collapse_all()
-        self.changed, self.gone = set(), set()
 
     def load_raw(self, entries: Iterable[object]) -> None:
         """Take back raw [time, value] pairs in time order (the format 1 state); those of

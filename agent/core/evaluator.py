@@ -5,7 +5,6 @@ logged here. Replay and the daemon drive the same code."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import uuid
@@ -22,6 +21,7 @@ from agent.core.criteria import (
     statistic_percent,
 )
 from agent.core.events import ActiveViolation, EventType, ViolationEvent
+from agent.core.hashing import sha256
 from agent.core.metrics import (
     DIMENSION_METRICS,
     KIND_EVENT_KEY,
@@ -181,7 +181,7 @@ class _Rule:
 
 def rule_key(profile: str, behavior: str, signature: str) -> str:
     """A stable key of a rule's saved state: names cannot hold '/', '#' or '@'."""
-    digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
+    digest = sha256(signature.encode()).hexdigest()[:16]
     return f"{profile}/{behavior}#{digest}"
 
 
@@ -446,8 +446,9 @@ class Detector:
 
     def export_changes(self) -> StateChanges:
         """The state changed since the previous call (everything at the first call after
-        construction or restore): the rules whose state changed, the time buckets of
-        baselines that changed or went, and None for what a store should delete."""
+        construction; after `restore`, what differs from what it was given): the rules
+        whose state changed, the time buckets of baselines that changed or went, and None
+        for what a store should delete."""
         everything = not self._exported_all
         current = self._rule_states()
         rules: dict[str, dict[str, Any] | None] = {
@@ -513,8 +514,9 @@ class Detector:
         """Rebuild from what a store holds (every key `export_changes` gave, as last given),
         before the first observe. Rules whose behavior changed or vanished meanwhile are
         dropped; their alarms end with alarm-invalidated at the next call. The next
-        `export_changes` gives everything, and None for the keys dropped. Raises ValueError
-        for a malformed state and changes nothing then."""
+        `export_changes` gives only what differs from what was given here (a restart
+        rewrites nothing it loaded unchanged), and None for the keys dropped. Raises
+        ValueError for a malformed state and changes nothing then."""
         try:
             plan = self._plan_restore(rules, buckets)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -526,8 +528,14 @@ class Detector:
         self._orphans = orphans
         if now is not None:
             self._now = max(self._now, now)
-        self._exported, self._exported_all = {}, False
-        self._stale_rules, self._stale_buckets = set(rules), set(buckets)
+        self._exported, self._exported_all = {k: dict(v) for k, v in rules.items()}, True
+        held = {
+            f"{r.key}@{k}"
+            for r in self._rules
+            if r.baseline is not None
+            for k in r.baseline.buckets()
+        }
+        self._stale_rules, self._stale_buckets = set(), set(buckets) - held
         self._due = -math.inf
 
     def _rule_states(self) -> dict[str, dict[str, Any]]:

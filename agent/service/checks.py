@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,6 +134,8 @@ def state_findings(cfg: Config) -> list[Finding]:
 
 
 def _writable(folder: Path) -> list[Finding]:
+    import tempfile  # here: the daemon imports this module, and tempfile costs ~1.3 MiB
+
     try:
         fd, name = tempfile.mkstemp(dir=folder, prefix=".check-config-")
         os.close(fd)

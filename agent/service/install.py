@@ -23,13 +23,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from agent.config import DEFAULT_CONFIG_PATH
+from agent.config import DEFAULT_CONFIG_PATH, SERVICE_USER
+from agent.files import data
 
 UNIT = "edge-defender.service"
-SERVICE_USER = "edge-defender"
 PLACEHOLDER = "@EDGE_DEFENDER@"
 
 _UNIT_PATH = f"etc/systemd/system/{UNIT}"
@@ -65,11 +64,6 @@ class TmpfilesEntry:
     mode: int
     user: str
     group: str
-
-
-def data(name: str) -> bytes:
-    """A file shipped in agent/data (package data in the wheel, the folder in a checkout)."""
-    return resources.files("agent").joinpath("data", name).read_bytes()
 
 
 def default_command() -> list[str]:

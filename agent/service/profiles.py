@@ -18,7 +18,7 @@ from agent.core.profile import (
     SecurityProfile,
     parse_detect_document,
 )
-from agent.service.install import data
+from agent.files import data
 
 DEFAULT_PROFILE = "default-profile.json"
 DEFAULT_PROFILE_SOURCE = "<built-in default profile>"

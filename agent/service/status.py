@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
-from agent.config import Config
-from agent.service.install import SERVICE_USER
+from agent.config import SERVICE_USER, Config
+from agent.files import replace_file
 from agent.service.text import iso_time, printable
 from agent.store.history import StoreError, StoreNotFound, history_path, open_history
 
@@ -81,14 +81,7 @@ class AgentStatus(TypedDict):
 def write_status(state_dir: Path, status: AgentStatus) -> None:
     """Replace the status file atomically: readers see the old or the new one, never half.
     No fsync: the file is advisory and rewritten next cycle."""
-    path = Path(state_dir) / STATUS_FILE
-    tmp = path.with_name(f".{STATUS_FILE}.tmp")
-    # Private whatever the umask, like everything in the state dir.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)
-        f.write(json.dumps(status, separators=(",", ":")))
-    os.replace(tmp, path)
+    replace_file(Path(state_dir) / STATUS_FILE, json.dumps(status, separators=(",", ":")))
 
 
 def link_status(state_dir: Path, runtime_dir: Path) -> None:

@@ -752,8 +752,15 @@ def test_a_store_of_the_changes_restores_the_same_run(seed, cut, saves):
     apply(buckets, changes.buckets)
     again = detector(p, **options)
     again.restore(store, buckets)
+    assert again.export_changes() == StateChanges({}, {})  # a restart rewrites nothing
     assert run(again, samples[cut:]) == run(d, samples[cut:])
     assert again.export_state()["buckets"] == d.export_state()["buckets"]
+    # the first save after the restart keeps the store whole, though it wrote only changes
+    changes = again.export_changes()
+    apply(store, changes.rules)
+    apply(buckets, changes.buckets)
+    whole = json.loads(json.dumps(again.export_state()))
+    assert (store, buckets) == (whole["rules"], whole["buckets"])
 
 
 def test_a_dropped_behavior_takes_its_keys_and_buckets_with_it():

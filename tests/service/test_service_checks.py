@@ -22,8 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from agent.cli import main
 from agent.config import MqttConfig
+from agent.files import data
 from agent.service.checks import check_tls_files, tls_findings
-from agent.service.install import data
 from agent.store.history import history_path, open_history
 
 NOW = datetime.now(UTC)

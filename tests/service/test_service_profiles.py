@@ -13,8 +13,8 @@ from botocore.validate import ParamValidator
 from agent.core.evaluator import Detector
 from agent.core.events import EventType
 from agent.core.profile import ProfileError
+from agent.files import data
 from agent.service.checks import check_config
-from agent.service.install import data
 from agent.service.profiles import (
     DEFAULT_PROFILE_SOURCE,
     builtin_default_profile,
