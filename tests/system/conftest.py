@@ -1,5 +1,5 @@
 """A real mosquitto broker for system tests: mutual TLS on 127.0.0.1 with a CA and
-certificates made here, plus a plain listener; and a small awscrt MQTT 5 client to
+certificates made with hw/pki.py, plus a plain listener; and a small awscrt MQTT 5 client to
 watch and answer what the agent publishes.
 
 Fixtures: `pki` (session) -> Pki, `broker` -> Broker (stopped at teardown),
@@ -8,8 +8,6 @@ Fixtures: `pki` (session) -> Pki, `broker` -> Broker (stopped at teardown),
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import shutil
 import signal
@@ -25,10 +23,8 @@ from typing import Any
 
 import pytest
 from awscrt import io, mqtt5
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hw.pki import Ca
 
 # Debian installs it in /usr/sbin, which is not on a normal user's PATH.
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
@@ -52,80 +48,9 @@ class Pki:
     rogue_client_key: Path
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.write_bytes(pem)
-    path.chmod(0o600)
-
-
-def _write_cert(cert: x509.Certificate, path: Path) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _issue(
-    subject: str,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    extensions: list[tuple[x509.ExtensionType, bool]],
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A certificate for a new key; self-signed when `issuer` is None."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    issuer_name, issuer_key = issuer or (_name(subject), key)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-    )
-    for extension, critical in extensions:
-        builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
-def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    return _issue(cn, None, [(x509.BasicConstraints(ca=True, path_length=None), True)])
-
-
-def _client(
-    cn: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    return _issue(
-        cn,
-        (ca[0].subject, ca[1]),
-        [(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],
-    )
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    ca = _ca("edge-test-ca")
-    server = _issue(
-        "localhost",
-        (ca[0].subject, ca[1]),
-        [
-            (
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-                ),
-                False,
-            ),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-        ],
-    )
-    client = _client(CLIENT_NAME, ca)
-    rogue = _client(CLIENT_NAME, _ca("edge-test-rogue-ca"))
     pki = Pki(
         ca_cert=d / "ca.pem",
         server_cert=d / "server.pem",
@@ -135,14 +60,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         rogue_client_cert=d / "rogue.pem",
         rogue_client_key=d / "rogue.key",
     )
-    _write_cert(ca[0], pki.ca_cert)
-    for (cert, key), cert_path, key_path in (
-        (server, pki.server_cert, pki.server_key),
-        (client, pki.client_cert, pki.client_key),
-        (rogue, pki.rogue_client_cert, pki.rogue_client_key),
-    ):
-        _write_cert(cert, cert_path)
-        _write_key(key, key_path)
+    ca = Ca("edge-test-ca")
+    ca.write(pki.ca_cert)
+    ca.server("localhost", ["localhost", HOST], pki.server_cert, pki.server_key)
+    ca.client(CLIENT_NAME, pki.client_cert, pki.client_key)
+    Ca("edge-test-rogue-ca").client(CLIENT_NAME, pki.rogue_client_cert, pki.rogue_client_key)
     return pki
 
 
