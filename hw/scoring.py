@@ -1,0 +1,275 @@
+"""How a scenario's run is judged: detected or not, the detection latency against its
+goal, the false alarms. Pure: times, events and metrics come in as arguments.
+
+Times are the rig's clock (epoch seconds). The agent's events carry the device's clock:
+an event's time on the rig's clock is `violationEventTime - clock_offset_s`.
+
+Which events count:
+- An alarm is an event whose violationEventType is "in-alarm" (suppressed or not);
+  "alarm-cleared" and "alarm-invalidated" end an alarm and never count as one.
+- An expected (profile, behavior) is detected when it has an alarm timed in
+  [attack_start - TOLERANCE_S, attack_start + deadline_s]. Its latency is the first
+  such alarm's time minus attack_start (slightly negative only within the tolerance).
+- A false alarm is an alarm timed in [span start, end] whose (profile, behavior) is not
+  expected; the span starts at attack_start (so the warm-up is not judged), or for the
+  benign scenario at `start` (None: every alarm up to end counts: each scenario has a
+  fresh store). In the benign scenario every alarm is a false alarm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.core.profile import Behavior, parse_profile
+
+# How much earlier than attack_start an alarm may be timed and still be the attack's:
+# the rig notes attack_start before it starts the attack, so only an error in the
+# measured clock offset (half an SSH round trip) can put the attack's alarm earlier.
+TOLERANCE_S = 0.5
+SLACK_S = 1.0  # the issue's goal: one sampling interval (or the window's end) + 1 s
+IN_ALARM = "in-alarm"
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    name: str
+    expected: list[dict[str, str]]  # [{"profile", "behavior"}]
+    detected: bool  # every expected (profile, behavior) went in-alarm in time; benign: False
+    latency_s: float | None  # max over expected of the first alarm's latency; None unless detected
+    latencies_s: list[float | None]  # per expected, its first alarm's latency (None: missed)
+    events: list[dict[str, Any]]  # the agent's events of this scenario (AWS shape)
+    goal_s: float | None  # the latency goal (see latency_goal_s); None for benign
+    met: bool  # detected and latency_s <= goal_s; benign: no false alarm
+    false_alarms: int  # alarms of behaviors not expected (benign: every alarm)
+    attack_start: float | None  # the rig's clock; None for benign
+    end: float  # the rig's clock
+    metrics: list[dict[str, Any]]  # the metrics history envelopes (for the plots)
+    profiles: list[dict[str, Any]]  # the profiles the agent ran under
+    benign: bool
+    clock_offset_s: float  # device clock minus the rig's
+
+
+class _Expected(Protocol):
+    @property
+    def profile(self) -> str: ...
+    @property
+    def behavior(self) -> str: ...
+
+
+class ScenarioLike(Protocol):
+    """What scoring reads of hw.scenario.Scenario."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def expected(self) -> Sequence[_Expected]: ...
+    @property
+    def profiles(self) -> Sequence[dict[str, Any]]: ...
+    @property
+    def deadline_s(self) -> float: ...
+    @property
+    def interval_s(self) -> float: ...
+    @property
+    def benign(self) -> bool: ...
+
+
+def window_end(t: float, duration_s: float) -> float:
+    """The end of the window holding `t`, aligned as the agent aligns them: windows are
+    [kD, (k+1)D) in epoch seconds of the device's clock (agent/core/evaluator.py)."""
+    return (t // duration_s + 1) * duration_s
+
+
+def behaviors(profiles: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], Behavior]:
+    """(profile name, behavior name) -> the parsed behavior, for every profile."""
+    out: dict[tuple[str, str], Behavior] = {}
+    for doc in profiles:
+        profile = parse_profile(doc)
+        for b in profile.behaviors:
+            out[(profile.name, b.name)] = b
+    return out
+
+
+def latency_goal_s(
+    behavior: Behavior, attack_start: float, interval_s: float, clock_offset_s: float = 0.0
+) -> float:
+    """The latest latency that meets the issue's goal for one behavior.
+
+    Without durationSeconds: one sampling interval + 1 s (the first sample after the
+    attack starts sees it, and its datapoint is timed at the sample).
+
+    With durationSeconds D: the window's end + 1 s, counted from attack_start. The
+    window is the one holding the first sample that sees the attack, at the latest
+    attack_start + interval_s, aligned on the device's clock; the datapoint is timed at
+    that window's end. So the goal is window_end(attack_start + interval_s) -
+    attack_start + 1 s: the end of the first window that ends after the attack start,
+    or of the next one when the attack starts within one interval of a window's end
+    (its first sample may fall in the next window). The threshold must be crossed by
+    the traffic inside that window: a burst too small to cross it in what remains of
+    the window crosses it only in the next one and misses the goal; a scenario's burst
+    should cross its threshold within one sampling interval.
+
+    consecutiveDatapointsToAlarm N > 1 adds N - 1 datapoints (intervals, or windows)."""
+    criteria = behavior.criteria
+    more = (criteria.to_alarm - 1) if criteria is not None else 0
+    duration = criteria.duration_s if criteria is not None else None
+    if duration is None:
+        return interval_s * (1 + more) + SLACK_S
+    device_start = attack_start + clock_offset_s
+    first_end = window_end(device_start + interval_s, duration)
+    return first_end - device_start + more * duration + SLACK_S
+
+
+def _event_key(event: Mapping[str, Any]) -> tuple[str, str]:
+    return (event["securityProfileName"], event["behavior"]["name"])
+
+
+def score(
+    *,
+    name: str,
+    expected: Sequence[tuple[str, str]],
+    profiles: Sequence[dict[str, Any]],
+    interval_s: float,
+    deadline_s: float,
+    benign: bool,
+    attack_start: float | None,
+    end: float,
+    events: Sequence[dict[str, Any]],
+    metrics: Sequence[dict[str, Any]],
+    clock_offset_s: float = 0.0,
+    start: float | None = None,
+) -> ScenarioResult:
+    """Judge one scenario's run (module docstring: which events count). `expected` are
+    (profile, behavior) pairs that must all be in `profiles`; a benign scenario has none
+    and no attack_start."""
+    if benign != (attack_start is None) or benign == bool(expected):
+        raise ValueError(
+            f"scenario {name}: a benign scenario has no expected violation and no"
+            " attack_start; any other has both"
+        )
+    alarms = sorted(
+        (float(e["violationEventTime"]) - clock_offset_s, _event_key(e))
+        for e in events
+        if e.get("violationEventType") == IN_ALARM
+    )
+    span_start = attack_start if attack_start is not None else start
+    lo = -math.inf if span_start is None else span_start
+    wanted = set(expected)
+    false_alarms = sum(1 for t, key in alarms if lo <= t <= end and key not in wanted)
+    latency: float | None = None
+    latencies: list[float | None] = []
+    goal: float | None = None
+    detected = False
+    if attack_start is not None:
+        known = behaviors(profiles)
+        goals: list[float] = []
+        for key in expected:
+            if key not in known:
+                raise ValueError(
+                    f"scenario {name}: expected behavior {key[1]!r} is not in profile"
+                    f" {key[0]!r} (profiles: {sorted({p for p, _ in known})})"
+                )
+            goals.append(latency_goal_s(known[key], attack_start, interval_s, clock_offset_s))
+            first = next(
+                (
+                    t
+                    for t, k in alarms
+                    if k == key and attack_start - TOLERANCE_S <= t <= attack_start + deadline_s
+                ),
+                None,
+            )
+            latencies.append(None if first is None else first - attack_start)
+        goal = max(goals)
+        found = [x for x in latencies if x is not None]
+        detected = len(found) == len(expected)
+        latency = max(found) if detected else None
+    met = (
+        (false_alarms == 0)
+        if benign
+        else (latency is not None and goal is not None and latency <= goal)
+    )
+    return ScenarioResult(
+        name=name,
+        expected=[{"profile": p, "behavior": b} for p, b in expected],
+        detected=detected,
+        latency_s=latency,
+        latencies_s=latencies,
+        events=list(events),
+        goal_s=goal,
+        met=met,
+        false_alarms=false_alarms,
+        attack_start=attack_start,
+        end=end,
+        metrics=list(metrics),
+        profiles=list(profiles),
+        benign=benign,
+        clock_offset_s=clock_offset_s,
+    )
+
+
+def score_scenario(
+    scenario: ScenarioLike,
+    attack_start: float | None,
+    end: float,
+    events: Sequence[dict[str, Any]],
+    metrics: Sequence[dict[str, Any]],
+    *,
+    clock_offset_s: float = 0.0,
+    profiles: Sequence[dict[str, Any]] | None = None,
+    start: float | None = None,
+) -> ScenarioResult:
+    """`score` with the values read from a hw.scenario.Scenario. `profiles`: those the
+    agent ran under when not the scenario's own (the benign scenario runs under every
+    scenario's; the report plots their metrics)."""
+    return score(
+        name=scenario.name,
+        expected=[(e.profile, e.behavior) for e in scenario.expected],
+        profiles=list(scenario.profiles if profiles is None else profiles),
+        interval_s=scenario.interval_s,
+        deadline_s=scenario.deadline_s,
+        benign=scenario.benign,
+        attack_start=attack_start,
+        end=end,
+        events=events,
+        metrics=metrics,
+        clock_offset_s=clock_offset_s,
+        start=start,
+    )
+
+
+TABLE_HEADER = (
+    "scenario",
+    "expected",
+    "detected",
+    "latency (s)",
+    "goal (s)",
+    "met",
+    "false alarms",
+)
+
+
+def table_rows(results: Sequence[ScenarioResult]) -> list[tuple[str, ...]]:
+    """One row of cells per scenario, under TABLE_HEADER (for the note and the page)."""
+    rows: list[tuple[str, ...]] = []
+    for r in results:
+        expected = ", ".join(f"{e['profile']}/{e['behavior']}" for e in r.expected)
+        rows.append(
+            (
+                r.name,
+                expected or "none (benign)",
+                "-" if r.benign else ("yes" if r.detected else "no"),
+                "-" if r.latency_s is None else f"{r.latency_s:.1f}",
+                "no alarm" if r.goal_s is None else f"{r.goal_s:.1f}",
+                "yes" if r.met else "NO",
+                str(r.false_alarms),
+            )
+        )
+    return rows
+
+
+def summary(results: Sequence[ScenarioResult]) -> list[str]:
+    """The results as the lines of a Markdown table."""
+    lines = [TABLE_HEADER, tuple("---" for _ in TABLE_HEADER), *table_rows(results)]
+    return ["| " + " | ".join(cells) + " |" for cells in lines]
