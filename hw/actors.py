@@ -1,0 +1,514 @@
+"""The rig's traffic makers, one stdlib-only file that runs on any node (a device may
+have no scapy, no venv): `python3 - KIND JSON_PARAMS` with this source on stdin. Each
+kind is a function below, its keyword parameters the JSON object's keys. Servers and
+loops run until SIGTERM, which exits cleanly; the others stop when their count is done.
+Nothing is printed but errors (each distinct one once) on stderr.
+
+Clients given `count_file` write there how many exchanges got their answer, so that a
+test or the rig can check from outside that the traffic really flowed."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import selectors
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+SSHD = "/usr/sbin/sshd"
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
+RETRY_S = 0.2  # before trying again to reach a server that is not up yet
+TIMEOUT_S = 2.0  # a client waits this long for an answer
+_said: set[str] = set()
+
+
+def _error(message: str) -> None:
+    """Say each distinct problem once: a loop that fails every round must not flood."""
+    if message not in _said:
+        _said.add(message)
+        print(f"actor {sys.argv[1] if len(sys.argv) > 1 else '?'}: {message}", file=sys.stderr)
+
+
+def _write_count(path: str | None, n: int) -> None:
+    if path is None:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(n))
+    os.replace(tmp, path)  # a reader never sees a half-written number
+
+
+def _rounds(every_s: float) -> Iterator[None]:
+    """Forever, once every `every_s` seconds on a fixed grid (a slow round does not
+    shift the later ones)."""
+    start = time.monotonic()
+    k = 0
+    while True:
+        yield
+        k += 1
+        time.sleep(max(0.0, start + k * every_s - time.monotonic()))
+
+
+def _connected(host: str, port: int) -> socket.socket:
+    """A TCP connection to host:port, retried until the server is up."""
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=TIMEOUT_S)
+        except OSError as e:
+            _error(f"connect {host}:{port}: {e}")
+            time.sleep(RETRY_S)
+
+
+def _hold() -> None:
+    while True:
+        time.sleep(3600)
+
+
+# -- servers -------------------------------------------------------------------------
+
+
+def listen(port: int, proto: str = "tcp", host: str = "0.0.0.0") -> None:
+    """A listening socket (a backdoor): TCP accepts and hangs up, UDP reads and drops."""
+    if proto not in ("tcp", "udp"):
+        raise ValueError(f"proto must be 'tcp' or 'udp', got {proto!r}")
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        if proto == "udp":
+            while True:
+                s.recvfrom(65535)
+        s.listen()
+        while True:
+            conn, _ = s.accept()
+            conn.close()
+
+
+def sink(port: int, host: str = "0.0.0.0", count_file: str | None = None) -> None:
+    """A TCP server that holds every connection open until its peer closes it and
+    discards what arrives; `count_file` gets the bytes received so far (written when a
+    connection closes and at most every 0.5 s while data flows)."""
+    sel = selectors.DefaultSelector()
+    server = socket.create_server((host, port), backlog=1024, reuse_port=False)
+    server.setblocking(False)
+    sel.register(server, selectors.EVENT_READ)
+    total = 0
+    written = time.monotonic()
+    try:
+        while True:
+            for key, _ in sel.select():
+                s = key.fileobj
+                assert isinstance(s, socket.socket)
+                if s is server:
+                    conn, _ = server.accept()
+                    conn.setblocking(False)
+                    sel.register(conn, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = s.recv(1 << 16)
+                except OSError:
+                    data = b""
+                total += len(data)
+                if not data:
+                    sel.unregister(s)
+                    s.close()
+                if not data or time.monotonic() - written > 0.5:
+                    _write_count(count_file, total)
+                    written = time.monotonic()
+    finally:
+        _write_count(count_file, total)
+
+
+def dns_server(port: int = 53, answer: str = "192.0.2.10", host: str = "0.0.0.0") -> None:
+    """Answers every standard query with one A record, `answer`."""
+    rdata = socket.inet_aton(answer)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, port))
+        while True:
+            query, peer = s.recvfrom(512)
+            end = _question_end(query)
+            if end is None:
+                continue
+            header = query[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0)
+            record = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + rdata
+            s.sendto(header + query[12:end] + record, peer)
+
+
+def _question_end(msg: bytes) -> int | None:
+    """Where the single question of a DNS message ends, or None if it is not one."""
+    if len(msg) < 17 or struct.unpack("!H", msg[4:6])[0] != 1:
+        return None
+    i = 12
+    while i < len(msg) and msg[i]:
+        i += msg[i] + 1
+    end = i + 5  # the root label, QTYPE, QCLASS
+    return end if end <= len(msg) else None
+
+
+def http_server(port: int = 80, size: int = 2048, host: str = "0.0.0.0") -> None:
+    """Answers every GET with `size` bytes of text."""
+    body = (b"edge-defender rig page\n" * (size // 23 + 1))[:size]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # nothing on stdout/stderr but errors
+
+    with http.server.ThreadingHTTPServer((host, port), Handler) as server:
+        server.serve_forever()
+
+
+def ntp_server(port: int = 123, host: str = "0.0.0.0") -> None:
+    """A stratum-2 NTP responder (server mode 4) with this host's clock."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, port))
+        while True:
+            request, peer = s.recvfrom(512)
+            if len(request) < 48 or request[0] & 7 != 3:
+                continue
+            now = _ntp_time(time.time())
+            reply = struct.pack("!BBbb11I", 0x24, 2, 6, -20, *([0] * 11))
+            reply = reply[:12] + b"RIG\0" + now + request[40:48] + now + now
+            s.sendto(reply, peer)
+
+
+def _ntp_time(t: float) -> bytes:
+    seconds = int(t) + NTP_EPOCH_OFFSET
+    return struct.pack("!II", seconds & 0xFFFFFFFF, int((t % 1) * 2**32))
+
+
+def sshd(key_dir: str, port: int = 22) -> None:
+    """OpenSSH's sshd on `port` with a host key made in `key_dir`, and a client key pair
+    there whose public half it accepts for root (the `ssh` actor logs in with it)."""
+    os.makedirs("/run/sshd", exist_ok=True)  # its privilege separation directory
+    for key in ("host_key", "client_key"):
+        path = os.path.join(key_dir, key)
+        if not os.path.exists(path):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True)
+    authorized = os.path.join(key_dir, "authorized_keys")
+    if not os.path.exists(authorized):
+        os.replace(os.path.join(key_dir, "client_key.pub"), authorized)
+    options = {
+        "Port": str(port),
+        "HostKey": os.path.join(key_dir, "host_key"),
+        "AuthorizedKeysFile": authorized,
+        "PidFile": "none",
+        "StrictModes": "no",
+        "UsePAM": "no",
+        "PasswordAuthentication": "no",
+        "KbdInteractiveAuthentication": "no",
+        "PermitRootLogin": "prohibit-password",
+    }
+    argv = [SSHD, "-D", "-e", "-f", "/dev/null"]
+    for k, v in options.items():
+        argv += ["-o", f"{k}={v}"]
+    _run_child(argv)
+
+
+def _run_child(argv: list[str]) -> None:
+    """Run a server program until this actor is told to stop; it goes down with it."""
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        child.wait()
+        raise RuntimeError(f"{argv[0]} exited with status {child.returncode}")
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+
+
+# -- clients and attacks -------------------------------------------------------------
+
+
+def connect(host: str, port: int, n: int = 1, gap_s: float = 0.0) -> None:
+    """Open `n` TCP connections to host:port, `gap_s` apart, and hold them open."""
+    held = []
+    for _ in range(n):
+        held.append(_connected(host, port))
+        time.sleep(gap_s)
+    _hold()
+
+
+def flood(host: str, port: int, n: int, rate_per_s: float = 0.0) -> None:
+    """Keep `n` TCP connections open to host:port, opening them at up to `rate_per_s`
+    (0: as fast as they connect) and reopening any the server closes."""
+    sel = selectors.DefaultSelector()
+    open_now = 0
+    pause = 1 / rate_per_s if rate_per_s > 0 else 0.0
+    while True:
+        while open_now < n:
+            s = _connected(host, port)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+            open_now += 1
+            time.sleep(pause)
+        for key, _ in sel.select():
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
+            try:
+                closed = not conn.recv(4096)
+            except OSError:
+                closed = True
+            if closed:
+                sel.unregister(conn)
+                conn.close()
+                open_now -= 1
+
+
+def exfil(host: str, port: int, size: int, rate_bps: float = 0.0, chunk: int = 65536) -> None:
+    """Send `size` bytes to host:port at `rate_bps` bytes a second (0: as fast as the
+    link goes), then close and finish."""
+    data = os.urandom(chunk)
+    start = time.monotonic()
+    sent = 0
+    with _connected(host, port) as s:
+        s.settimeout(None)
+        while sent < size:
+            sent += s.send(data[: min(chunk, size - sent)])
+            if rate_bps > 0:
+                time.sleep(max(0.0, start + sent / rate_bps - time.monotonic()))
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)  # the sink closes when it has read everything
+
+
+def spawn(n: int, name: str = "edrig-worker") -> None:
+    """`n` sleeping child processes whose command line starts with `name` (argv[0]),
+    held until this actor stops; they go with it."""
+    children = [
+        subprocess.Popen([name, "86400"], executable="sleep", stdin=subprocess.DEVNULL)
+        for _ in range(n)
+    ]
+    try:
+        _hold()
+    finally:
+        for c in children:
+            c.kill()
+        for c in children:
+            c.wait()
+
+
+def _counted(exchange: Callable[[], None], every_s: float, count_file: str | None) -> None:
+    """Run `exchange` every `every_s` s forever, counting those that succeed."""
+    ok = 0
+    for _ in _rounds(every_s):
+        try:
+            exchange()
+        except (OSError, ValueError, subprocess.SubprocessError) as e:
+            _error(str(e) or type(e).__name__)
+            continue
+        ok += 1
+        _write_count(count_file, ok)
+
+
+def dns_client(
+    server: str,
+    port: int = 53,
+    names: list[str] | None = None,
+    every_s: float = 1.0,
+    count_file: str | None = None,
+) -> None:
+    """A stub resolver: one A query every `every_s` s, cycling through `names`."""
+    queue = names or ["telemetry.example.com"]
+    k = 0
+
+    def exchange() -> None:
+        nonlocal k
+        name = queue[k % len(queue)]
+        k += 1
+        qid = k & 0xFFFF
+        qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+        query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(TIMEOUT_S)
+            s.connect((server, port))  # connected: not a listening UDP port to the agent
+            s.send(query)
+            reply = s.recv(512)
+        if struct.unpack("!HH", reply[:4]) != (qid, 0x8180) or reply[7] == 0:
+            raise ValueError(f"no answer for {name} from {server}")
+
+    _counted(exchange, every_s, count_file)
+
+
+def http_client(url: str, every_s: float = 2.0, count_file: str | None = None) -> None:
+    """A GET of `url` every `every_s` s, the whole body read."""
+
+    def exchange() -> None:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as r:
+            r.read()
+
+    _counted(exchange, every_s, count_file)
+
+
+def ntp_client(
+    server: str, port: int = 123, every_s: float = 2.0, count_file: str | None = None
+) -> None:
+    """An SNTP client (mode 3) asking `server` every `every_s` s."""
+
+    def exchange() -> None:
+        sent = _ntp_time(time.time())
+        request = bytes([0x23]) + bytes(39) + sent
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(TIMEOUT_S)
+            s.connect((server, port))
+            s.send(request)
+            reply = s.recv(512)
+        if len(reply) < 48 or reply[0] & 7 != 4 or reply[24:32] != sent:
+            raise ValueError(f"not an NTP answer to this request from {server}")
+
+    _counted(exchange, every_s, count_file)
+
+
+def ssh_client(
+    host: str,
+    key_dir: str,
+    port: int = 22,
+    user: str = "root",
+    command: str = "cat /proc/loadavg",
+    every_s: float = 5.0,
+    count_file: str | None = None,
+) -> None:
+    """An OpenSSH session every `every_s` s: log in with the key the `sshd` actor made
+    in `key_dir`, run `command`, log out."""
+    key = os.path.join(key_dir, "client_key")
+    argv = ["ssh", "-F", "/dev/null", "-i", key, "-p", str(port), "-o", "BatchMode=yes"]
+    argv += ["-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no"]
+    argv += ["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    argv += ["-o", f"ConnectTimeout={TIMEOUT_S:g}", f"{user}@{host}", command]
+
+    def exchange() -> None:
+        if not os.path.exists(key):
+            raise ValueError(f"no client key yet at {key} (is the sshd actor up?)")
+        done = subprocess.run(argv, capture_output=True, timeout=10 * TIMEOUT_S)
+        if done.returncode != 0:
+            raise ValueError(f"ssh {user}@{host}: {done.stderr.decode(errors='replace').strip()}")
+
+    _counted(exchange, every_s, count_file)
+
+
+def mqtt_client(
+    broker: str,
+    ca: str,
+    cert: str,
+    key: str,
+    port: int = 8883,
+    client_id: str = "rig-telemetry",
+    topic: str = "rig/telemetry",
+    every_s: float = 1.0,
+    size: int = 96,
+    count_file: str | None = None,
+) -> None:
+    """MQTT 3.1.1 telemetry over mutual TLS: CONNECT (clean session), then a QoS 0
+    PUBLISH of about `size` bytes of JSON every `every_s` s; reconnects after a failure.
+    `count_file` counts the messages published on accepted connections."""
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+    keep_alive_s = max(60, int(every_s * 3))
+    connect_packet = _mqtt_packet(
+        0x10,
+        _mqtt_string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", keep_alive_s),
+        _mqtt_string(client_id),
+    )
+    published = 0
+    conn: ssl.SSLSocket | None = None
+    for _ in _rounds(every_s):
+        try:
+            if conn is None:
+                raw = socket.create_connection((broker, port), timeout=TIMEOUT_S)
+                conn = context.wrap_socket(raw, server_hostname=broker)
+                conn.sendall(connect_packet)
+                if _read_exactly(conn, 4) != b"\x20\x02\x00\x00":
+                    raise ValueError(f"broker {broker}:{port} refused CONNECT of {client_id}")
+            payload = {"t": round(time.time(), 3), "n": published, "pad": "x" * max(0, size - 40)}
+            conn.sendall(_mqtt_packet(0x30, _mqtt_string(topic), json.dumps(payload).encode()))
+        except (OSError, ValueError) as e:
+            _error(f"mqtt {broker}:{port}: {e}")
+            if conn is not None:
+                conn.close()
+            conn = None
+            continue
+        published += 1
+        _write_count(count_file, published)
+
+
+def _mqtt_string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def _mqtt_packet(first: int, header: bytes, payload: bytes) -> bytes:
+    rest = header + payload
+    n = len(rest)
+    length = bytearray()
+    while True:  # the remaining length, 7 bits a byte
+        n, digit = divmod(n, 128)
+        length.append(digit | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([first]) + bytes(length) + rest
+
+
+def _read_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = s.recv(n - len(data))
+        if not more:
+            raise ValueError("connection closed")
+        data += more
+    return data
+
+
+KINDS: dict[str, Callable[..., None]] = {
+    "listen": listen,
+    "sink": sink,
+    "dns-server": dns_server,
+    "http-server": http_server,
+    "ntp-server": ntp_server,
+    "sshd": sshd,
+    "connect": connect,
+    "flood": flood,
+    "exfil": exfil,
+    "spawn": spawn,
+    "dns": dns_client,
+    "http": http_client,
+    "ntp": ntp_client,
+    "ssh": ssh_client,
+    "mqtt": mqtt_client,
+}
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # unwinds through the finally blocks: children and sockets go
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[1] not in KINDS:
+        print(f"usage: python3 - KIND JSON_PARAMS; KIND one of {', '.join(KINDS)}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        KINDS[argv[1]](**json.loads(argv[2]))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one line on stderr, not a traceback
+        _error(f"{type(e).__name__}: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
