@@ -9,39 +9,30 @@ the journal), and `uninstall-service` removes it all.
 
 The tests run in file order against one booted container: about 20 s once the rootfs
 and the wheels are cached, about 2 minutes on a cold cache (debootstrap, pip download).
-The container only sees an overlay of the cached rootfs: the cache stays pristine.
-EDGE_DEFENDER_TEST_CACHE moves the cache (default /var/cache/edge-defender-test).
+The container, the rootfs cache and the wheels are hw/machine.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("EDGE_DEFENDER_TEST_CACHE", "/var/cache/edge-defender-test"))
-VENV = "/opt/edge-defender"
-PROGRAM = f"{VENV}/bin/edge-defender"
-UNIT = "edge-defender.service"
-CONFIG = "/etc/edge-defender/config.toml"
-PROFILES = "/etc/edge-defender/profiles"
-STATUS = "/var/lib/edge-defender/status.json"
+from hw.machine import (
+    CONFIG,
+    PROFILES,
+    PROGRAM,
+    UNIT,
+    Machine,
+    build_rootfs,
+    build_wheels,
+    missing,
+)
+
 AS_SERVICE_USER = ("setpriv", "--reuid=edge-defender", "--regid=edge-defender", "--init-groups")
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-TIMEOUT_S = 60.0
 LISTEN_TCP, LISTEN_UDP = 31337, 31338  # outside the example profile's port set (22)
 # A listener and an established connection to it, kept open until the container stops.
 LISTENER = f"""
@@ -57,233 +48,20 @@ time.sleep(3600)
 TEST_DROP_IN = "[Service]\nWatchdogSec=5s\nRestartSec=1s\n"
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (debootstrap, chroot, systemd-nspawn)"
-    for tool, package in (
-        ("systemd-nspawn", "systemd-container"),
-        ("debootstrap", "debootstrap"),
-        ("nsenter", "util-linux"),
-    ):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: apt-get install {package})"
-    if "overlay" not in Path("/proc/filesystems").read_text():
-        return "the kernel has no overlay file system"
-    return None
-
-
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(_missing() is not None, reason=_missing() or ""),
+    pytest.mark.skipif(missing() is not None, reason=missing() or ""),
 ]
-
-
-def _run(argv: list[str], *, timeout_s: float = TIMEOUT_S) -> str:
-    """stdout and stderr of a host command, in one pipe as on a terminal."""
-    done = subprocess.run(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: exit status {done.returncode}\n{done.stdout}")
-    return done.stdout
-
-
-# -- what goes into the container: the rootfs, the wheels ------------------------------
 
 
 @pytest.fixture(scope="module")
 def rootfs() -> Path:
-    out = _run(["bash", str(REPO / "scripts" / "rootfs.sh"), str(CACHE)], timeout_s=900)
-    return Path(out.strip().splitlines()[-1])
-
-
-def _python_version(root: Path) -> str:
-    """The X.Y of the rootfs's python3 (a symlink to pythonX.Y)."""
-    return os.readlink(root / "usr/bin/python3").removeprefix("python")
+    return build_rootfs()
 
 
 @pytest.fixture(scope="module")
 def wheels(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's wheel, built from this working tree, and its dependencies' wheels
-    for the rootfs's Python (downloaded once into the cache, keyed by the requirements)."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    requirements = sorted(
-        [*project["project"]["dependencies"], *project["build-system"]["requires"]]
-    )
-    version = _python_version(rootfs)
-    key = hashlib.sha256(json.dumps([version, requirements]).encode()).hexdigest()[:12]
-    deps = CACHE / f"wheels-{key}"
-    if not deps.is_dir():
-        partial = deps.with_name(deps.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        _run(
-            [
-                *(sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:"),
-                *("--python-version", version, "-d", str(partial), *requirements),
-            ],
-            timeout_s=600,
-        )
-        partial.rename(deps)
-    out = tmp_path_factory.mktemp("wheels")
-    for wheel in deps.glob("*.whl"):
-        shutil.copy(wheel, out)
-    # A copy of the tree: setuptools writes build/ and *.egg-info beside the sources.
-    src = tmp_path_factory.mktemp("src")
-    shutil.copytree(REPO / "agent", src / "agent", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src)
-    _run(
-        [
-            *(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index"),
-            *("--find-links", str(deps), "-w", str(out), str(src)),
-        ],
-        timeout_s=300,
-    )
-    return out
-
-
-# -- the container -----------------------------------------------------------------------
-
-
-class Machine:
-    """An overlay of the cached rootfs, booted with systemd-nspawn and driven with nsenter."""
-
-    def __init__(self, work: Path, rootfs: Path) -> None:
-        self.work = work
-        self.root = work / "merged"
-        self.boot_log = work / "boot.log"
-        self._lower = rootfs
-        self._nspawn: subprocess.Popen[bytes] | None = None
-        self.leader: int | None = None  # the container's systemd, as the host sees it
-
-    # Before boot: the tree, and commands in a chroot.
-
-    def mount(self) -> None:
-        for d in ("upper", "overlay-work", "merged"):
-            (self.work / d).mkdir()
-        _run(
-            [
-                *("mount", "-t", "overlay", "overlay", "-o"),
-                f"lowerdir={self._lower},upperdir={self.work / 'upper'},"
-                f"workdir={self.work / 'overlay-work'}",
-                str(self.root),
-            ]
-        )
-
-    def chroot(self, *argv: str, timeout_s: float = TIMEOUT_S) -> str:
-        proc = self.root / "proc"
-        _run(["mount", "-t", "proc", "proc", str(proc)])
-        try:
-            return _run(
-                ["chroot", str(self.root), "env", "-i", f"PATH={PATH}", *argv],
-                timeout_s=timeout_s,
-            )
-        finally:
-            _run(["umount", str(proc)])
-
-    def write(self, path: str, text: str, mode: int = 0o644) -> None:
-        where = self.root / path.lstrip("/")
-        where.parent.mkdir(parents=True, exist_ok=True)
-        where.write_text(text)
-        where.chmod(mode)
-
-    # Booted.
-
-    def boot(self) -> None:
-        with self.boot_log.open("wb") as log:
-            self._nspawn = subprocess.Popen(
-                [
-                    *("systemd-nspawn", "-D", str(self.root), "--boot", "--register=no"),
-                    *("--keep-unit", "--private-network", "--console=read-only"),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + TIMEOUT_S
-        while self.leader is None:
-            assert self._nspawn.poll() is None, f"nspawn exited:\n{self.boot_log.read_text()}"
-            assert time.monotonic() < deadline, f"no container init:\n{self.boot_log.read_text()}"
-            children = Path(f"/proc/{self._nspawn.pid}/task/{self._nspawn.pid}/children")
-            found = children.read_text().split()
-            if found and Path(f"/proc/{found[0]}/comm").read_text().strip() == "systemd":
-                self.leader = int(found[0])
-            time.sleep(0.05)
-        # Until systemd listens, systemctl only says it cannot connect.
-        state = self.wait_for(
-            "the boot to finish",
-            lambda: (
-                (out := self.run("systemctl", "is-system-running", check=False).stdout.strip())
-                in ("running", "degraded")
-                and out
-            ),
-        )
-        if state == "degraded":  # say which unit failed; the tests judge ours
-            print(self.run("systemctl", "--failed", "--no-legend").stdout)
-
-    def run(
-        self, *argv: str, check: bool = True, timeout_s: float = TIMEOUT_S
-    ) -> subprocess.CompletedProcess[str]:
-        """A command inside the running container, as root, with a clean environment."""
-        assert self.leader is not None
-        done = subprocess.run(
-            [
-                *("nsenter", "-t", str(self.leader), "-a", "-r", "-w"),
-                *("env", "-i", f"PATH={PATH}", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", *argv),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(argv)}: exit status {done.returncode}\n{done.stdout}{done.stderr}"
-            )
-        return done
-
-    def show(self, *properties: str) -> dict[str, str]:
-        out = self.run("systemctl", "show", UNIT, *(f"--property={p}" for p in properties))
-        return dict(line.split("=", 1) for line in out.stdout.splitlines())
-
-    def journal(self, *args: str) -> list[dict[str, Any]]:
-        out = self.run("journalctl", "--no-pager", "-o", "json", *args).stdout
-        return [json.loads(line) for line in out.splitlines()]
-
-    def status(self) -> dict[str, Any]:
-        # Read inside: it links to /run/edge-defender, the container's own tmpfs.
-        return json.loads(self.run("cat", STATUS).stdout)
-
-    def wait_for(self, what: str, check: Any, timeout_s: float = TIMEOUT_S) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while not (result := check()):
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.2)
-        return result
-
-    def stop(self) -> None:
-        """Power off (or kill) the container and unmount the tree; safe to call twice."""
-        if self._nspawn is not None:
-            if self.leader is not None and self._nspawn.poll() is None:
-                with contextlib.suppress(Exception):
-                    self.run("systemctl", "poweroff", "--no-block", check=False)
-            try:
-                self._nspawn.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._nspawn.pid, signal.SIGKILL)
-                self._nspawn.wait(10)
-            self._nspawn = None
-        for mount in (self.root / "proc", self.root):
-            if os.path.ismount(mount):
-                subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
-        if not os.path.ismount(self.root):  # the venv and the journal: ~100 MB a run
-            shutil.rmtree(self.work / "upper", ignore_errors=True)
+    return build_wheels(rootfs, tmp_path_factory.mktemp("wheels"))
 
 
 def _service_user_ports(machine: Machine) -> dict[str, Any]:
@@ -314,19 +92,7 @@ def installed(
     machine = Machine(tmp_path_factory.mktemp("machine"), rootfs)
     try:
         machine.mount()
-        shutil.copytree(wheels, machine.root / "tmp/wheels")
-        machine.chroot("python3", "-m", "venv", VENV)
-        machine.chroot(
-            f"{VENV}/bin/pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--find-links",
-            "/tmp/wheels",
-            "edge-defender",
-            timeout_s=300,
-        )
-        output = machine.chroot(PROGRAM, "install-service")
+        output = machine.install(wheels)
         machine.write(CONFIG, "[sampling]\ninterval_s = 1.0\n", 0o640)
         machine.write(f"/etc/systemd/system/{UNIT}.d/test.conf", TEST_DROP_IN)
         machine.chroot("systemctl", "enable", UNIT)
