@@ -1,0 +1,309 @@
+"""hw/scoring.py: detection, latency against the goal, false alarms, on hand-made events
+and on events of the agent's own evaluator."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from agent.core.evaluator import Detector
+from agent.core.profile import parse_profile
+from hw.scoring import TOLERANCE_S, ScenarioResult, score, score_scenario, summary
+
+T0 = 1_800_000_005.0  # attack start, 5 s into a 10 s window (1_800_000_000 is a multiple of 10, 30)
+
+LISTENER = {
+    "securityProfileName": "listener",
+    "behaviors": [
+        {
+            "name": "tcp-ports",
+            "metric": "aws:listening-tcp-ports",
+            "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}},
+        },
+        {
+            "name": "udp-count",
+            "metric": "aws:num-listening-udp-ports",
+            "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 1}},
+        },
+    ],
+}
+EXFIL = {
+    "securityProfileName": "exfil",
+    "behaviors": [
+        {
+            "name": "bytes-out",
+            "metric": "aws:all-bytes-out",
+            "criteria": {
+                "comparisonOperator": "less-than",
+                "value": {"count": 100_000},
+                "durationSeconds": 30,
+            },
+        }
+    ],
+}
+
+_ids = itertools.count()
+
+
+def event(profile: str, behavior: str, t: float, kind: str = "in-alarm") -> dict[str, Any]:
+    return {
+        "violationId": f"v{next(_ids)}",
+        "thingName": "rig-dut",
+        "securityProfileName": profile,
+        "behavior": {"name": behavior},
+        "metricValue": {"count": 1},
+        "violationEventType": kind,
+        "verificationState": "UNKNOWN",
+        "violationEventTime": t,
+    }
+
+
+def run(
+    events: list[dict[str, Any]],
+    *,
+    expected: tuple[tuple[str, str], ...] = (("listener", "tcp-ports"),),
+    profiles: tuple[dict[str, Any], ...] = (LISTENER,),
+    attack_start: float | None = T0,
+    deadline_s: float = 30.0,
+    interval_s: float = 1.0,
+    clock_offset_s: float = 0.0,
+    end: float = T0 + 60,
+) -> ScenarioResult:
+    return score(
+        name="s",
+        expected=list(expected),
+        profiles=list(profiles),
+        interval_s=interval_s,
+        deadline_s=deadline_s,
+        benign=attack_start is None,
+        attack_start=attack_start,
+        end=end,
+        events=events,
+        metrics=[],
+        clock_offset_s=clock_offset_s,
+    )
+
+
+def test_detected_within_one_interval_meets_the_goal() -> None:
+    r = run([event("listener", "tcp-ports", T0 + 1.2)])
+    assert r.detected and r.met
+    assert r.latency_s == pytest.approx(1.2)
+    assert r.goal_s == pytest.approx(2.0)  # one interval + 1 s
+    assert r.false_alarms == 0
+
+
+def test_late_detection_is_detected_but_misses_the_goal() -> None:
+    r = run([event("listener", "tcp-ports", T0 + 5.0)])
+    assert r.detected and not r.met
+    assert r.latency_s == pytest.approx(5.0)
+
+
+def test_alarm_after_the_deadline_or_before_the_attack_is_a_miss() -> None:
+    r = run(
+        [
+            event("listener", "tcp-ports", T0 - TOLERANCE_S - 0.1),  # warm-up
+            event("listener", "tcp-ports", T0 + 30.5),
+        ]
+    )
+    assert not r.detected and not r.met
+    assert r.latency_s is None and r.latencies_s == [None]
+    assert r.false_alarms == 0  # an expected behavior's alarm is never a false one
+
+
+def test_alarm_just_before_the_attack_within_tolerance_counts() -> None:
+    r = run([event("listener", "tcp-ports", T0 - TOLERANCE_S / 2)])
+    assert r.detected and r.met
+    assert r.latency_s == pytest.approx(-TOLERANCE_S / 2)
+
+
+def test_wrong_behavior_is_a_miss_and_a_false_alarm() -> None:
+    r = run([event("listener", "udp-count", T0 + 1.0)])
+    assert not r.detected
+    assert r.false_alarms == 1
+
+
+def test_alarm_ends_are_not_alarms() -> None:
+    r = run(
+        [
+            event("listener", "tcp-ports", T0 + 1.0, "alarm-cleared"),
+            event("listener", "udp-count", T0 + 1.0, "alarm-invalidated"),
+        ]
+    )
+    assert not r.detected and r.false_alarms == 0
+
+
+def test_false_alarms_counted_from_attack_start_to_end_only() -> None:
+    r = run(
+        [
+            event("listener", "udp-count", T0 - 3.0),  # warm-up: not judged
+            event("listener", "tcp-ports", T0 + 1.0),
+            event("listener", "udp-count", T0 + 2.0),
+            event("listener", "udp-count", T0 + 61.0),  # after end
+        ]
+    )
+    assert r.detected and r.met
+    assert r.false_alarms == 1
+
+
+def test_device_clock_offset_is_corrected() -> None:
+    offset = 100.0  # the device's clock is 100 s ahead of the rig's
+    r = run([event("listener", "tcp-ports", T0 + offset + 1.5)], clock_offset_s=offset)
+    assert r.detected and r.met
+    assert r.latency_s == pytest.approx(1.5)
+    uncorrected = run([event("listener", "tcp-ports", T0 + offset + 1.5)])
+    assert not uncorrected.detected
+
+
+def test_every_expected_behavior_must_alarm_and_latency_is_the_largest() -> None:
+    both = (("listener", "tcp-ports"), ("listener", "udp-count"))
+    r = run(
+        [event("listener", "tcp-ports", T0 + 0.5), event("listener", "udp-count", T0 + 1.5)],
+        expected=both,
+    )
+    assert r.detected and r.latency_s == pytest.approx(1.5)
+    assert r.latencies_s == [pytest.approx(0.5), pytest.approx(1.5)]
+    one = run([event("listener", "tcp-ports", T0 + 0.5)], expected=both)
+    assert not one.detected and one.latency_s is None
+    assert one.latencies_s == [pytest.approx(0.5), None]
+
+
+def test_benign_every_alarm_in_the_span_is_false() -> None:
+    events = [
+        event("listener", "tcp-ports", T0 + 1.0),
+        event("listener", "tcp-ports", T0 + 2.0, "alarm-cleared"),
+        event("exfil", "bytes-out", T0 + 10.0),
+        event("exfil", "bytes-out", T0 + 100.0),  # after end
+    ]
+    r = run(events, expected=(), profiles=(LISTENER, EXFIL), attack_start=None)
+    assert r.false_alarms == 2
+    assert not r.met and not r.detected
+    assert r.goal_s is None and r.latency_s is None
+    quiet = run(events[1:2], expected=(), attack_start=None)
+    assert quiet.met and quiet.false_alarms == 0
+
+
+@pytest.mark.parametrize(
+    ("attack_start", "offset", "goal"),
+    [
+        (1_800_000_000.0, 0.0, 30 + 1),  # at a window's start: that window's end
+        (1_800_000_020.0, 0.0, 10 + 1),  # 20 s in: the same window's end
+        (1_800_000_028.5, 0.0, 1.5 + 1),  # its first sample is still in the window
+        (1_800_000_029.5, 0.0, 30.5 + 1),  # its first sample may be in the next one
+        (1_800_000_020.0, 5.0, 5 + 1),  # windows align on the device's clock
+    ],
+)
+def test_windowed_goal_is_the_aligned_window_end_plus_one_second(
+    attack_start: float, offset: float, goal: float
+) -> None:
+    r = run(
+        [],
+        expected=(("exfil", "bytes-out"),),
+        profiles=(EXFIL,),
+        attack_start=attack_start,
+        clock_offset_s=offset,
+    )
+    assert r.goal_s == pytest.approx(goal)
+
+
+def test_goal_is_the_largest_among_expected_behaviors() -> None:
+    r = run(
+        [],
+        expected=(("listener", "tcp-ports"), ("exfil", "bytes-out")),
+        profiles=(LISTENER, EXFIL),
+        attack_start=1_800_000_020.0,
+    )
+    assert r.goal_s == pytest.approx(11.0)
+
+
+def test_consecutive_datapoints_to_alarm_add_intervals() -> None:
+    doc = {
+        "securityProfileName": "slow",
+        "behaviors": [
+            {
+                "name": "b",
+                "metric": "aws:num-listening-tcp-ports",
+                "criteria": {
+                    "comparisonOperator": "less-than",
+                    "value": {"count": 3},
+                    "consecutiveDatapointsToAlarm": 3,
+                },
+            }
+        ],
+    }
+    r = run([], expected=(("slow", "b"),), profiles=(doc,), interval_s=2.0)
+    assert r.goal_s == pytest.approx(3 * 2.0 + 1)
+
+
+def test_agent_evaluator_windowed_alarm_meets_the_goal() -> None:
+    """The agent's own Detector, fed 1 s samples with a burst from the attack on: its
+    in-alarm is timed at the window end the goal is computed from."""
+    detector = Detector([parse_profile(EXFIL)], "rig-dut")
+    attack_start = 1_800_000_012.3
+    events = []
+    t = 1_800_000_000.0
+    while t < 1_800_000_075:
+        burst = 60_000 if t > attack_start else 0
+        events += [e.to_json() for e in detector.observe(t, {"aws:all-bytes-out": 500 + burst})]
+        t += 1.0
+    r = run(
+        events,
+        expected=(("exfil", "bytes-out"),),
+        profiles=(EXFIL,),
+        attack_start=attack_start,
+        end=t,
+    )
+    assert r.detected and r.met
+    assert r.latency_s == pytest.approx(1_800_000_030 - attack_start)
+    assert r.goal_s == pytest.approx(r.latency_s + 1)
+
+
+def test_expected_behavior_missing_from_profiles_is_named() -> None:
+    with pytest.raises(ValueError, match=r"'nope'.*'listener'"):
+        run([], expected=(("listener", "nope"),))
+
+
+def test_benign_flag_must_agree_with_expected_and_attack_start() -> None:
+    with pytest.raises(ValueError, match="benign"):
+        run([], attack_start=None)  # expected given, no attack
+
+
+@dataclass(frozen=True)
+class _Expected:
+    profile: str
+    behavior: str
+
+
+@dataclass(frozen=True)
+class _Scenario:
+    """The fields of hw.scenario.Scenario that scoring reads."""
+
+    name: str
+    expected: list[_Expected]
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+    deadline_s: float = 30.0
+    interval_s: float = 1.0
+    benign: bool = False
+
+
+def test_score_scenario_reads_a_scenario_and_takes_other_profiles() -> None:
+    s = _Scenario("listen", [_Expected("listener", "tcp-ports")], [LISTENER])
+    r = score_scenario(s, T0, T0 + 10, [event("listener", "tcp-ports", T0 + 1)], [])
+    assert r.name == "listen" and r.met
+    assert r.expected == [{"profile": "listener", "behavior": "tcp-ports"}]
+    benign = _Scenario("benign", [], benign=True)
+    b = score_scenario(benign, None, T0 + 10, [], [], profiles=[LISTENER, EXFIL])
+    assert b.profiles == [LISTENER, EXFIL] and b.met
+
+
+def test_summary_is_a_markdown_table() -> None:
+    results = [
+        run([event("listener", "tcp-ports", T0 + 1.25)]),
+        run([], expected=(), attack_start=None),
+    ]
+    lines = summary(results)
+    assert lines[0].startswith("| scenario | expected | detected | latency (s) | goal (s) | met")
+    assert lines[2] == "| s | listener/tcp-ports | yes | 1.2 | 2.0 | yes | 0 |"
+    assert lines[3] == "| s | none (benign) | - | - | no alarm | yes | 0 |"
