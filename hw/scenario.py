@@ -1,0 +1,356 @@
+"""The rig's scenarios: one TOML file each in hw/scenarios/, loaded and checked whole
+before anything starts. A scenario names the security profiles it runs under (AWS
+describe-security-profile JSON written as TOML tables, or a `profile_file` of that JSON
+beside it), the agent's custom metrics, the traffic of its setup and of its attack (the
+actors of hw/actors.py, each on a node of the lab), the violations it must cause and
+the time it has to cause them. Profiles and custom metrics are checked by the agent's
+own parsers, so what the rig loads the agent takes.
+
+Strings may hold placeholders, "{dut}", "{attacker}", "{peer1}", "{peer2}", "{broker}",
+"{c2}", "{lan}", filled in from the lab's addresses. Every problem raises ScenarioError
+naming the file and the key."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.config import ConfigError, parse_config
+from agent.core.profile import (
+    MAX_DOCUMENT_BYTES,
+    ProfileError,
+    SecurityProfile,
+    parse_detect_document,
+    parse_json_document,
+)
+from hw import actors
+
+NODES = ("dut", "attacker", "peer1", "peer2", "broker")
+# Actor parameters the rig fills in itself (hw/traffic.py): a scenario need not give them.
+RIG_PARAMS = frozenset({"key_dir", "broker", "ca", "cert", "key"})
+# The lab's addresses (hw/lab.py), for checking and listing scenarios without a lab.
+EXAMPLE_ADDRESSES = {
+    "dut": "10.77.0.2",
+    "broker": "10.77.0.5",
+    "peer1": "10.77.0.11",
+    "peer2": "10.77.0.12",
+    "attacker": "10.77.0.66",
+    "c2": "198.51.100.66",
+    "lan": "10.77.0.0/24",
+}
+MAX_INTERVAL_S = 60.0
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
+# The annotations of the actors' parameters (strings, from `from __future__ import
+# annotations`) and the TOML values that fit them.
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "str | None": (str,),
+    "list[str] | None": (list,),
+}
+_KEYS = {
+    "description",
+    "benign",
+    "interval_s",
+    "warmup_s",
+    "deadline_s",
+    "benign_s",
+    "quick_benign_s",
+    "profiles",
+    "profile_file",
+    "custom_metrics",
+    "setup",
+    "attack",
+    "expected",
+}
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    profile: str
+    behavior: str
+
+
+@dataclass(frozen=True)
+class Action:
+    node: str  # "dut", "attacker", "peer1", "peer2", "broker"
+    kind: str  # an actor of hw/actors.py
+    params: dict[str, Any]  # after placeholder resolution
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # the file's stem
+    description: str
+    profiles: list[dict[str, Any]]  # placeholders resolved
+    custom_metrics: list[dict[str, Any]]
+    setup: list[Action]  # started before the warm-up, run through the attack
+    attack: list[Action]  # started at attack_start
+    expected: list[Expected]  # empty for benign
+    deadline_s: float  # after attack_start (benign: how long its load runs)
+    warmup_s: float
+    interval_s: float  # the agent's sampling interval in this scenario
+    window_s: float | None  # the largest durationSeconds among expected behaviors
+    benign: bool
+
+
+def load_scenarios(
+    folder: Path, names: Sequence[str] | None, addresses: Mapping[str, str], *, quick: bool
+) -> list[Scenario]:
+    """Every scenario of `folder` (names None: all, benign last; else those named, in
+    that order), checked whole. quick shortens the benign duration (quick_benign_s)
+    without changing attack timing. Raises ScenarioError naming the file and key."""
+    files = {p.stem: p for p in sorted(folder.glob("*.toml"), key=lambda p: p.stem)}
+    if names is not None:
+        unknown = [n for n in names if n not in files]
+        if unknown:
+            listed = ", ".join(map(repr, unknown))
+            raise ScenarioError(f"{folder}: no scenario {listed}; there are {', '.join(files)}")
+        files = {n: files[n] for n in names}
+    scenarios = [load_scenario(p, addresses, quick=quick) for p in files.values()]
+    _check_shared_names(scenarios)
+    if names is None:
+        scenarios.sort(key=lambda s: s.benign)  # stable: by name, benign last
+    return scenarios
+
+
+def load_scenario(path: Path, addresses: Mapping[str, str], *, quick: bool) -> Scenario:
+    """One scenario file; see load_scenarios."""
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ScenarioError(f"{path}: cannot be read as TOML: {e}") from None
+    return _Loader(path, addresses).scenario(table, quick=quick)
+
+
+class _Loader:
+    def __init__(self, path: Path, addresses: Mapping[str, str]) -> None:
+        self.path = path
+        self.addresses = addresses
+
+    def error(self, key: str, problem: str) -> ScenarioError:
+        return ScenarioError(f"{self.path}: {key}: {problem}")
+
+    def scenario(self, t: dict[str, Any], *, quick: bool) -> Scenario:
+        unknown = sorted(set(t) - _KEYS)
+        if unknown:
+            raise self.error(unknown[0], f"unknown key; a scenario has {', '.join(sorted(_KEYS))}")
+        description = t.get("description")
+        if not isinstance(description, str) or not description.strip():
+            raise self.error("description", "must be a non-empty string saying what it shows")
+        benign = t.get("benign", False)
+        if not isinstance(benign, bool):
+            raise self.error("benign", f"must be true or false, got {benign!r}")
+        interval_s = self.seconds(t, "interval_s", low=0.1, high=MAX_INTERVAL_S)
+        warmup_s = self.seconds(t, "warmup_s", low=0.0)
+        profiles = self.profiles(t)
+        custom_metrics = self.custom_metrics(t.get("custom_metrics", []))
+        setup = self.actions(t.get("setup", []), "setup")
+        attack = self.actions(t.get("attack", []), "attack")
+        expected = self.expected(t.get("expected", []), profiles)
+        if benign:
+            for key in ("deadline_s", "attack", "expected"):
+                if key in t:
+                    raise self.error(key, "a benign scenario has no attack: remove it")
+            full_s = self.seconds(t, "benign_s", low=1.0)
+            quick_s = self.seconds(t, "quick_benign_s", low=1.0, high=full_s)
+            deadline_s = quick_s if quick else full_s
+        else:
+            for key in ("benign_s", "quick_benign_s"):
+                if key in t:
+                    raise self.error(key, "only a benign scenario (benign = true) has it")
+            if not attack:
+                raise self.error("attack", "must list at least one action (the attack)")
+            if not expected:
+                raise self.error("expected", "must list the violations the attack causes")
+            deadline_s = self.seconds(t, "deadline_s", low=interval_s)
+        windows = [self.window(profiles, e) for e in expected]
+        window_s = max((w for w in windows if w is not None), default=None)
+        return Scenario(
+            name=self.path.stem,
+            description=description.strip(),
+            profiles=profiles,
+            custom_metrics=custom_metrics,
+            setup=setup,
+            attack=attack,
+            expected=expected,
+            deadline_s=deadline_s,
+            warmup_s=warmup_s,
+            interval_s=interval_s,
+            window_s=window_s,
+            benign=benign,
+        )
+
+    def seconds(
+        self, t: Mapping[str, Any], key: str, *, low: float, high: float = math.inf
+    ) -> float:
+        x = t.get(key)
+        if x is None:
+            raise self.error(key, "required key is missing (seconds)")
+        if isinstance(x, bool) or not isinstance(x, int | float) or not low <= x <= high:
+            bound = f" and at most {high:g}" if high < math.inf else ""
+            raise self.error(key, f"must be a number of seconds at least {low:g}{bound}, got {x!r}")
+        return float(x)
+
+    def resolve(self, x: Any, key: str) -> Any:
+        """`x` with the placeholders in its strings filled in."""
+        if isinstance(x, str):
+
+            def fill(m: re.Match[str]) -> str:
+                if m.group(1) not in self.addresses:
+                    raise self.error(
+                        key,
+                        f"unknown placeholder {m.group(0)}; known: "
+                        + ", ".join(f"{{{k}}}" for k in self.addresses),
+                    )
+                return self.addresses[m.group(1)]
+
+            return _PLACEHOLDER.sub(fill, x)
+        if isinstance(x, list):
+            return [self.resolve(v, f"{key}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, dict):
+            return {k: self.resolve(v, f"{key}.{k}") for k, v in x.items()}
+        return x
+
+    def profiles(self, t: Mapping[str, Any]) -> list[dict[str, Any]]:
+        docs: list[Any] = []
+        tables = t.get("profiles", [])
+        if not isinstance(tables, list) or not all(isinstance(p, dict) for p in tables):
+            raise self.error("profiles", "must be an array of tables ([[profiles]])")
+        docs += [(f"profiles[{i}]", p) for i, p in enumerate(tables)]
+        if "profile_file" in t:
+            name = t["profile_file"]
+            if not isinstance(name, str):
+                raise self.error("profile_file", f"must be a file name, got {name!r}")
+            file = self.path.parent / name
+            try:
+                doc = parse_json_document(file.read_bytes()[: MAX_DOCUMENT_BYTES + 1], str(file))
+            except (OSError, ProfileError) as e:
+                raise self.error("profile_file", str(e)) from None
+            items = doc if isinstance(doc, list) else [doc]
+            docs += [(f"profile_file {name}[{i}]", p) for i, p in enumerate(items)]
+        if not docs:
+            raise self.error("profiles", "a scenario runs under at least one security profile")
+        resolved = []
+        for key, doc in docs:
+            # The file as written must be right whatever the lab, and so must what runs.
+            for addresses in (EXAMPLE_ADDRESSES, self.addresses):
+                filled = _Loader(self.path, addresses).resolve(doc, key)
+                try:
+                    parsed = parse_detect_document(json.dumps(filled).encode(), key)
+                except ProfileError as e:
+                    raise self.error(key, str(e)) from None
+                if not all(isinstance(p, SecurityProfile) for p in parsed):
+                    raise self.error(key, "must be a security profile, not a dimension")
+            resolved.append(filled)
+        names = [p["securityProfileName"] for p in resolved]
+        if len(set(names)) < len(names):
+            raise self.error("profiles", f"a profile name appears twice: {names}")
+        return resolved
+
+    def custom_metrics(self, tables: Any) -> list[dict[str, Any]]:
+        if not isinstance(tables, list) or not all(isinstance(m, dict) for m in tables):
+            raise self.error("custom_metrics", "must be an array of tables ([[custom_metrics]])")
+        resolved = [self.resolve(m, f"custom_metrics[{i}]") for i, m in enumerate(tables)]
+        # Written as the agent's config would hold them (JSON values are TOML values) and
+        # read back by the agent's own config parser.
+        text = "".join(
+            "[[custom_metrics]]\n"
+            + "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in m.items())
+            for m in resolved
+        )
+        try:
+            parse_config(text, str(self.path))
+        except ConfigError as e:
+            raise ScenarioError(str(e)) from None
+        return resolved
+
+    def actions(self, tables: Any, section: str) -> list[Action]:
+        if not isinstance(tables, list) or not all(isinstance(a, dict) for a in tables):
+            raise self.error(section, f"must be an array of tables ([[{section}]])")
+        return [self.action(a, f"{section}[{i}]") for i, a in enumerate(tables)]
+
+    def action(self, a: dict[str, Any], key: str) -> Action:
+        node = a.get("node")
+        if node not in NODES:
+            raise self.error(f"{key}.node", f"must be one of {', '.join(NODES)}, got {node!r}")
+        kind = a.get("kind")
+        if kind not in actors.KINDS:
+            raise self.error(
+                f"{key}.kind", f"must be an actor, one of {', '.join(actors.KINDS)}, got {kind!r}"
+            )
+        params = {k: v for k, v in a.items() if k not in ("node", "kind")}
+        accepted = inspect.signature(actors.KINDS[kind]).parameters
+        for name, value in params.items():
+            if name not in accepted:
+                raise self.error(
+                    f"{key}.{name}", f"not a parameter of {kind}; it takes {', '.join(accepted)}"
+                )
+            annotation = str(accepted[name].annotation)
+            if isinstance(value, bool) or not isinstance(value, _PARAM_TYPES[annotation]):
+                raise self.error(f"{key}.{name}", f"must be {annotation}, got {value!r}")
+        for name, p in accepted.items():
+            if p.default is inspect.Parameter.empty and name not in params.keys() | RIG_PARAMS:
+                raise self.error(f"{key}.{name}", f"required by {kind}")
+        return Action(node=node, kind=kind, params=self.resolve(params, key))
+
+    def expected(self, tables: Any, profiles: list[dict[str, Any]]) -> list[Expected]:
+        if not isinstance(tables, list) or not all(isinstance(e, dict) for e in tables):
+            raise self.error("expected", "must be an array of tables ([[expected]])")
+        behaviors = {
+            p["securityProfileName"]: {b.get("name") for b in p.get("behaviors", [])}
+            for p in profiles
+        }
+        found = []
+        for i, e in enumerate(tables):
+            key = f"expected[{i}]"
+            if set(e) != {"profile", "behavior"}:
+                raise self.error(key, f"must have exactly profile and behavior, got {sorted(e)}")
+            if e["profile"] not in behaviors:
+                raise self.error(
+                    f"{key}.profile", f"{e['profile']!r} is none of this scenario's profiles"
+                )
+            if e["behavior"] not in behaviors[e["profile"]]:
+                raise self.error(
+                    f"{key}.behavior",
+                    f"{e['behavior']!r} is not a behavior of profile {e['profile']!r}",
+                )
+            found.append(Expected(profile=e["profile"], behavior=e["behavior"]))
+        return found
+
+    @staticmethod
+    def window(profiles: list[dict[str, Any]], e: Expected) -> float | None:
+        for p in profiles:
+            for b in p.get("behaviors", []) if p["securityProfileName"] == e.profile else []:
+                if b.get("name") == e.behavior:
+                    duration = b.get("criteria", {}).get("durationSeconds")
+                    return None if duration is None else float(duration)
+        return None
+
+
+def _check_shared_names(scenarios: Sequence[Scenario]) -> None:
+    """The benign scenario runs every profile and custom metric at once, keyed by name:
+    two scenarios may share one only if they agree on it."""
+    seen: dict[tuple[str, str], tuple[str, Any]] = {}
+    for s in scenarios:
+        items = [("profile", p["securityProfileName"], p) for p in s.profiles]
+        items += [("custom metric", m["name"], m) for m in s.custom_metrics]
+        for what, name, doc in items:
+            first = seen.setdefault((what, name), (s.name, doc))
+            if first[1] != doc:
+                raise ScenarioError(
+                    f"{s.name}.toml: {what} {name!r} differs from the one of scenario {first[0]};"
+                    " give one of them another name"
+                )
