@@ -4,13 +4,14 @@ and on events of the agent's own evaluator."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.core.evaluator import Detector
 from agent.core.profile import parse_profile
+from hw.scenario import EXAMPLE_ADDRESSES, load_scenarios
 from hw.scoring import TOLERANCE_S, ScenarioResult, score, score_scenario, summary
 
 T0 = 1_800_000_005.0  # attack start, 5 s into a 10 s window (1_800_000_000 is a multiple of 10, 30)
@@ -45,6 +46,7 @@ EXFIL = {
     ],
 }
 
+SCENARIOS = Path(__file__).resolve().parents[2] / "hw" / "scenarios"
 _ids = itertools.count()
 
 
@@ -257,7 +259,7 @@ def test_agent_evaluator_windowed_alarm_meets_the_goal() -> None:
     )
     assert r.detected and r.met
     assert r.latency_s == pytest.approx(1_800_000_030 - attack_start)
-    assert r.goal_s == pytest.approx(r.latency_s + 1)
+    assert r.goal_s == pytest.approx(1_800_000_030 - attack_start + 1)
 
 
 def test_expected_behavior_missing_from_profiles_is_named() -> None:
@@ -270,32 +272,18 @@ def test_benign_flag_must_agree_with_expected_and_attack_start() -> None:
         run([], attack_start=None)  # expected given, no attack
 
 
-@dataclass(frozen=True)
-class _Expected:
-    profile: str
-    behavior: str
-
-
-@dataclass(frozen=True)
-class _Scenario:
-    """The fields of hw.scenario.Scenario that scoring reads."""
-
-    name: str
-    expected: list[_Expected]
-    profiles: list[dict[str, Any]] = field(default_factory=list)
-    deadline_s: float = 30.0
-    interval_s: float = 1.0
-    benign: bool = False
-
-
-def test_score_scenario_reads_a_scenario_and_takes_other_profiles() -> None:
-    s = _Scenario("listen", [_Expected("listener", "tcp-ports")], [LISTENER])
-    r = score_scenario(s, T0, T0 + 10, [event("listener", "tcp-ports", T0 + 1)], [])
-    assert r.name == "listen" and r.met
-    assert r.expected == [{"profile": "listener", "behavior": "tcp-ports"}]
-    benign = _Scenario("benign", [], benign=True)
-    b = score_scenario(benign, None, T0 + 10, [], [], profiles=[LISTENER, EXFIL])
-    assert b.profiles == [LISTENER, EXFIL] and b.met
+def test_score_scenario_reads_the_rigs_scenarios() -> None:
+    scenarios = load_scenarios(SCENARIOS, None, EXAMPLE_ADDRESSES, quick=True)
+    attack = next(s for s in scenarios if not s.benign)
+    alarms = [event(e.profile, e.behavior, T0 + 0.5) for e in attack.expected]
+    r = score_scenario(attack, T0, T0 + 10, alarms, [])
+    assert r.name == attack.name and r.detected and r.met
+    assert r.expected == [{"profile": e.profile, "behavior": e.behavior} for e in attack.expected]
+    benign = next(s for s in scenarios if s.benign)
+    everyone = [p for s in scenarios for p in s.profiles]
+    b = score_scenario(benign, None, T0 + 10, alarms, [], profiles=everyone)
+    assert b.profiles == everyone  # the report plots what the agent ran under
+    assert b.false_alarms == len(alarms) and not b.met
 
 
 def test_summary_is_a_markdown_table() -> None:
