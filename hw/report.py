@@ -12,6 +12,7 @@ rig's clock, in seconds from the attack start (benign: from the first sample).""
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -24,7 +25,7 @@ from typing import Any
 
 from agent.core.criteria import PREPARE, static_check
 from agent.core.metrics import NUMERIC_KINDS, Kind, is_finite_number, metrics_from_report
-from agent.core.profile import Behavior
+from agent.core.profile import Behavior, ProfileError
 from agent.core.report import ReportError, parse_envelope
 from hw.scoring import IN_ALARM, TABLE_HEADER, ScenarioResult, behaviors, table_rows, window_end
 
@@ -147,6 +148,11 @@ def panels(r: ScenarioResult) -> tuple[list[Panel], float, int]:
     metrics records could not be read."""
     samples, bad = _samples(r)
     known = behaviors(r.profiles)
+    for e in r.events:  # a behavior the profiles lack is drawn as its events carry it
+        key = (e["securityProfileName"], e["behavior"]["name"])
+        if key not in known:
+            with contextlib.suppress(ProfileError):  # then it is only in the events table
+                known |= behaviors([{"securityProfileName": key[0], "behaviors": [e["behavior"]]}])
     wanted = [(e["profile"], e["behavior"]) for e in r.expected]
     alarmed = [
         (e["securityProfileName"], e["behavior"]["name"])
@@ -154,7 +160,7 @@ def panels(r: ScenarioResult) -> tuple[list[Panel], float, int]:
         if e.get("violationEventType") == IN_ALARM
     ]
     judged = [k for k, b in known.items() if b.kind is not None and b.criteria is not None]
-    keys = list(dict.fromkeys([*wanted, *(judged if r.benign else alarmed)]))
+    keys = list(dict.fromkeys([*wanted, *(judged if r.benign else []), *alarmed]))
     off = r.clock_offset_s
     first = [ts - off for ts, _ in samples] + [
         float(e["violationEventTime"]) - off for e in r.events

@@ -252,3 +252,32 @@ def test_panels_show_what_the_agent_judged() -> None:
     tcp = next(p for p in found if p.title.startswith("listener/tcp-ports"))
     assert tcp.spans == [(20.0, 23.0)] and tcp.false_alarms == [20.0]
     assert {v for _, v in tcp.points} == {0.0}  # only port 22: nothing breaks in-port-set
+
+
+def test_an_alarm_of_a_behavior_missing_from_the_profiles_is_drawn_from_its_event() -> None:
+    behavior = LISTENER["behaviors"][0]  # type: ignore[index]
+    alarm = {
+        "violationId": "x",
+        "thingName": "rig-dut",
+        "securityProfileName": "listener",
+        "behavior": behavior,
+        "metricValue": {"ports": [22, 4444]},
+        "violationEventType": "in-alarm",
+        "verificationState": "UNKNOWN",
+        "violationEventTime": BASE + 5,
+    }
+    r = score(
+        name="benign",
+        expected=[],
+        profiles=[],
+        interval_s=1.0,
+        deadline_s=30.0,
+        benign=True,
+        attack_start=None,
+        end=BASE + 30,
+        events=[alarm],
+        metrics=[],
+    )
+    (panel,), origin, _ = panels(r)
+    assert panel.title.startswith("listener/tcp-ports") and panel.false_alarms == [0.0]
+    assert origin == BASE + 5 and panel.spans == [(0.0, 25.0)]  # open until the end
