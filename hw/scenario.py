@@ -249,9 +249,11 @@ class _Loader:
             for addresses in (EXAMPLE_ADDRESSES, self.addresses):
                 filled = _Loader(self.path, addresses).resolve(doc, key)
                 try:
-                    parsed = parse_detect_document(json.dumps(filled).encode(), key)
+                    parsed = parse_detect_document(
+                        json.dumps(filled).encode(), f"{self.path}: {key}"
+                    )
                 except ProfileError as e:
-                    raise self.error(key, str(e)) from None
+                    raise ScenarioError(str(e)) from None
                 if not all(isinstance(p, SecurityProfile) for p in parsed):
                     raise self.error(key, "must be a security profile, not a dimension")
             resolved.append(filled)
