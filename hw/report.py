@@ -27,7 +27,15 @@ from agent.core.criteria import PREPARE, static_check
 from agent.core.metrics import NUMERIC_KINDS, Kind, is_finite_number, metrics_from_report
 from agent.core.profile import Behavior, ProfileError
 from agent.core.report import ReportError, parse_envelope
-from hw.scoring import IN_ALARM, TABLE_HEADER, ScenarioResult, behaviors, table_rows, window_end
+from hw.scoring import (
+    IN_ALARM,
+    TABLE_HEADER,
+    ScenarioResult,
+    behaviors,
+    event_key,
+    table_rows,
+    window_end,
+)
 
 TOP_KEYS = ("scenarios", "false_alarms", "benign_s")
 
@@ -149,16 +157,12 @@ def panels(r: ScenarioResult) -> tuple[list[Panel], float, int]:
     samples, bad = _samples(r)
     known = behaviors(r.profiles)
     for e in r.events:  # a behavior the profiles lack is drawn as its events carry it
-        key = (e["securityProfileName"], e["behavior"]["name"])
+        key = event_key(e)
         if key not in known:
             with contextlib.suppress(ProfileError):  # then it is only in the events table
                 known |= behaviors([{"securityProfileName": key[0], "behaviors": [e["behavior"]]}])
     wanted = [(e["profile"], e["behavior"]) for e in r.expected]
-    alarmed = [
-        (e["securityProfileName"], e["behavior"]["name"])
-        for e in r.events
-        if e.get("violationEventType") == IN_ALARM
-    ]
+    alarmed = [event_key(e) for e in r.events if e.get("violationEventType") == IN_ALARM]
     judged = [k for k, b in known.items() if b.kind is not None and b.criteria is not None]
     keys = list(dict.fromkeys([*wanted, *(judged if r.benign else []), *alarmed]))
     off = r.clock_offset_s
@@ -182,7 +186,7 @@ def panels(r: ScenarioResult) -> tuple[list[Panel], float, int]:
         )
         starts: dict[str, float] = {}
         for e in sorted(r.events, key=lambda e: float(e["violationEventTime"])):
-            if (e["securityProfileName"], e["behavior"]["name"]) != key:
+            if event_key(e) != key:
                 continue
             t = float(e["violationEventTime"]) - off - origin
             if e["violationEventType"] == IN_ALARM:

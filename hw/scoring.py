@@ -122,7 +122,7 @@ def latency_goal_s(
     return first_end - device_start + more * duration + SLACK_S
 
 
-def _event_key(event: Mapping[str, Any]) -> tuple[str, str]:
+def event_key(event: Mapping[str, Any]) -> tuple[str, str]:
     return (event["securityProfileName"], event["behavior"]["name"])
 
 
@@ -150,7 +150,7 @@ def score(
             " attack_start; any other has both"
         )
     alarms = sorted(
-        (float(e["violationEventTime"]) - clock_offset_s, _event_key(e))
+        (float(e["violationEventTime"]) - clock_offset_s, event_key(e))
         for e in events
         if e.get("violationEventType") == IN_ALARM
     )
