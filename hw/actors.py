@@ -28,11 +28,18 @@ SSHD = "/usr/sbin/sshd"
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
 RETRY_S = 0.2  # before trying again to reach a server that is not up yet
 TIMEOUT_S = 2.0  # a client waits this long for an answer
+# Servers and clients of a scenario start together: a client failing this soon after
+# its start is most likely early, not wrong, and says nothing unless it keeps failing.
+STARTUP_S = 3.0
+_started = time.monotonic()
 _said: set[str] = set()
 
 
-def _error(message: str) -> None:
-    """Say each distinct problem once: a loop that fails every round must not flood."""
+def _error(message: str, *, retried: bool = False) -> None:
+    """Say each distinct problem once: a loop that fails every round must not flood.
+    A `retried` problem is kept quiet during the start-up grace."""
+    if retried and time.monotonic() - _started < STARTUP_S:
+        return
     if message not in _said:
         _said.add(message)
         print(f"actor {sys.argv[1] if len(sys.argv) > 1 else '?'}: {message}", file=sys.stderr)
@@ -64,7 +71,7 @@ def _connected(host: str, port: int) -> socket.socket:
         try:
             return socket.create_connection((host, port), timeout=TIMEOUT_S)
         except OSError as e:
-            _error(f"connect {host}:{port}: {e}")
+            _error(f"connect {host}:{port}: {e}", retried=True)
             time.sleep(RETRY_S)
 
 
@@ -213,6 +220,7 @@ def sshd(key_dir: str, port: int = 22) -> None:
         "PasswordAuthentication": "no",
         "KbdInteractiveAuthentication": "no",
         "PermitRootLogin": "prohibit-password",
+        "LogLevel": "ERROR",  # -e: its errors on this actor's stderr, not each login
     }
     argv = [SSHD, "-D", "-e", "-f", "/dev/null"]
     for k, v in options.items():
@@ -309,7 +317,7 @@ def _counted(exchange: Callable[[], None], every_s: float, count_file: str | Non
         try:
             exchange()
         except (OSError, ValueError, subprocess.SubprocessError) as e:
-            _error(str(e) or type(e).__name__)
+            _error(str(e) or type(e).__name__, retried=True)
             continue
         ok += 1
         _write_count(count_file, ok)
@@ -436,7 +444,7 @@ def mqtt_client(
             payload = {"t": round(time.time(), 3), "n": published, "pad": "x" * max(0, size - 40)}
             conn.sendall(_mqtt_packet(0x30, _mqtt_string(topic), json.dumps(payload).encode()))
         except (OSError, ValueError) as e:
-            _error(f"mqtt {broker}:{port}: {e}")
+            _error(f"mqtt {broker}:{port}: {e}", retried=True)
             if conn is not None:
                 conn.close()
             conn = None

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from hw.actors import STARTUP_S
 from hw.lab import Node
 from hw.pki import Ca
 from hw.scenario import Action
@@ -220,9 +221,11 @@ def test_client_without_a_server_counts_nothing_and_says_why(
         Action("dut", "dns", {"server": PEER, "every_s": 0.1, "count_file": str(counted)})
     )
     time.sleep(1.0)
+    assert running.errors() == []  # quiet while the server may still be starting
+    # Read before stop_actions removes the scratch directory.
+    errors = eventually(running.errors, "the client says why", timeout_s=STARTUP_S + 2)
     assert count_in(counted) == 0
-    errors = running.errors()  # read before stop_actions removes the scratch directory
-    assert errors and "dut dns" in errors[0]
+    assert "dut dns" in errors[0] and "refused" in errors[0]
 
 
 def test_ssh_sessions_into_sshd_in_the_namespace(
