@@ -354,7 +354,7 @@ class ServiceDut:
         )
         _put(node, s.config, text.encode(), mode="0640", owner=readable)
         try:
-            node.exec(s.restart)  # systemd's waits for READY (the first sample) or failure
+            node.exec(s.restart)  # systemctl waits for READY (the first sample) or failure
         except NodeCommandError as e:
             raise RuntimeError(
                 f"the agent ({self.kind}) did not start: {e}\n{self._log_tail()}"
