@@ -423,6 +423,9 @@ def mqtt_client(
     """MQTT 3.1.1 telemetry over mutual TLS: CONNECT (clean session), then a QoS 0
     PUBLISH of about `size` bytes of JSON every `every_s` s; reconnects after a failure.
     `count_file` counts the messages published on accepted connections."""
+    for path in (ca, cert, key):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no TLS file {path} on this node")
     context = ssl.create_default_context(cafile=ca)
     context.load_cert_chain(cert, key)
     keep_alive_s = max(60, int(every_s * 3))

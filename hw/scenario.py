@@ -32,7 +32,10 @@ from agent.core.profile import (
 )
 from hw import actors
 
-NODES = ("dut", "attacker", "peer1", "peer2", "broker")
+# "dut" runs on the device (inside its container under --dut nspawn); "dut-netns" is the
+# device's network namespace entered from the rig's host, for servers the device image
+# lacks (sshd): to the agent their sockets are the device's all the same.
+NODES = ("dut", "dut-netns", "attacker", "peer1", "peer2", "broker")
 # Actor parameters the rig fills in itself (hw/traffic.py): a scenario need not give them.
 RIG_PARAMS = frozenset({"key_dir", "broker", "ca", "cert", "key"})
 # The lab's addresses (hw/lab.py), for checking and listing scenarios without a lab.
