@@ -91,13 +91,13 @@ def listen(port: int, proto: str = "tcp", host: str = "0.0.0.0") -> None:
     with socket.socket(socket.AF_INET, kind) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, port))
-        if proto == "udp":
-            while True:
-                s.recvfrom(65535)
-        s.listen()
+        if proto == "tcp":
+            s.listen()
         while True:
-            conn, _ = s.accept()
-            conn.close()
+            if proto == "tcp":
+                s.accept()[0].close()
+            else:
+                s.recvfrom(65535)
 
 
 def sink(port: int, host: str = "0.0.0.0", count_file: str | None = None) -> None:
@@ -105,7 +105,7 @@ def sink(port: int, host: str = "0.0.0.0", count_file: str | None = None) -> Non
     discards what arrives; `count_file` gets the bytes received so far (written when a
     connection closes and at most every 0.5 s while data flows)."""
     sel = selectors.DefaultSelector()
-    server = socket.create_server((host, port), backlog=1024, reuse_port=False)
+    server = socket.create_server((host, port), backlog=1024)
     server.setblocking(False)
     sel.register(server, selectors.EVENT_READ)
     total = 0
