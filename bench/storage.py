@@ -327,6 +327,8 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
         began = time.monotonic()
         w0 = {a.name: write_bytes(a.proc.pid) for a in agents if a.proc}
         rss: dict[str, list[int]] = {a.name: [] for a in agents}
+        last = dict(w0)
+        bursts: dict[str, list[str]] = {a.name: [] for a in agents}
         while (elapsed := time.monotonic() - began) < window_s:
             for a in agents:
                 if a.proc is None or a.proc.poll() is not None:
@@ -334,6 +336,10 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
                         f"{a.name}: the agent exited:\n{(a.dir / 'agent.log').read_text()[-3000:]}"
                     )
                 rss[a.name].append(rss_kib(a.proc.pid))
+                now_bytes = write_bytes(a.proc.pid)
+                if now_bytes != last[a.name]:  # when and how much: which job wrote it
+                    bursts[a.name].append(f"{elapsed:.0f} s {(now_bytes - last[a.name]) >> 10}")
+                    last[a.name] = now_bytes
             time.sleep(1.0)
         here = established_here()
         for a in agents:
@@ -342,6 +348,9 @@ def measure(args: argparse.Namespace, tmp: Path, shm: Path) -> list[Agent]:
             a.figures["write_day"] = f"{per_day / 1e6:.1f} MB"
             a.figures["rss"] = f"{statistics.median(rss[a.name]) / 1024:.1f} MiB"
             a.figures["connected"] = f"{a.figures['connected0']} / {connected(a)}"
+            a.figures["bursts"] = ", ".join(bursts[a.name][:40]) or "none"
+            log = (a.dir / "agent.log").read_text(errors="replace").splitlines()
+            a.figures["log_lines"] = "\n    ".join(log[-8:])
             a.figures["established"] = f"{established(a)} / {here}"
         return agents
     finally:
@@ -405,6 +414,8 @@ def main() -> None:
         print(f"{agent.name}: {agent.checkout}")
         print(f"  tables after the fill (MiB on disk): {agent.figures['tables']}")
         print(f"  counted as baseline state: {agent.figures['state_tables']}")
+        print(f"  writes in the window (seconds into it, KiB): {agent.figures['bursts']}")
+        print(f"  the agent's last log lines:\n    {agent.figures['log_lines']}")
 
 
 if __name__ == "__main__":

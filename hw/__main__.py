@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ssh://USER@HOST[:PORT]",
         help="a real device over SSH, the agent already installed as its service",
     )
+    p.add_argument(
+        "--c2",
+        metavar="ADDRESS",
+        help="with --target: an address of this host that the device reaches, playing the"
+        " C2 server (e.g. one added with `ip addr add 198.51.100.66/32 dev eth0` and routed"
+        " on the device); the lab uses its own",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the report goes")
     sub.add_parser("list", help="the scenarios and what each expects")
     args = parser.parse_args(argv)
@@ -57,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return list_scenarios()
     names = None if args.scenarios == "all" else [n for n in args.scenarios.split(",") if n]
     options = RunOptions(
-        scenarios=names, quick=args.quick, dut=args.dut, target=args.target, out=args.out
+        scenarios=names,
+        quick=args.quick,
+        dut=args.dut,
+        target=args.target,
+        out=args.out,
+        c2=args.c2,
     )
     return run(options)
 

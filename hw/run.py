@@ -10,11 +10,13 @@ any alarm there is a false alarm."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 from hw.dut import AgentSetup, Dut, SshDut, make_dut
 from hw.lab import Lab, Node
 from hw.report import write_report
-from hw.scenario import EXAMPLE_ADDRESSES, Scenario, load_scenarios
+from hw.scenario import EXAMPLE_ADDRESSES, Action, Scenario, load_scenarios
 from hw.scoring import ScenarioResult, score_scenario, summary
 from hw.traffic import start_actions, stop_actions
 
@@ -38,6 +40,7 @@ class RunOptions:
     dut: str  # "nspawn" or "netns"
     target: str | None  # ssh://user@host[:port]
     out: Path
+    c2: str | None = None  # with target: the C2 address (one of the rig host's)
 
 
 def log(message: str) -> None:
@@ -63,13 +66,12 @@ def _wait(until: float, done: Callable[[], bool]) -> None:
 
 def run_scenario(
     scenario: Scenario,
-    dut: Dut,
-    nodes: Mapping[str, Node],
-    broker: str,
+    site: Site,
     *,
     profiles: Sequence[dict[str, Any]],
     custom_metrics: Sequence[dict[str, Any]],
 ) -> ScenarioResult:
+    dut = site.dut
     log(f"{scenario.name}: starting the agent ({dut.kind})")
     dut.start(
         AgentSetup(
@@ -78,7 +80,7 @@ def run_scenario(
             custom_metrics=list(custom_metrics),
         )
     )
-    setup = start_actions(scenario.setup, nodes, tls=dut.tls_files, broker=broker)
+    setup = start_actions(scenario.setup, site.nodes, tls=dut.tls_files, broker=site.broker or "")
     attack_start: float | None = None
     try:
         time.sleep(scenario.warmup_s)
@@ -88,7 +90,9 @@ def run_scenario(
         else:
             attack_start = time.time()
             log(f"{scenario.name}: attack")
-            attack = start_actions(scenario.attack, nodes, tls=dut.tls_files, broker=broker)
+            attack = start_actions(
+                scenario.attack, site.nodes, tls=dut.tls_files, broker=site.broker or ""
+            )
             try:
                 start = attack_start
                 _wait(start + scenario.deadline_s, lambda: _expected_seen(scenario, dut, start))
@@ -122,40 +126,84 @@ def _union(scenarios: Sequence[Scenario]) -> tuple[list[dict[str, Any]], list[di
     return list(profiles.values()), list(metrics.values())
 
 
+@dataclass(frozen=True)
+class Site:
+    """Where a run happens: the device, the nodes its scenarios name, the addresses their
+    placeholders take, and the broker (None: the device reports nowhere)."""
+
+    dut: Dut
+    nodes: dict[str, Node]
+    addresses: dict[str, str]
+    broker: str | None
+
+
+# Actions a real device cannot take from the rig: servers started in the device's
+# network namespace from the host (a real device has its own), and MQTT telemetry to
+# the lab's broker, which it cannot reach.
+TARGET_SKIPS = ("dut-netns", "mqtt")
+
+
+def _lab_site(lab: Lab, kind: str, work: Path) -> Site:
+    dut = make_dut(kind, lab, work)
+    # "dut" runs on the device itself (inside its container under nspawn: its process
+    # table, its files); "dut-netns" is its network namespace seen from the host.
+    nodes = {**lab.nodes, "dut": dut.node, "dut-netns": lab.nodes["dut"]}
+    return Site(dut, nodes, lab.addresses(), lab.broker.host)
+
+
+def _target_site(target: str, c2: str, work: Path) -> Site:
+    """A real device over SSH: the rig's host plays attacker and peers with its own
+    network stack, at the address the device sees the SSH session come from."""
+    dut = SshDut(target, work)
+    client, _, server, _ = dut.node.exec(["sh", "-c", "echo $SSH_CONNECTION"]).stdout.split()
+    host = client.decode()
+    nodes = {role: Node(role, host, ()) for role in ("attacker", "peer1", "peer2")}
+    nodes["dut"] = dut.node
+    addresses = {**{r: host for r in nodes}, "dut": server.decode(), "c2": c2, "broker": host}
+    return Site(dut, nodes, addresses, None)
+
+
+def _for_target(scenario: Scenario) -> Scenario:
+    def kept(actions: Sequence[Action]) -> list[Action]:
+        dropped = [a for a in actions if a.node in TARGET_SKIPS or a.kind in TARGET_SKIPS]
+        for a in dropped:
+            log(f"{scenario.name}: left out on a real device: {a.kind} on {a.node}")
+        return [a for a in actions if a not in dropped]
+
+    return dataclasses.replace(scenario, setup=kept(scenario.setup), attack=kept(scenario.attack))
+
+
 def run(options: RunOptions) -> int:
     if os.geteuid() != 0:
         log("run as root: the rig makes network namespaces")
         return 2
+    if options.target and not options.c2:
+        log("--target needs --c2 ADDRESS: an address of this host the device can reach")
+        return 2
     options.out.mkdir(parents=True, exist_ok=True)
     began = time.time()
+    results: list[ScenarioResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="hw-", dir="/var/tmp") as tmp,
-        Lab(Path(tmp)) as lab,
+        contextlib.ExitStack() as stack,
     ):
         work = Path(tmp)
-        scenarios = load_scenarios(SCENARIOS, options.scenarios, lab.addresses(), quick=options.quick)
-        all_profiles, all_metrics = _union(scenarios)
-        dut: Dut = (
-            SshDut(options.target, work)
-            if options.target
-            else make_dut(options.dut, lab, work)
+        if options.target:
+            site = _target_site(options.target, options.c2 or "", work)
+        else:
+            site = _lab_site(stack.enter_context(Lab(work)), options.dut, work)
+        stack.callback(site.dut.close)  # before the lab goes: its container is in the lab
+        scenarios = load_scenarios(
+            SCENARIOS, options.scenarios, site.addresses, quick=options.quick
         )
-        # "dut" runs on the device itself (inside its container under nspawn: its process
-        # table, its files); "dut-netns" is its network namespace seen from the host.
-        nodes = {**lab.nodes, "dut": dut.node, "dut-netns": lab.nodes["dut"]}
-        results: list[ScenarioResult] = []
-        try:
-            for s in scenarios:
-                profiles, metrics = (
-                    (all_profiles, all_metrics) if s.benign else (s.profiles, s.custom_metrics)
-                )
-                results.append(
-                    run_scenario(
-                        s, dut, nodes, lab.broker.host, profiles=profiles, custom_metrics=metrics
-                    )
-                )
-        finally:
-            dut.close()
+        if options.target:
+            scenarios = [_for_target(s) for s in scenarios]
+        all_profiles, all_metrics = _union(scenarios)
+        for s in scenarios:
+            profiles, metrics = (
+                (all_profiles, all_metrics) if s.benign else (s.profiles, s.custom_metrics)
+            )
+            results.append(run_scenario(s, site, profiles=profiles, custom_metrics=metrics))
     benign_s = sum(s.deadline_s for s in scenarios if s.benign)
     meta = {
         "dut": "ssh" if options.target else options.dut,

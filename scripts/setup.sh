@@ -10,8 +10,11 @@ case "$mode" in run | test) ;; *) echo "usage: $0 run|test" >&2; exit 2 ;; esac
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 packages=(python3 python3-venv python3-dev gcc iproute2)
-# The suite needs a real broker, `ss`, systemd-analyze and libfaketime (clock jumps).
-[ "$mode" = test ] && packages+=(mosquitto systemd openssl libfaketime)
+# The suite needs a real broker, `ss`, systemd-analyze and libfaketime (clock jumps);
+# the service tests and the rig (hw/) boot a Debian rootfs with systemd-nspawn, and the
+# rig's benign load has SSH sessions.
+[ "$mode" = test ] && packages+=(mosquitto systemd openssl libfaketime systemd-container
+    debootstrap openssh-server openssh-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -23,6 +26,7 @@ fi
 # A broker started by the package would hold port 1883; the tests start their own.
 if [ "$mode" = test ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    as_root systemctl disable --now ssh >/dev/null 2>&1 || true # the rig starts its own
 fi
 
 python=${PYTHON:-python3}
@@ -30,11 +34,13 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$mode" = test ]; then
     .venv/bin/python -m pip install -q -e ".[dev]"
-    .venv/bin/ruff check agent tests bench
-    .venv/bin/ruff format --check agent tests bench
+    .venv/bin/ruff check agent tests bench hw
+    .venv/bin/ruff format --check agent tests bench hw
     .venv/bin/mypy  # settings in pyproject.toml: strict parts for agent/core
     # Namespace and broker tests need root; elsewhere they skip and say why.
     as_root .venv/bin/python -m pytest -ra
+    # The rig: every detection scenario against the installed agent, short benign load.
+    as_root .venv/bin/python -m hw run --quick --out "${HW_REPORT:-/tmp/edge-defender-hw}"
 else
     .venv/bin/python -m pip install -q .
     as_root .venv/bin/edge-defender run
