@@ -24,8 +24,15 @@ from typing import Any
 from hw.dut import AgentSetup, Dut, SshDut, make_dut
 from hw.lab import Lab, Node
 from hw.report import write_report
-from hw.scenario import EXAMPLE_ADDRESSES, Action, Scenario, load_scenarios
-from hw.scoring import ScenarioResult, score_scenario, summary
+from hw.scenario import EXAMPLE_ADDRESSES, Action, Scenario, ScenarioError, load_scenarios
+from hw.scoring import (
+    IN_ALARM,
+    TOLERANCE_S,
+    ScenarioResult,
+    event_key,
+    score_scenario,
+    summary,
+)
 from hw.traffic import start_actions, stop_actions
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -51,10 +58,10 @@ def _expected_seen(scenario: Scenario, dut: Dut, since: float) -> bool:
     offset = dut.clock_offset_s()
     wanted = {(e.profile, e.behavior) for e in scenario.expected}
     seen = {
-        (e["securityProfileName"], e["behavior"]["name"])
+        event_key(e)
         for e in dut.events()
-        if e.get("violationEventType") == "in-alarm"
-        and float(e["violationEventTime"]) - offset >= since
+        if e.get("violationEventType") == IN_ALARM
+        and float(e["violationEventTime"]) - offset >= since - TOLERANCE_S
     }
     return wanted <= seen
 
@@ -179,6 +186,11 @@ def run(options: RunOptions) -> int:
         return 2
     if options.target and not options.c2:
         log("--target needs --c2 ADDRESS: an address of this host the device can reach")
+        return 2
+    try:  # every file checked before a namespace is made (the lab's addresses load again)
+        load_scenarios(SCENARIOS, options.scenarios, EXAMPLE_ADDRESSES, quick=options.quick)
+    except ScenarioError as e:
+        log(str(e))
         return 2
     options.out.mkdir(parents=True, exist_ok=True)
     began = time.time()
