@@ -10,6 +10,7 @@ import contextlib
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -119,6 +120,17 @@ class Node:
             with contextlib.suppress(BrokenPipeError), process.stdin:
                 process.stdin.write(stdin or b"")
         return process
+
+
+def missing() -> str | None:
+    """Why a lab cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (ip netns)"
+    if shutil.which("ip") is None:
+        return "ip is not installed (Debian: apt-get install iproute2)"
+    if not Path(MOSQUITTO).exists():
+        return f"{MOSQUITTO} is not installed (Debian: apt-get install mosquitto)"
+    return None
 
 
 def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:

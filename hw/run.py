@@ -23,6 +23,7 @@ from typing import Any
 
 from hw.dut import AgentSetup, Dut, SshDut, make_dut
 from hw.lab import Lab, Node
+from hw.lab import missing as lab_missing
 from hw.report import write_report
 from hw.scenario import EXAMPLE_ADDRESSES, Action, Scenario, ScenarioError, load_scenarios
 from hw.scoring import (
@@ -181,8 +182,11 @@ def _for_target(scenario: Scenario) -> Scenario:
 
 
 def run(options: RunOptions) -> int:
-    if os.geteuid() != 0:
-        log("run as root: the rig makes network namespaces")
+    problem = "needs root (ip netns)" if os.geteuid() != 0 else None
+    if not options.target:
+        problem = lab_missing()
+    if problem:
+        log(f"the lab cannot be made here: {problem}")
         return 2
     if options.target and not options.c2:
         log("--target needs --c2 ADDRESS: an address of this host the device can reach")

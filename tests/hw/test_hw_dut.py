@@ -17,18 +17,9 @@ from typing import Any
 import pytest
 
 from hw.dut import AgentSetup, Dut, NetnsDut, NspawnDut, Service, SshDut
-from hw.lab import MOSQUITTO, Lab, stop_processes
+from hw.lab import Lab, stop_processes
+from hw.lab import missing as lab_missing
 from hw.machine import REPO, missing
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ip netns)"
-    if shutil.which("ip") is None:
-        return "ip is not installed (Debian: apt-get install iproute2)"
-    if not Path(MOSQUITTO).exists():
-        return f"{MOSQUITTO} is not installed (Debian: apt-get install mosquitto)"
-    return None
 
 
 def _missing_ssh() -> str | None:
@@ -40,7 +31,7 @@ def _missing_ssh() -> str | None:
 
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(_missing() is not None, reason=_missing() or ""),
+    pytest.mark.skipif(lab_missing() is not None, reason=lab_missing() or ""),
 ]
 
 EVENT_WAIT_S = 5.0

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,22 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from hw.lab import MOSQUITTO, Lab, stop_processes
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ip netns)"
-    if shutil.which("ip") is None:
-        return "ip is not installed (Debian: apt-get install iproute2)"
-    if not Path(MOSQUITTO).exists():
-        return f"{MOSQUITTO} is not installed (Debian: apt-get install mosquitto)"
-    return None
-
+from hw.lab import Lab, missing, stop_processes
+from hw.scenario import EXAMPLE_ADDRESSES
 
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(_missing() is not None, reason=_missing() or ""),
+    pytest.mark.skipif(missing() is not None, reason=missing() or ""),
 ]
 
 PORT = 7000
@@ -106,15 +94,7 @@ def test_every_node_reaches_every_other_over_the_bridge(lab: Lab) -> None:
 
 
 def test_addresses_stay_inside_the_lab(lab: Lab) -> None:
-    assert lab.addresses() == {
-        "dut": "10.77.0.2",
-        "broker": "10.77.0.5",
-        "peer1": "10.77.0.11",
-        "peer2": "10.77.0.12",
-        "attacker": "10.77.0.66",
-        "c2": "198.51.100.66",
-        "lan": "10.77.0.0/24",
-    }
+    assert lab.addresses() == EXAMPLE_ADDRESSES  # as hw/README.md draws them
     host = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
     assert "10.77.0." not in host and lab.c2_address not in host
     atk = lab.nodes["attacker"].exec(["ip", "-4", "-o", "addr", "show", "eth0"]).stdout.decode()
