@@ -817,8 +817,8 @@ class History(Store):
         dropped = 0
         for batch_id, count, body in straddling:
             kept = [
-                _Buffered(ts, _dumps(envelope, "metrics report"))
-                for ts, envelope in self._batch_records(batch_id, body)
+                _Buffered(ts, line)
+                for ts, line, _ in self._batch_records(batch_id, body)
                 if ts >= cutoff
             ]
             times = [record.ts for record in kept]
@@ -1015,22 +1015,33 @@ class History(Store):
                 records = (
                     self._batch_records(row_id, body)
                     if kind
-                    else [(earliest, self._decoded(body, row_id))]
+                    else [(earliest, body, self._decoded(body, row_id))]
                 )
-                for index, (ts, envelope) in enumerate(records):
+                for index, (ts, _, envelope) in enumerate(records):
                     if start <= ts < end:
                         heapq.heappush(pending, (ts, kind, row_id, index, envelope))
         while pending:
             yield heapq.heappop(pending)[4]
 
-    def _batch_records(self, batch_id: int, body: bytes) -> list[tuple[float, dict[str, Any]]]:
-        """(timestamp, envelope) of each report of a batch, in recording order."""
+    def _batch_records(
+        self, batch_id: int, body: bytes
+    ) -> Iterator[tuple[float, str, dict[str, Any]]]:
+        """(timestamp, JSON line, envelope) of each report of a batch, in recording order,
+        parsed one at a time: a batch of 150-connection reports is ~6 MiB as objects, and
+        the daemon's RSS would keep that high-water mark after every daily prune."""
         try:
             lines = zlib.decompress(body).decode().split("\n")
-            envelopes = [self._decoded(line, batch_id) for line in lines]
-            return [(float(envelope["timestamp"]), envelope) for envelope in envelopes]
-        except (zlib.error, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        except (zlib.error, UnicodeDecodeError) as e:
             raise StoreCorrupt(self.path, f"metrics batch {batch_id} is damaged: {e}") from None
+        for line in lines:
+            envelope = self._decoded(line, batch_id)
+            try:
+                ts = float(envelope["timestamp"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise StoreCorrupt(
+                    self.path, f"metrics batch {batch_id} is damaged: {e!r}"
+                ) from None
+            yield ts, line, envelope
 
     def _decoded(self, line: str, row_id: int) -> dict[str, Any]:
         try:
