@@ -252,9 +252,10 @@ class Daemon:
     def serve(self) -> int:
         """Run until SIGTERM/SIGINT; exit status 0 after a clean stop."""
         self.start()
-        self.guarded("prune", self.prune)()
         self.guarded("cycle", self.sample)()
         self.notifier.ready()
+        # After READY: the first sample waits for nothing it does not need.
+        self.guarded("prune", self.prune)()
         sched = self._schedule()
         while not self.stop_requested:
             if self.reload_requested:
