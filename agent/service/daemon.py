@@ -159,8 +159,6 @@ class Daemon:
         )
         self._say_inactive()
         self.sampler = self._sampler(cfg)
-        self._start_outbox()
-        self._spool_recorded()
         log.info(
             kv(
                 "started",
@@ -171,6 +169,13 @@ class Daemon:
                 broker=cfg.mqtt.endpoint or "none",
             )
         )
+
+    def connect(self) -> None:
+        """Open the spool, connect to the broker and hand it the recorded events not yet
+        sent. serve() does it after the first sample: the awscrt import and TLS set-up
+        (~0.1 s) need not delay it, and its events wait in the store meanwhile."""
+        self._start_outbox()
+        self._spool_recorded()
 
     def _restore(self, store: History, detector: Detector) -> None:
         """The alarm state as the store holds it: rows, or the single document an older
@@ -255,6 +260,7 @@ class Daemon:
         self.guarded("cycle", self.sample)()
         self.notifier.ready()
         # After READY: the first sample waits for nothing it does not need.
+        self.guarded("connect", self.connect)()
         self.guarded("prune", self.prune)()
         sched = self._schedule()
         while not self.stop_requested:
