@@ -63,7 +63,12 @@ def packet(ptype: int, flags: int, body: bytes) -> bytes:
 
 
 def connect(
-    client_id: str, *, level: int = 4, username: str | None = None, keepalive: int = 60
+    client_id: str,
+    *,
+    level: int = 4,
+    username: str | None = None,
+    password: str = "secret",
+    keepalive: int = 60,
 ) -> bytes:
     flags = 0x02 | (0xC0 if username is not None else 0)
     body = string("MQTT") + bytes([level, flags]) + u16(keepalive)
@@ -71,7 +76,7 @@ def connect(
         body += props(bytes([0x11]) + (0).to_bytes(4, "big"), bytes([0x22]) + u16(10))
     body += string(client_id)
     if username is not None:
-        body += string(username) + string("secret")
+        body += string(username) + string(password)
     return packet(1, 0, body)
 
 
