@@ -17,7 +17,8 @@ What it sees and what it does not:
   before the buffer is full (a packet the capture lost) is a gap: MQTT has no sync marker,
   so that direction is not decoded again until the flow closes (counted in `gaps`; its
   later segments in `unsynced_packets`). The session keeps its client id, and FIN/RST
-  still close it.
+  still close it. A frame seen twice (both copies of a packet on lo) is a retransmission
+  by this rule and counts once; so does a repeated SYN.
 - A frame cut by the snap length (`length > len(payload)`) is a hole the decoder may
   skip when it falls inside a PUBLISH payload, which is counted, never needed: with a
   256-byte snap length (~190 bytes of TCP payload after the headers) topics and payload
@@ -478,7 +479,15 @@ class BrokerWatch:
                 self._stats["expired_flows"] += 1
 
     def stats(self) -> dict[str, int]:
-        """Cumulative counters, plus the flows, clients and open sessions tracked now."""
+        """Now: `flows`, `clients` (reported at the next take), open `sessions`. Since
+        the start: `unattributed_packets` (data segments on flows with no client id: no SYN
+        seen, empty 3.1.1 id, client limit), `unattributed_sessions` (CONNECTs of those
+        last two kinds), `unsynced_packets` (data segments of a direction after its gap or
+        decode error), `decode_errors` (malformed MQTT), `gaps` (holes not filled, snap
+        length cuts outside a payload, a SYN-ACK not seen), `problems` (packets framed but
+        not decoded: over the size bounds, unknown topic alias), `evicted_flows`,
+        `expired_flows`, `clients_over_limit`, `topics_over_limit` (a topic not counted
+        because the client's map for the interval was full)."""
         return {
             "flows": len(self._flows),
             "clients": len(self._clients),

@@ -326,7 +326,8 @@ class StreamDecoder:
                 i += 1
                 self._read_fixed_header(events)
             else:
-                n = min(self._need - len(self._body), end - i)
+                # keep what is at hand up to the bound, so one decode attempt usually does
+                n = min(min(self._remaining, self._max_head) - len(self._body), end - i)
                 self._body += data[i : i + n]
                 i += n
                 if len(self._body) >= self._need:
