@@ -5,13 +5,16 @@ loops run until SIGTERM, which exits cleanly; the others stop when their count i
 Nothing is printed but errors (each distinct one once) on stderr.
 
 Clients given `count_file` write there how many exchanges got their answer, so that a
-test or the rig can check from outside that the traffic really flowed."""
+test or the rig can check from outside that the traffic really flowed. Port lists are
+written as nmap takes them: "22,80,8000-8010"."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -135,30 +138,54 @@ def sink(port: int, host: str = "0.0.0.0", count_file: str | None = None) -> Non
         _write_count(count_file, total)
 
 
-def dns_server(port: int = 53, answer: str = "192.0.2.10", host: str = "0.0.0.0") -> None:
-    """Answers every standard query with one A record, `answer`."""
+def dns_server(
+    port: int = 53,
+    answer: str = "192.0.2.10",
+    host: str = "0.0.0.0",
+    nxdomain: list[str] | None = None,
+) -> None:
+    """Answers every standard query with one A record, `answer`, or NXDOMAIN when the
+    name is in `nxdomain` ("*.evil.example" also covers evil.example and every name
+    under it, as the agent's string sets do)."""
     rdata = socket.inet_aton(answer)
+    refused = [n.lower().rstrip(".") for n in nxdomain or []]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, port))
         while True:
             query, peer = s.recvfrom(512)
-            end = _question_end(query)
-            if end is None:
+            question = _question(query)
+            if question is None:
+                continue
+            name, end = question
+            if any(_name_matches(name, pattern) for pattern in refused):
+                header = query[:2] + struct.pack("!HHHHH", 0x8183, 1, 0, 0, 0)
+                s.sendto(header + query[12:end], peer)
                 continue
             header = query[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0)
             record = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + rdata
             s.sendto(header + query[12:end] + record, peer)
 
 
-def _question_end(msg: bytes) -> int | None:
-    """Where the single question of a DNS message ends, or None if it is not one."""
+def _question(msg: bytes) -> tuple[str, int] | None:
+    """The name of the single question of a DNS query (lowercase, no trailing dot) and
+    where the question ends, or None if it is not one."""
     if len(msg) < 17 or struct.unpack("!H", msg[4:6])[0] != 1:
         return None
+    labels = []
     i = 12
     while i < len(msg) and msg[i]:
+        if msg[i] & 0xC0:  # a pointer has no place in a query's question
+            return None
+        labels.append(msg[i + 1 : i + 1 + msg[i]].decode("ascii", "replace").lower())
         i += msg[i] + 1
     end = i + 5  # the root label, QTYPE, QCLASS
-    return end if end <= len(msg) else None
+    return (".".join(labels), end) if end <= len(msg) else None
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("*."):
+        return name == pattern[2:] or name.endswith(pattern[1:])
+    return name == pattern
 
 
 def http_server(port: int = 80, size: int = 2048, host: str = "0.0.0.0") -> None:
@@ -323,14 +350,15 @@ def _counted(exchange: Callable[[], None], every_s: float, count_file: str | Non
         _write_count(count_file, ok)
 
 
-def dns_client(
+def dns_query(
     server: str,
     port: int = 53,
     names: list[str] | None = None,
     every_s: float = 1.0,
     count_file: str | None = None,
 ) -> None:
-    """A stub resolver: one A query every `every_s` s, cycling through `names`."""
+    """A stub resolver: one A query every `every_s` s, cycling through `names`; an
+    answer or an NXDOMAIN counts as answered."""
     queue = names or ["telemetry.example.com"]
     k = 0
 
@@ -346,7 +374,9 @@ def dns_client(
             s.connect((server, port))  # connected: not a listening UDP port to the agent
             s.send(query)
             reply = s.recv(512)
-        if struct.unpack("!HH", reply[:4]) != (qid, 0x8180) or reply[7] == 0:
+        rid, flags, _, answers = struct.unpack("!HHHH", reply[:8])
+        rcode = flags & 0xF
+        if rid != qid or not flags & 0x8000 or not (rcode == 3 or (rcode == 0 and answers)):
             raise ValueError(f"no answer for {name} from {server}")
 
     _counted(exchange, every_s, count_file)
@@ -408,7 +438,7 @@ def ssh_client(
     _counted(exchange, every_s, count_file)
 
 
-def mqtt_client(
+def mqtt_telemetry(
     broker: str,
     ca: str,
     cert: str,
@@ -483,6 +513,324 @@ def _read_exactly(s: socket.socket, n: int) -> bytes:
     return data
 
 
+# -- a gateway's own MQTT clients (plaintext, user name and password) ------------------
+
+
+def mqtt_client(
+    host: str,
+    username: str,
+    password: str,
+    port: int = 1883,
+    client_id: str | None = None,
+    mode: str = "publish",
+    topics: list[str] | None = None,
+    subscribe: str | None = None,
+    rate_per_s: float = 1.0,
+    n: int = 0,
+    size: int = 64,
+    qos: int = 0,
+    version: int = 4,
+    count_file: str | None = None,
+) -> None:
+    """An MQTT client of a plaintext broker, logging in with user name and password
+    (client id: `client_id`, else the user name); `version` 4 is MQTT 3.1.1, 5 is MQTT 5.
+
+    mode "publish": connect, subscribe to `subscribe` (when given; a refusal is an
+    error), then publish `n` messages (0: until stopped) of `size` bytes at
+    `rate_per_s`, cycling through `topics` (default sensors/USERNAME/data), at `qos` 0
+    or 1 (1: each waits for its PUBACK); reconnects after a failure. A flood is a high
+    rate over several topics of one tree, a size spike a few messages of a large size.
+    `count_file` counts the messages published (QoS 1: acknowledged).
+
+    mode "auth-storm": `n` rounds (0: until stopped) at `rate_per_s`, each a new
+    connection: CONNECT with `password`; when accepted, SUBSCRIBE to `subscribe` and
+    PUBLISH to each of `topics` at `qos`, then DISCONNECT. `count_file` counts the
+    refusals the broker answered: a CONNACK refusal, and failure codes (0x80 and up) in a
+    SUBACK or (MQTT 5, QoS 1) a PUBACK. An MQTT 3.1.1 broker such as mosquitto refuses
+    a forbidden PUBLISH or SUBSCRIBE silently (it drops it, or grants and never
+    delivers): only MQTT 5 shows those refusals on the wire."""
+    if mode not in ("publish", "auth-storm"):
+        raise ValueError(f"mode must be 'publish' or 'auth-storm', got {mode!r}")
+    if qos not in (0, 1):
+        raise ValueError(f"qos must be 0 or 1, got {qos!r}")
+    if version not in (4, 5):
+        raise ValueError(f"version must be 4 (MQTT 3.1.1) or 5 (MQTT 5), got {version!r}")
+    if rate_per_s <= 0:
+        raise ValueError(f"rate_per_s must be above 0, got {rate_per_s!r}")
+    mqtt = _Mqtt(host, port, version, client_id or username, username, password, rate_per_s)
+    queue = topics or [f"sensors/{username}/data"]
+    if mode == "auth-storm":
+        _auth_storm(mqtt, queue, subscribe, qos, n, count_file)
+        return
+    body = (b"rig-sensor " * (size // 11 + 1))[:size]
+    done = 0
+    conn: socket.socket | None = None
+    for _ in _rounds(1 / rate_per_s):
+        if n and done >= n:
+            break
+        try:
+            if conn is None:
+                conn = mqtt.session()
+                if subscribe is not None and mqtt.subscribe(conn, subscribe) >= 0x80:
+                    raise ValueError(f"broker refused {mqtt.cid} the subscription to {subscribe}")
+            _drain(conn)
+            code = mqtt.publish(conn, queue[done % len(queue)], body, qos)
+            if code >= 0x80:
+                raise ValueError(f"broker refused {mqtt.cid} a PUBLISH: reason {code:#x}")
+        except (OSError, ValueError) as e:
+            _error(f"mqtt {mqtt.cid}@{host}:{port}: {e}", retried=True)
+            if conn is not None:
+                conn.close()
+            conn = None
+            continue
+        done += 1
+        _write_count(count_file, done)
+    if conn is not None:
+        with contextlib.suppress(OSError):
+            conn.sendall(b"\xe0\x00")  # DISCONNECT
+        conn.close()
+
+
+def _auth_storm(
+    mqtt: _Mqtt,
+    topics: list[str],
+    subscribe: str | None,
+    qos: int,
+    n: int,
+    count_file: str | None,
+) -> None:
+    refused = 0
+    rounds = 0
+    for _ in _rounds(1 / mqtt.rate_per_s):
+        if n and rounds >= n:
+            break
+        rounds += 1
+        try:
+            with socket.create_connection((mqtt.host, mqtt.port), timeout=TIMEOUT_S) as conn:
+                if mqtt.connect(conn) != 0:
+                    refused += 1
+                else:
+                    if subscribe is not None:
+                        refused += mqtt.subscribe(conn, subscribe) >= 0x80
+                    for topic in topics:
+                        refused += mqtt.publish(conn, topic, b"x", qos) >= 0x80
+                    conn.sendall(b"\xe0\x00")  # DISCONNECT
+        except (OSError, ValueError) as e:
+            _error(f"mqtt {mqtt.host}:{mqtt.port}: {e}", retried=True)
+            continue
+        _write_count(count_file, refused)
+
+
+class _Mqtt:
+    """The packets of one client, in MQTT 3.1.1 (version 4) or MQTT 5 (5: a properties
+    length after each variable header, always 0 here)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        version: int,
+        cid: str,
+        username: str,
+        password: str,
+        rate_per_s: float,
+    ) -> None:
+        self.host, self.port, self.version, self.cid = host, port, version, cid
+        self.rate_per_s = rate_per_s
+        self.props = b"\x00" if version == 5 else b""
+        self.packet_id = 0
+        keep_alive_s = max(60, int(3 / rate_per_s) + 1)
+        flags = 0xC2  # user name, password, clean session (start)
+        self.connect_packet = _mqtt_packet(
+            0x10,
+            _mqtt_string("MQTT")
+            + bytes([version, flags])
+            + struct.pack("!H", keep_alive_s)
+            + self.props,
+            _mqtt_string(cid) + _mqtt_string(username) + _mqtt_string(password),
+        )
+
+    def _next_id(self) -> int:
+        self.packet_id = self.packet_id % 0xFFFF + 1
+        return self.packet_id
+
+    def connect(self, conn: socket.socket) -> int:
+        """CONNECT; the CONNACK's return (3.1.1) or reason (5) code: 0 is accepted."""
+        conn.sendall(self.connect_packet)
+        kind, body = _mqtt_read(conn)
+        if kind != 0x20 or len(body) < 2:
+            raise ValueError(f"no CONNACK from {self.host}:{self.port}")
+        return body[1]
+
+    def session(self) -> socket.socket:
+        conn = socket.create_connection((self.host, self.port), timeout=TIMEOUT_S)
+        try:
+            code = self.connect(conn)
+            if code != 0:
+                raise ValueError(f"broker refused CONNECT of {self.cid}: code {code:#x}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def subscribe(self, conn: socket.socket, topic_filter: str) -> int:
+        """SUBSCRIBE at QoS 0; the SUBACK's code (0x80 and up: refused)."""
+        pid = self._next_id()
+        body = struct.pack("!H", pid) + self.props + _mqtt_string(topic_filter) + b"\x00"
+        conn.sendall(_mqtt_packet(0x82, b"", body))
+        return _mqtt_await(conn, 0x90, pid)[-1]
+
+    def publish(self, conn: socket.socket, topic: str, payload: bytes, qos: int) -> int:
+        """PUBLISH; at QoS 1 the PUBACK's reason code (0 when it has none), else 0."""
+        if qos == 0:
+            conn.sendall(_mqtt_packet(0x30, _mqtt_string(topic) + self.props, payload))
+            return 0
+        pid = self._next_id()
+        header = _mqtt_string(topic) + struct.pack("!H", pid) + self.props
+        conn.sendall(_mqtt_packet(0x32, header, payload))
+        ack = _mqtt_await(conn, 0x40, pid)
+        return ack[2] if len(ack) > 2 else 0
+
+
+def _mqtt_await(conn: socket.socket, kind: int, packet_id: int) -> bytes:
+    """The body of the next packet of `kind` for `packet_id`; what comes before it (the
+    messages of a subscription) is read and dropped."""
+    while True:
+        got, body = _mqtt_read(conn)
+        if got == kind and body[:2] == struct.pack("!H", packet_id):
+            return body
+
+
+def _drain(conn: socket.socket) -> None:
+    """Read and drop what the broker sent (a subscription's messages) without waiting."""
+    while select.select([conn], [], [], 0)[0]:
+        _mqtt_read(conn)
+
+
+def _mqtt_read(conn: socket.socket) -> tuple[int, bytes]:
+    """One MQTT packet: (type nibble << 4, body)."""
+    first = _read_exactly(conn, 1)[0]
+    length = 0
+    for shift in range(0, 28, 7):
+        digit = _read_exactly(conn, 1)[0]
+        length |= (digit & 0x7F) << shift
+        if not digit & 0x80:
+            break
+    return first & 0xF0, _read_exactly(conn, length)
+
+
+# -- scans -----------------------------------------------------------------------------
+
+
+def _ports(spec: str) -> list[int]:
+    """'22,80,8000-8010' -> the ports, in that order."""
+    found: list[int] = []
+    for part in spec.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            a, b = int(low), int(high or low)
+        except ValueError:
+            raise ValueError(f"ports: {part!r} is not a port or a range low-high") from None
+        if not 1 <= a <= b <= 65535:
+            raise ValueError(f"ports: {part!r} is not a port or a range low-high in 1-65535")
+        found.extend(range(a, b + 1))
+    return found
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _syn(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:
+    """A TCP SYN segment (no options) with its checksum over the IPv4 pseudo-header."""
+    segment = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, 20)
+    return segment[:16] + struct.pack("!H", _checksum(pseudo + segment)) + segment[18:]
+
+
+def syn_scan(
+    host: str, ports: str, rate_per_s: float = 20.0, count_file: str | None = None
+) -> None:
+    """A half-open scan: one crafted SYN (raw socket, needs CAP_NET_RAW) to each port
+    of `ports` at `rate_per_s`, from one source port, then finish. The target answers
+    SYN-ACK (open) or RST (closed); this host's kernel, knowing no such connection,
+    resets the SYN-ACKs. `count_file` counts the ports that answered."""
+    targets = _ports(ports)
+    if rate_per_s <= 0:
+        raise ValueError(f"rate_per_s must be above 0, got {rate_per_s!r}")
+    host = socket.gethostbyname(host)  # replies are matched by address
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, 9))  # no packet: only the route's source address
+        src = probe.getsockname()[0]
+    sport = 40000 + os.getpid() % 20000
+    seq = int.from_bytes(os.urandom(4), "big")
+    answered: set[int] = set()
+    wanted = set(targets)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as raw:
+        raw.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(raw, selectors.EVENT_READ)
+
+        def collect(until: float) -> None:
+            while answered != wanted and (left := until - time.monotonic()) > 0:
+                if not sel.select(left):
+                    break
+                while True:
+                    try:
+                        packet, (peer, _) = raw.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    ihl = (packet[0] & 0x0F) * 4
+                    tsport, tdport = struct.unpack("!HH", packet[ihl : ihl + 4])
+                    if peer == host and tdport == sport and tsport in wanted:
+                        answered.add(tsport)
+                        _write_count(count_file, len(answered))
+
+        start = time.monotonic()
+        for k, port in enumerate(targets):
+            raw.sendto(_syn(src, host, sport, port, seq), (host, 0))
+            collect(start + (k + 1) / rate_per_s)
+        collect(time.monotonic() + TIMEOUT_S if answered != wanted else 0)
+    _write_count(count_file, len(answered))
+
+
+def connect_scan(
+    host: str, ports: str, rate_per_s: float = 20.0, count_file: str | None = None
+) -> None:
+    """A connect scan: a full TCP connection to each port of `ports` at `rate_per_s`,
+    closed at once, then finish. `count_file` counts the ports that answered (accepted
+    or refused)."""
+    if rate_per_s <= 0:
+        raise ValueError(f"rate_per_s must be above 0, got {rate_per_s!r}")
+    answered = 0
+    for port, _ in zip(_ports(ports), _rounds(1 / rate_per_s), strict=False):
+        try:
+            socket.create_connection((host, port), timeout=TIMEOUT_S).close()
+        except (ConnectionRefusedError, ConnectionResetError):
+            pass
+        except OSError as e:  # no answer: filtered
+            _error(f"connect {host}:{port}: {e}")
+            continue
+        answered += 1
+        _write_count(count_file, answered)
+    _write_count(count_file, answered)
+
+
+def slow_scan(host: str, ports: str, method: str = "syn", count_file: str | None = None) -> None:
+    """A scan at one probe a second (below a rate threshold): `method` "syn" or
+    "connect", as syn_scan and connect_scan."""
+    scans = {"syn": syn_scan, "connect": connect_scan}
+    if method not in scans:
+        raise ValueError(f"method must be 'syn' or 'connect', got {method!r}")
+    scans[method](host, ports, rate_per_s=1.0, count_file=count_file)
+
+
 KINDS: dict[str, Callable[..., None]] = {
     "listen": listen,
     "sink": sink,
@@ -494,11 +842,15 @@ KINDS: dict[str, Callable[..., None]] = {
     "flood": flood,
     "exfil": exfil,
     "spawn": spawn,
-    "dns": dns_client,
+    "dns": dns_query,
     "http": http_client,
     "ntp": ntp_client,
     "ssh": ssh_client,
-    "mqtt": mqtt_client,
+    "mqtt": mqtt_telemetry,
+    "mqtt-client": mqtt_client,
+    "syn-scan": syn_scan,
+    "connect-scan": connect_scan,
+    "slow-scan": slow_scan,
 }
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -41,6 +41,10 @@ class AgentSetup:
     interval_s: float  # [sampling] interval_s
     custom_metrics: list[dict[str, Any]] = field(default_factory=list)  # [[custom_metrics]]
     thing_name: str = "rig-dut"
+    capture: dict[str, Any] | None = None  # the [capture] table (None: the agent's default, off)
+    # TOPIC_FILTER dimensions the profiles name, describe-dimension JSON: written beside
+    # the profiles, where the agent's [detect] profiles glob loads them too.
+    dimensions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Dut(Protocol):
@@ -88,7 +92,26 @@ def _toml(value: Any) -> str:
         return json.dumps(value)  # JSON's escapes are TOML's
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise ValueError(f"custom_metrics: {value!r} has no TOML form here (string, number, list)")
+    raise ValueError(f"{value!r} has no TOML form here (bool, string, number, list)")
+
+
+def toml_table(name: str, table: Mapping[str, Any]) -> list[str]:
+    """The lines of `[name]` holding `table`: its values, then its sub-tables as
+    `[name.key]` (nested tables that hold only tables are written the same way)."""
+    lines = [f"[{name}]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in table.items() if not isinstance(v, Mapping)]
+    for k, v in table.items():
+        if isinstance(v, Mapping):
+            lines += toml_table(f"{name}.{k}", v)
+    return lines
+
+
+def write_detect_files(setup: AgentSetup, put: Callable[[str, bytes], object]) -> None:
+    """The profiles and dimensions as the files the agent's profiles glob loads."""
+    for i, profile in enumerate(setup.profiles):
+        put(f"profile-{i}.json", json.dumps(profile).encode())
+    for i, dimension in enumerate(setup.dimensions):
+        put(f"dimension-{i}.json", json.dumps(dimension).encode())
 
 
 def config_text(
@@ -126,6 +149,8 @@ def config_text(
     for metric in setup.custom_metrics:
         lines.append("[[custom_metrics]]")
         lines += [f"{k} = {_toml(v)}" for k, v in metric.items()]
+    if setup.capture is not None:
+        lines += toml_table("capture", setup.capture)
     return "\n".join(lines) + "\n"
 
 
@@ -231,8 +256,7 @@ class NetnsDut:
         for d in (self.state, self.runtime, self.profiles):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
-        for i, profile in enumerate(setup.profiles):
-            (self.profiles / f"profile-{i}.json").write_text(json.dumps(profile))
+        write_detect_files(setup, lambda name, data: (self.profiles / name).write_bytes(data))
         self.config.write_text(
             config_text(
                 setup,
@@ -342,9 +366,12 @@ class ServiceDut:
             _put(node, cert, b.device_cert.read_bytes(), mode="0640", owner=readable)
             owner = f"{s.user}:{s.user}" if s.user else None  # the agent refuses others' keys
             _put(node, key, b.device_key.read_bytes(), mode="0600", owner=owner)
-        for i, profile in enumerate(setup.profiles):
-            data = json.dumps(profile).encode()
-            _put(node, f"{s.rig_dir}/profiles/profile-{i}.json", data, mode="0640", owner=readable)
+        write_detect_files(
+            setup,
+            lambda name, data: _put(
+                node, f"{s.rig_dir}/profiles/{name}", data, mode="0640", owner=readable
+            ),
+        )
         text = config_text(
             setup,
             state_dir=s.state_dir,

@@ -1,5 +1,7 @@
 """The lab: network namespaces for the device under test, an attacker, two LAN peers and
-an MQTT broker, joined by a bridge, with mosquitto on mutual TLS. Every address lives
+an MQTT broker, joined by a bridge, with mosquitto on mutual TLS; and the gateway's own
+broker, plaintext mosquitto with user names, passwords and an ACL in the device's
+namespace, for the agent's broker watch. Every address lives
 inside the lab's own namespaces; the host's network is never touched. Leaving the `with`
 block, however it is left, kills what the lab started and deletes the namespaces it made.
 """
@@ -27,6 +29,21 @@ C2_NET = "198.51.100.0/24"
 C2_ADDRESS = "198.51.100.66"
 BROKER_PORT = 8883
 MOSQUITTO = "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
+GATEWAY_PORT = 1883
+# The gateway broker's users (fixed lab credentials, not secrets) and what each may do:
+# a sensor publishes under its own id and reads commands; the controller reads every
+# sensor and sends commands. Everything else is refused.
+GATEWAY_USERS = {
+    "sensor1": "sensor1-pass",
+    "sensor2": "sensor2-pass",
+    "controller": "controller-pass",
+}
+GATEWAY_ACL = {
+    "sensor1": ("topic write sensors/sensor1/#", "topic read cmd/#"),
+    "sensor2": ("topic write sensors/sensor2/#", "topic read cmd/#"),
+    "controller": ("topic read sensors/#", "topic write cmd/#"),
+}
 DEVICE_CN = "rig-dut"  # the device certificate's CN, the broker's user name for it
 # role -> (namespace suffix, host part of its LAN address)
 ROLES = {
@@ -128,8 +145,9 @@ def missing() -> str | None:
         return "needs root (ip netns)"
     if shutil.which("ip") is None:
         return "ip is not installed (Debian: apt-get install iproute2)"
-    if not Path(MOSQUITTO).exists():
-        return f"{MOSQUITTO} is not installed (Debian: apt-get install mosquitto)"
+    for program in (MOSQUITTO, MOSQUITTO_PASSWD):
+        if not Path(program).exists():
+            return f"{program} is not installed (Debian: apt-get install mosquitto)"
     return None
 
 
@@ -146,6 +164,48 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(TIMEOUT_S)
+
+
+def write_gateway_config(directory: Path, log: Path, port: int = GATEWAY_PORT) -> Path:
+    """The gateway broker's files in `directory`: GATEWAY_USERS with hashed passwords
+    (mosquitto_passwd), GATEWAY_ACL, and the mosquitto config (plaintext on `port`, no
+    anonymous clients) whose path is returned. Refused logins and topics are then the
+    broker's real answers."""
+    passwords = directory / "gateway.passwd"
+    passwords.write_text("".join(f"{u}:{p}\n" for u, p in GATEWAY_USERS.items()))
+    passwords.chmod(0o600)
+    done = subprocess.run(
+        [MOSQUITTO_PASSWD, "-U", str(passwords)], capture_output=True, timeout=TIMEOUT_S
+    )
+    if done.returncode != 0:
+        raise NodeCommandError("host", done)
+    acl = directory / "gateway.acl"
+    acl.write_text(
+        "".join(
+            f"user {u}\n" + "".join(f"{r}\n" for r in rules) + "\n"
+            for u, rules in GATEWAY_ACL.items()
+        )
+    )
+    conf = directory / "gateway.conf"
+    conf.write_text(
+        f"""\
+persistence false
+# As root mosquitto would otherwise switch to a user who cannot read the rig's files.
+user root
+log_dest file {log}
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+
+listener {port} 0.0.0.0
+allow_anonymous false
+password_file {passwords}
+acl_file {acl}
+"""
+    )
+    return conf
 
 
 @dataclass(frozen=True)
@@ -179,9 +239,12 @@ class Lab:
     veth pairs into the bridge; LAN 10.77.0.0/24: dut .2, broker .5, peer1 .11, peer2 .12,
     attacker .66; the attacker also holds the C2 address 198.51.100.66/24 and the dut
     routes 198.51.100.0/24 via the attacker. lo up everywhere. mosquitto with mutual TLS
-    (a CA made by the rig) listens on broker:8883. __exit__ (also after a failure or
-    Ctrl-C) kills what it started and deletes every namespace it made, and nothing else.
-    Its files (certificates, the broker's config and log) go in work/lab."""
+    (a CA made by the rig) listens on broker:8883; start_gateway() adds the gateway
+    broker (plaintext, GATEWAY_USERS with passwords, GATEWAY_ACL) on dut:1883 in the
+    dut namespace.
+    __exit__ (also after a failure or Ctrl-C) kills what it started and deletes every
+    namespace it made, and nothing else. Its files (certificates, the brokers' configs,
+    passwords, ACL and logs) go in work/lab."""
 
     def __init__(self, work: Path) -> None:
         self.dir = work / "lab"
@@ -210,6 +273,7 @@ class Lab:
             rig_key=pki / "rig.key",
         )
         self.broker_log = self.dir / "mosquitto.log"
+        self.gateway_log = self.dir / "gateway.log"
         self._made: list[str] = []  # namespaces this lab created, in order
 
     def addresses(self) -> dict[str, str]:
@@ -289,13 +353,24 @@ use_identity_as_username true
 allow_anonymous false
 """
         )
-        node = self.nodes["broker"]
+        self._run_mosquitto("broker", conf, self.broker.port, self.broker_log)
+
+    def start_gateway(self) -> None:
+        """The gateway's own broker: plaintext on 1883 in the dut namespace (to the agent
+        its socket is the device's), until the lab closes. Started only for the runs
+        that use it: an open 1883 is part of what the agent sees on the device."""
+        conf = write_gateway_config(self.dir, self.gateway_log)
+        self._run_mosquitto("dut", conf, GATEWAY_PORT, self.gateway_log)
+
+    def _run_mosquitto(self, role: str, conf: Path, port: int, log: Path) -> None:
+        """mosquitto with `conf` on the role's node; returns once it listens on `port`."""
+        node = self.nodes[role]
         process = node.spawn([MOSQUITTO, "-c", str(conf)])
         deadline = time.monotonic() + TIMEOUT_S
-        while not node.exec(["ss", "-Htln", f"sport = :{self.broker.port}"]).stdout:
+        while not node.exec(["ss", "-Htln", f"sport = :{port}"]).stdout:
             if process.poll() is not None or time.monotonic() > deadline:
-                log = self.broker_log.read_text() if self.broker_log.exists() else ""
-                raise RuntimeError(f"mosquitto did not listen on {self.broker.port}:\n{log}")
+                said = log.read_text() if log.exists() else ""
+                raise RuntimeError(f"mosquitto on {role} did not listen on {port}:\n{said}")
             time.sleep(0.05)
 
     def close(self) -> None:

@@ -25,7 +25,14 @@ from hw.dut import AgentSetup, Dut, SshDut, make_dut
 from hw.lab import Lab, Node
 from hw.lab import missing as lab_missing
 from hw.report import write_report
-from hw.scenario import EXAMPLE_ADDRESSES, Action, Scenario, ScenarioError, load_scenarios
+from hw.scenario import (
+    EXAMPLE_ADDRESSES,
+    Action,
+    Scenario,
+    ScenarioError,
+    load_scenarios,
+    union_capture,
+)
 from hw.scoring import (
     IN_ALARM,
     TOLERANCE_S,
@@ -72,20 +79,16 @@ def _wait(until: float, done: Callable[[], bool]) -> None:
         time.sleep(POLL_S)
 
 
-def run_scenario(
-    scenario: Scenario,
-    site: Site,
-    *,
-    profiles: Sequence[dict[str, Any]],
-    custom_metrics: Sequence[dict[str, Any]],
-) -> ScenarioResult:
+def run_scenario(scenario: Scenario, site: Site, detect: Detect) -> ScenarioResult:
     dut = site.dut
     log(f"{scenario.name}: starting the agent ({dut.kind})")
     dut.start(
         AgentSetup(
-            profiles=list(profiles),
+            profiles=detect.profiles,
             interval_s=scenario.interval_s,
-            custom_metrics=list(custom_metrics),
+            custom_metrics=detect.custom_metrics,
+            capture=detect.capture,
+            dimensions=detect.dimensions,
         )
     )
     setup = start_actions(scenario.setup, site.nodes, tls=dut.tls_files, broker=site.broker or "")
@@ -118,20 +121,53 @@ def run_scenario(
         dut.events(),
         dut.metrics(),
         clock_offset_s=dut.clock_offset_s(),
-        profiles=list(profiles),
+        profiles=detect.profiles,
     )
+    result = _after_lead(result, scenario.lead_s)
     log(f"{scenario.name}: " + ("goal met" if result.met else "goal NOT met"))
     return result
 
 
-def _union(scenarios: Sequence[Scenario]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every scenario's profiles and custom metrics, each once (by name)."""
+def _after_lead(result: ScenarioResult, lead_s: float) -> ScenarioResult:
+    """The goal counted from when the attack can first be detected (lead_s after its
+    start: a scan's 5th probe), not from its start."""
+    if result.goal_s is None or lead_s == 0:
+        return result
+    goal = result.goal_s + lead_s
+    met = result.latency_s is not None and result.latency_s <= goal
+    return dataclasses.replace(result, goal_s=goal, met=met)
+
+
+@dataclass(frozen=True)
+class Detect:
+    """What the agent runs under in one scenario."""
+
+    profiles: list[dict[str, Any]]
+    custom_metrics: list[dict[str, Any]]
+    dimensions: list[dict[str, Any]]
+    capture: dict[str, Any] | None  # the [capture] table; None: off
+
+
+def _own(s: Scenario) -> Detect:
+    return Detect(list(s.profiles), list(s.custom_metrics), list(s.dimensions), s.capture)
+
+
+def _union(scenarios: Sequence[Scenario]) -> Detect:
+    """Every scenario's profiles, custom metrics and dimensions, each once (by name), and
+    every capture feature any of them turns on."""
     profiles: dict[str, dict[str, Any]] = {}
     metrics: dict[str, dict[str, Any]] = {}
+    dimensions: dict[str, dict[str, Any]] = {}
     for s in scenarios:
         profiles.update((p["securityProfileName"], p) for p in s.profiles)
         metrics.update((m["name"], m) for m in s.custom_metrics)
-    return list(profiles.values()), list(metrics.values())
+        dimensions.update((d["name"], d) for d in s.dimensions)
+    return Detect(
+        list(profiles.values()),
+        list(metrics.values()),
+        list(dimensions.values()),
+        union_capture(scenarios),
+    )
 
 
 @dataclass(frozen=True)
@@ -146,9 +182,10 @@ class Site:
 
 
 # Actions a real device cannot take from the rig: servers started in the device's
-# network namespace from the host (a real device has its own), and MQTT telemetry to
-# the lab's broker, which it cannot reach.
-TARGET_SKIPS = ("dut-netns", "mqtt")
+# network namespace from the host (a real device has its own), MQTT telemetry to the
+# lab's broker, which it cannot reach, and clients of the lab's gateway broker, which
+# runs in the lab's device namespace only.
+TARGET_SKIPS = ("dut-netns", "mqtt", "mqtt-client")
 
 
 def _lab_site(lab: Lab, kind: str, work: Path) -> Site:
@@ -169,6 +206,16 @@ def _target_site(target: str, c2: str, work: Path) -> Site:
     nodes["dut"] = dut.node
     addresses = {**{r: host for r in nodes}, "dut": server.decode(), "c2": c2, "broker": host}
     return Site(dut, nodes, addresses, None)
+
+
+def needs_gateway(scenarios: Sequence[Scenario]) -> bool:
+    """Whether the lab's gateway broker must run: a scenario has clients of it or
+    watches it."""
+    return any(
+        any(a.kind == "mqtt-client" for a in s.setup + s.attack)
+        or (s.capture is not None and s.capture["broker"]["enabled"])
+        for s in scenarios
+    )
 
 
 def _for_target(scenario: Scenario) -> Scenario:
@@ -192,7 +239,9 @@ def run(options: RunOptions) -> int:
         log("--target needs --c2 ADDRESS: an address of this host the device can reach")
         return 2
     try:  # every file checked before a namespace is made (the lab's addresses load again)
-        load_scenarios(SCENARIOS, options.scenarios, EXAMPLE_ADDRESSES, quick=options.quick)
+        checked = load_scenarios(
+            SCENARIOS, options.scenarios, EXAMPLE_ADDRESSES, quick=options.quick
+        )
     except ScenarioError as e:
         log(str(e))
         return 2
@@ -207,19 +256,19 @@ def run(options: RunOptions) -> int:
         if options.target:
             site = _target_site(options.target, options.c2 or "", work)
         else:
-            site = _lab_site(stack.enter_context(Lab(work)), options.dut, work)
+            lab = stack.enter_context(Lab(work))
+            if needs_gateway(checked):
+                lab.start_gateway()
+            site = _lab_site(lab, options.dut, work)
         stack.callback(site.dut.close)  # before the lab goes: its container is in the lab
         scenarios = load_scenarios(
             SCENARIOS, options.scenarios, site.addresses, quick=options.quick
         )
         if options.target:
             scenarios = [_for_target(s) for s in scenarios]
-        all_profiles, all_metrics = _union(scenarios)
+        everything = _union(scenarios)
         for s in scenarios:
-            profiles, metrics = (
-                (all_profiles, all_metrics) if s.benign else (s.profiles, s.custom_metrics)
-            )
-            results.append(run_scenario(s, site, profiles=profiles, custom_metrics=metrics))
+            results.append(run_scenario(s, site, everything if s.benign else _own(s)))
     benign_s = sum(s.deadline_s for s in scenarios if s.benign)
     meta = {
         "dut": "ssh" if options.target else options.dut,

@@ -6,12 +6,19 @@ actors of hw/actors.py, each on a node of the lab), the violations it must cause
 the time it has to cause them. Profiles and custom metrics are checked by the agent's
 own parsers, so what the rig loads the agent takes.
 
+A scenario may also give `[[dimensions]]` (TOPIC_FILTER dimensions as describe-dimension
+prints them, for the behaviors' metricDimension), a `[capture]` table (the agent's
+[capture] config, checked by the agent's own parser) and `lead_s` (how long after the
+attack start the attack needs before it can be detected at all: a slow scan's 5th probe;
+the latency goal counts from then).
+
 Strings may hold placeholders, "{dut}", "{attacker}", "{peer1}", "{peer2}", "{broker}",
 "{c2}", "{lan}", filled in from the lab's addresses. Every problem raises ScenarioError
 naming the file and the key."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -28,9 +35,11 @@ from agent.core.profile import (
     ProfileError,
     SecurityProfile,
     parse_detect_document,
+    parse_dimension,
     parse_json_document,
 )
 from hw import actors
+from hw.dut import toml_table
 
 # "dut" runs on the device (inside its container under --dut nspawn); "dut-netns" is the
 # device's network namespace entered from the rig's host, for servers the device image
@@ -73,6 +82,9 @@ _KEYS = {
     "setup",
     "attack",
     "expected",
+    "dimensions",
+    "capture",
+    "lead_s",
 }
 
 
@@ -107,6 +119,9 @@ class Scenario:
     interval_s: float  # the agent's sampling interval in this scenario
     window_s: float | None  # the largest durationSeconds among expected behaviors
     benign: bool
+    dimensions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    capture: dict[str, Any] | None = None  # the agent's whole [capture] table, defaults filled in
+    lead_s: float = 0.0  # after attack_start, before the attack can be detected at all
 
 
 def load_scenarios(
@@ -159,12 +174,14 @@ class _Loader:
         interval_s = self.seconds(t, "interval_s", low=0.1, high=MAX_INTERVAL_S)
         warmup_s = self.seconds(t, "warmup_s", low=0.0)
         profiles = self.profiles(t)
+        dimensions = self.dimensions(t.get("dimensions", []), profiles)
         custom_metrics = self.custom_metrics(t.get("custom_metrics", []))
+        capture = self.capture(t["capture"], custom_metrics) if "capture" in t else None
         setup = self.actions(t.get("setup", []), "setup")
         attack = self.actions(t.get("attack", []), "attack")
         expected = self.expected(t.get("expected", []), profiles)
         if benign:
-            for key in ("deadline_s", "attack", "expected"):
+            for key in ("deadline_s", "attack", "expected", "lead_s"):
                 if key in t:
                     raise self.error(key, "a benign scenario has no attack: remove it")
             full_s = self.seconds(t, "benign_s", low=1.0)
@@ -179,6 +196,7 @@ class _Loader:
             if not expected:
                 raise self.error("expected", "must list the violations the attack causes")
             deadline_s = self.seconds(t, "deadline_s", low=interval_s)
+        lead_s = self.seconds(t, "lead_s", low=0.0, high=deadline_s) if "lead_s" in t else 0.0
         windows = [self.window(profiles, e) for e in expected]
         window_s = max((w for w in windows if w is not None), default=None)
         return Scenario(
@@ -194,6 +212,9 @@ class _Loader:
             interval_s=interval_s,
             window_s=window_s,
             benign=benign,
+            dimensions=dimensions,
+            capture=capture,
+            lead_s=lead_s,
         )
 
     def seconds(
@@ -265,19 +286,61 @@ class _Loader:
             raise self.error("profiles", f"a profile name appears twice: {names}")
         return resolved
 
+    def dimensions(self, tables: Any, profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not isinstance(tables, list) or not all(isinstance(d, dict) for d in tables):
+            raise self.error("dimensions", "must be an array of tables ([[dimensions]])")
+        resolved = [self.resolve(d, f"dimensions[{i}]") for i, d in enumerate(tables)]
+        for i, doc in enumerate(resolved):
+            try:
+                parse_dimension(doc, f"{self.path}: dimensions[{i}]")
+            except ProfileError as e:
+                raise ScenarioError(str(e)) from None
+        names = [d["name"] for d in resolved]
+        if len(set(names)) < len(names):
+            raise self.error("dimensions", f"a dimension name appears twice: {names}")
+        for p in profiles:
+            for b in p.get("behaviors", []):
+                wanted = b.get("metricDimension", {}).get("dimensionName")
+                if wanted is not None and wanted not in names:
+                    raise self.error(
+                        "dimensions",
+                        f"profile {p['securityProfileName']!r} behavior {b.get('name')!r}"
+                        f" names dimension {wanted!r}; this scenario's [[dimensions]] have"
+                        f" {names or 'none'}",
+                    )
+        return resolved
+
+    def capture(self, table: Any, custom_metrics: list[dict[str, Any]]) -> dict[str, Any]:
+        """The agent's [capture] table: checked by the agent's config parser beside the
+        scenario's custom metrics (their names must not clash), returned whole with its
+        defaults, so that tables of several scenarios can be joined."""
+        if not isinstance(table, dict):
+            raise self.error(
+                "capture",
+                f"must be a table ([capture]) as the agent's config has it, got {table!r}",
+            )
+        resolved = self.resolve(table, "capture")
+        try:
+            text = _custom_metrics_text(custom_metrics)
+            text += "\n".join(toml_table("capture", resolved)) + "\n"
+        except ValueError as e:
+            raise self.error("capture", str(e)) from None
+        try:
+            parsed = parse_config(text, str(self.path)).capture
+        except ConfigError as e:
+            raise ScenarioError(str(e)) from None
+        if not parsed.enabled:
+            raise self.error(
+                "capture.enabled", "must be true: the agent's capture is off by default"
+            )
+        return dataclasses.asdict(parsed)
+
     def custom_metrics(self, tables: Any) -> list[dict[str, Any]]:
         if not isinstance(tables, list) or not all(isinstance(m, dict) for m in tables):
             raise self.error("custom_metrics", "must be an array of tables ([[custom_metrics]])")
         resolved = [self.resolve(m, f"custom_metrics[{i}]") for i, m in enumerate(tables)]
-        # Written as the agent's config would hold them (JSON values are TOML values) and
-        # read back by the agent's own config parser.
-        text = "".join(
-            "[[custom_metrics]]\n"
-            + "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in m.items())
-            for m in resolved
-        )
         try:
-            parse_config(text, str(self.path))
+            parse_config(_custom_metrics_text(resolved), str(self.path))
         except ConfigError as e:
             raise ScenarioError(str(e)) from None
         return resolved
@@ -345,13 +408,24 @@ class _Loader:
         return None
 
 
+def _custom_metrics_text(metrics: list[dict[str, Any]]) -> str:
+    """Custom metrics as the agent's config would hold them (JSON values are TOML
+    values), for the agent's own config parser to read back."""
+    return "".join(
+        "[[custom_metrics]]\n"
+        + "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in m.items())
+        for m in metrics
+    )
+
+
 def _check_shared_names(scenarios: Sequence[Scenario]) -> None:
-    """The benign scenario runs every profile and custom metric at once, keyed by name:
-    two scenarios may share one only if they agree on it."""
+    """The benign scenario runs every profile, custom metric, dimension and capture
+    feature at once, keyed by name: two scenarios may share one only if they agree on it."""
     seen: dict[tuple[str, str], tuple[str, Any]] = {}
     for s in scenarios:
         items = [("profile", p["securityProfileName"], p) for p in s.profiles]
         items += [("custom metric", m["name"], m) for m in s.custom_metrics]
+        items += [("dimension", d["name"], d) for d in s.dimensions]
         for what, name, doc in items:
             first = seen.setdefault((what, name), (s.name, doc))
             if first[1] != doc:
@@ -359,3 +433,35 @@ def _check_shared_names(scenarios: Sequence[Scenario]) -> None:
                     f"{s.name}.toml: {what} {name!r} differs from the one of scenario {first[0]};"
                     " give one of them another name"
                 )
+    union_capture(scenarios)
+
+
+def union_capture(scenarios: Sequence[Scenario]) -> dict[str, Any] | None:
+    """One [capture] table for the scenarios' tables together (None: none has one): a
+    feature is on when any scenario turns it on, lists are joined (an empty interface
+    list, every interface, wins), and any other value must be the same in all.
+    Raises ScenarioError naming the two scenarios that disagree."""
+    tables = [(s.name, s.capture) for s in scenarios if s.capture is not None]
+    if not tables:
+        return None
+
+    def join(key: str, a: Any, b: Any, first: str, name: str) -> Any:
+        if isinstance(a, dict):
+            return {k: join(f"{key}.{k}", a[k], b[k], first, name) for k in a}
+        if isinstance(a, bool):
+            return a or b
+        if key == "capture.interfaces":
+            return [] if not a or not b else list(dict.fromkeys(a + b))
+        if isinstance(a, list):
+            return list(dict.fromkeys(a + b))
+        if a != b:
+            raise ScenarioError(
+                f"{name}.toml: {key} = {b!r} differs from {a!r} of scenario {first};"
+                " the benign load runs them together"
+            )
+        return a
+
+    first, joined = tables[0]
+    for name, table in tables[1:]:
+        joined = join("capture", joined, table, first, name)
+    return joined

@@ -1,5 +1,6 @@
 """The rig's lab (hw/lab.py) made for real: namespaces joined by a bridge, mosquitto on
-mutual TLS, and everything gone after the `with`, however it is left."""
+mutual TLS, the gateway broker with passwords in the device's namespace, and everything
+gone after the `with`, however it is left."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.lab import Lab, missing, stop_processes
+from hw.lab import GATEWAY_USERS, Lab, missing, stop_processes
 from hw.scenario import EXAMPLE_ADDRESSES
 
 pytestmark = [
@@ -61,6 +62,19 @@ except (OSError, ssl.SSLError) as e:
     print(type(e).__name__)
 """
 CONNACK_ACCEPTED = "20020000"
+# An MQTT 3.1.1 CONNECT in plaintext, with a user name and password when given; prints
+# the CONNACK's bytes in hex.
+GATEWAY_CONNECT = """
+import socket, struct, sys
+host, user, password = sys.argv[1:4]
+def s(x):
+    return struct.pack("!H", len(x)) + x.encode()
+flags = 0xC2 if user else 0x02
+body = s("MQTT") + bytes([4, flags, 0, 60]) + s("lab-gw") + (s(user) + s(password) if user else b"")
+with socket.create_connection((host, 1883), timeout=5) as c:
+    c.sendall(bytes([0x10, len(body)]) + body)
+    print(c.recv(4).hex() or "closed")
+"""
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +129,25 @@ def test_the_broker_wants_a_client_certificate_of_the_rigs_ca(lab: Lab) -> None:
     assert not refused.startswith("20"), refused  # no CONNACK at all
     log = lab.broker_log.read_text()
     assert "as lab-test (" in log and "u'rig-dut'" in log, log
+
+
+def test_the_gateway_broker_listens_on_the_dut_and_checks_passwords(lab: Lab) -> None:
+    assert not lab.nodes["dut"].exec(["ss", "-Htln", "sport = :1883"]).stdout  # on demand
+    lab.start_gateway()
+
+    def connect(user: str, password: str) -> str:
+        argv = ["python3", "-c", GATEWAY_CONNECT, lab.nodes["dut"].address, user, password]
+        return lab.nodes["peer1"].exec(argv).stdout.decode().strip()
+
+    assert connect("sensor1", GATEWAY_USERS["sensor1"]) == CONNACK_ACCEPTED
+    assert connect("controller", GATEWAY_USERS["controller"]) == CONNACK_ACCEPTED
+    assert connect("sensor1", "wrong") == "20020005"  # not authorised
+    assert connect("", "") == "20020005"  # no anonymous clients
+    # in the device's namespace only
+    assert lab.nodes["dut"].exec(["ss", "-Htln", "sport = :1883"]).stdout
+    assert not lab.nodes["broker"].exec(["ss", "-Htln", "sport = :1883"]).stdout
+    log = lab.gateway_log.read_text()
+    assert "as lab-gw (p2, c1, k60, u'sensor1')" in log, log
 
 
 def test_the_dut_reaches_c2_through_the_attacker(lab: Lab) -> None:

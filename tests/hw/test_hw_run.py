@@ -11,8 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from hw.run import SCENARIOS, TARGET_SKIPS, _for_target, _union
+from hw.run import (
+    SCENARIOS,
+    TARGET_SKIPS,
+    _after_lead,
+    _for_target,
+    _own,
+    _union,
+    needs_gateway,
+)
 from hw.scenario import EXAMPLE_ADDRESSES, load_scenarios
+from hw.scoring import score
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,13 +32,77 @@ def scenarios():
 
 def test_the_benign_load_runs_under_every_profile_and_custom_metric_once():
     loaded = scenarios()
-    profiles, metrics = _union(loaded)
-    names = [p["securityProfileName"] for p in profiles]
+    union = _union(loaded)
+    names = [p["securityProfileName"] for p in union.profiles]
     assert len(names) == len(set(names))
     assert set(names) == {p["securityProfileName"] for s in loaded for p in s.profiles}
-    # c2-connection and c2-connection-150th share one profile file
+    # c2-connection and c2-connection-150th share one profile file; the scans one profile
     assert sum(name == "rig-no-c2" for name in names) == 1
-    assert {m["name"] for m in metrics} == {m["name"] for s in loaded for m in s.custom_metrics}
+    assert sum(name == "rig-no-scan" for name in names) == 1
+    assert {m["name"] for m in union.custom_metrics} == {
+        m["name"] for s in loaded for m in s.custom_metrics
+    }
+    assert {d["name"] for d in union.dimensions} == {"rig-sensor-topics"}
+    # every capture feature some scenario turns on runs under the benign load
+    capture = union.capture
+    assert capture is not None and capture["enabled"]
+    assert capture["scan"]["enabled"] and capture["dns"]["enabled"]
+    assert capture["broker"]["enabled"] and capture["broker"]["ports"] == [1883]
+    (benign,) = [s for s in loaded if s.benign]
+    assert benign.capture is None  # its capture is the union's
+
+
+def test_a_scenario_runs_under_its_own_capture_only():
+    by_name = {s.name: s for s in scenarios()}
+    assert _own(by_name["c2-connection"]).capture is None
+    flood = _own(by_name["mqtt-flood"])
+    assert flood.capture is not None and flood.capture["broker"]["enabled"]
+    assert [d["name"] for d in flood.dimensions] == ["rig-sensor-topics"]
+    syn = _own(by_name["syn-scan"])
+    assert syn.capture is not None and not syn.capture["broker"]["enabled"]
+
+
+def test_the_gateway_broker_runs_for_the_scenarios_that_use_it():
+    by_name = {s.name: s for s in scenarios()}
+    assert needs_gateway([by_name["mqtt-flood"]]) and needs_gateway([by_name["benign"]])
+    assert not needs_gateway([by_name["syn-scan"], by_name["c2-connection"]])
+
+
+def test_the_goal_counts_from_when_the_attack_can_be_detected():
+    result = score(
+        name="slow",
+        expected=[("p", "b")],
+        profiles=[
+            {
+                "securityProfileName": "p",
+                "behaviors": [
+                    {
+                        "name": "b",
+                        "metric": "num_scan_sources",
+                        "criteria": {"comparisonOperator": "less-than", "value": {"number": 1}},
+                    }
+                ],
+            }
+        ],
+        interval_s=1.0,
+        deadline_s=6.0,
+        benign=False,
+        attack_start=100.0,
+        end=110.0,
+        events=[
+            {
+                "securityProfileName": "p",
+                "behavior": {"name": "b"},
+                "violationEventType": "in-alarm",
+                "violationEventTime": 105.5,
+            }
+        ],
+        metrics=[],
+    )
+    assert (result.goal_s, result.met) == (2.0, False)
+    late = _after_lead(result, 4.0)
+    assert (late.goal_s, late.met, late.latency_s) == (6.0, True, 5.5)
+    assert _after_lead(result, 3.0).met is False
 
 
 def test_a_real_device_is_spared_the_actions_it_cannot_take():
@@ -37,7 +110,13 @@ def test_a_real_device_is_spared_the_actions_it_cannot_take():
     kept = _for_target(benign)
     assert [a for a in kept.setup if a.node in TARGET_SKIPS or a.kind in TARGET_SKIPS] == []
     dropped = [a for a in benign.setup if a not in kept.setup]
-    assert {(a.node, a.kind) for a in dropped} == {("dut-netns", "sshd"), ("dut", "mqtt")}
+    assert {(a.node, a.kind) for a in dropped} == {
+        ("dut-netns", "sshd"),
+        ("dut-netns", "http-server"),
+        ("dut", "mqtt"),
+        ("peer1", "mqtt-client"),
+        ("peer2", "mqtt-client"),
+    }
     assert kept.profiles == benign.profiles and kept.expected == benign.expected
 
 

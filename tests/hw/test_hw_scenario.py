@@ -18,6 +18,7 @@ from hw.scenario import (
     ScenarioError,
     load_scenario,
     load_scenarios,
+    union_capture,
 )
 
 SHIPPED = Path(__file__).resolve().parents[2] / "hw" / "scenarios"
@@ -38,6 +39,13 @@ REQUIRED = {
     "exfiltration-burst",
     "established-flood",
     "custom-metric-spike",
+    "syn-scan",
+    "connect-scan",
+    "slow-scan",
+    "dns-forbidden-domain",
+    "mqtt-auth-failure-storm",
+    "mqtt-flood",
+    "mqtt-message-size-spike",
     "benign",
 }
 
@@ -85,6 +93,26 @@ port = 443
 [[expected]]
 profile = "p"
 behavior = "no-c2"
+"""
+
+CAPTURE = "\n[capture]\nenabled = true\n"
+DIMENSION = """
+[[dimensions]]
+name = "sensor-topics"
+type = "TOPIC_FILTER"
+stringValues = ["sensors/#"]
+"""
+# The last behavior of VALID, after which another goes.
+FLOOD_BEHAVIOR = (
+    'criteria = { comparisonOperator = "less-than", value = { count = 1000 },'
+    " durationSeconds = 10 }\n"
+)
+DIMENSIONED = """
+[[profiles.behaviors]]
+name = "sensor-messages"
+metric = "aws:num-messages-sent"
+metricDimension = { dimensionName = "sensor-topics" }
+criteria = { comparisonOperator = "less-than", value = { count = 50 } }
 """
 
 BENIGN = """\
@@ -152,7 +180,29 @@ def test_shipped_scenarios_aim_at_what_the_issue_names() -> None:
     spike = by_name["custom-metric-spike"]
     assert criteria("custom-metric-spike")["metric"] == spike.custom_metrics[0]["name"]
     benign_kinds = {a.kind for a in by_name["benign"].setup}
-    assert {"mqtt", "dns", "http", "ssh", "ntp"} <= benign_kinds
+    assert {"mqtt", "dns", "http", "ssh", "ntp", "mqtt-client"} <= benign_kinds
+    for scan in ("syn-scan", "connect-scan", "slow-scan"):
+        assert criteria(scan) == {
+            "metric": "num_scan_sources",
+            "comparisonOperator": "less-than",
+            "value": {"number": 1},
+        }
+        assert by_name[scan].capture is not None
+    # the goal and the deadline: one interval + 1 s after the 5th probe
+    assert by_name["syn-scan"].lead_s == by_name["connect-scan"].lead_s == 4 / 20
+    assert by_name["slow-scan"].lead_s == 4 and by_name["slow-scan"].deadline_s == 6
+    assert criteria("dns-forbidden-domain")["value"] == {"strings": ["*.evil.example"]}
+    assert criteria("mqtt-auth-failure-storm")["metric"] == "aws:num-authorization-failures"
+    assert criteria("mqtt-flood")["metric"] == "aws:num-messages-sent"
+    assert criteria("mqtt-message-size-spike")["metric"] == "aws:message-byte-size"
+    for name in ("syn-scan", "connect-scan", "slow-scan", "dns-forbidden-domain"):
+        s = by_name[name]
+        assert s.deadline_s == pytest.approx(s.lead_s + s.interval_s + 1)
+    for name in ("mqtt-auth-failure-storm", "mqtt-flood", "mqtt-message-size-spike"):
+        s = by_name[name]
+        assert s.capture is not None and s.capture["broker"]["enabled"]
+        assert s.deadline_s == pytest.approx(s.lead_s + s.interval_s + 1)
+        assert {a.params["host"] for a in s.setup + s.attack} == {EXAMPLE_ADDRESSES["dut"]}
 
 
 def test_quick_shortens_the_benign_load_only() -> None:
@@ -237,6 +287,24 @@ BAD = [
     ),
     ("custom_metrics[0].command", lambda t: _without(t, 'command = ["echo", "{dut}"]\n')),
     ("custom_metrics[0].source", lambda t: t.replace('source = "command"', 'source = "shell"')),
+    ("capture", lambda t: t + "capture = true\n"),
+    ("capture", lambda t: t.replace("deadline_s = 8", 'deadline_s = 8\ncapture = "on"')),
+    ("capture.enabled", lambda t: t + "\n[capture]\ninterfaces = []\n"),
+    ("capture.enabled", lambda t: t + '\n[capture]\nenabled = "yes"\n'),
+    ("capture.scan.hold_s", lambda t: t + CAPTURE + "scan = { hold_s = -1 }\n"),
+    ("capture.broker.ports[0]", lambda t: t + CAPTURE + "broker = { ports = [70000] }\n"),
+    ("capture.dns.names_metric", lambda t: t + CAPTURE + 'dns = { names_metric = "aws:x" }\n'),
+    ("capture.dns", lambda t: t + CAPTURE + "dns = { enable = true }\n"),
+    (
+        "capture.scan.sources_metric",
+        lambda t: t + CAPTURE + 'scan = { sources_metric = "workers" }\n',
+    ),
+    ("lead_s", lambda t: t.replace("deadline_s = 8", "deadline_s = 8\nlead_s = 9")),
+    ("lead_s", lambda t: t.replace("deadline_s = 8", 'deadline_s = 8\nlead_s = "1"')),
+    ("dimensions", lambda t: t.replace("deadline_s = 8", "deadline_s = 8\ndimensions = 3")),
+    ("dimensions[0]", lambda t: t + DIMENSION.replace('"TOPIC_FILTER"', '"STRING"')),
+    ("dimensions[0]", lambda t: t + DIMENSION.replace('"sensors/#"', '"sensors/#/x"')),
+    ("dimensions", lambda t: t.replace(FLOOD_BEHAVIOR, FLOOD_BEHAVIOR + DIMENSIONED)),
     ("cannot be read as TOML", lambda t: t.replace("interval_s = 1", "interval_s = ")),
 ]
 
@@ -258,6 +326,7 @@ BAD_BENIGN = [
     ("quick_benign_s", lambda t: t.replace("quick_benign_s = 40", "quick_benign_s = 4000")),
     ("benign_s", lambda t: _without(t, "benign_s = 1800\n")),
     ("benign", lambda t: t.replace("benign = true", 'benign = "yes"')),
+    ("lead_s", lambda t: t.replace("benign_s = 1800", "benign_s = 1800\nlead_s = 1")),
 ]
 
 
@@ -276,3 +345,64 @@ def test_the_valid_cases_are_valid(tmp_path: Path) -> None:
     """The base of the bad cases loads: each failure above is the spoiled field's."""
     assert load_scenario(write(tmp_path, VALID, "v"), EXAMPLE_ADDRESSES, quick=False).expected
     assert load_scenario(write(tmp_path, BENIGN, "b"), EXAMPLE_ADDRESSES, quick=True).benign
+
+
+def test_a_capture_table_is_the_agents_whole_and_a_dimension_goes_with_its_profile(
+    tmp_path: Path,
+) -> None:
+    text = VALID.replace(FLOOD_BEHAVIOR, FLOOD_BEHAVIOR + DIMENSIONED) + DIMENSION
+    text += CAPTURE + 'interfaces = ["eth0"]\nbroker = { enabled = true }\n'
+    s = load_scenario(write(tmp_path, text), EXAMPLE_ADDRESSES, quick=False)
+    assert [d["name"] for d in s.dimensions] == ["sensor-topics"]
+    assert s.capture is not None
+    assert s.capture["interfaces"] == ["eth0"]
+    # the agent's defaults filled in: a feature left out is what the agent would run
+    assert s.capture["scan"]["enabled"] and s.capture["dns"]["enabled"]
+    assert s.capture["broker"] == {"enabled": True, "ports": [1883]}
+    assert s.lead_s == 0.0
+    assert (
+        load_scenario(write(tmp_path, VALID, "plain"), EXAMPLE_ADDRESSES, quick=False).capture
+        is None
+    )
+
+
+def _with_capture(text: str, capture: str) -> str:
+    return text + CAPTURE + capture
+
+
+def test_the_capture_tables_of_several_scenarios_join(tmp_path: Path) -> None:
+    write(
+        tmp_path, _with_capture(VALID, 'interfaces = ["eth0"]\nscan = { enabled = false }\n'), "a"
+    )
+    write(
+        tmp_path,
+        _with_capture(
+            VALID.replace('"p"', '"q"'),
+            'interfaces = ["eth1"]\ndns = { enabled = false }\n'
+            "broker = { enabled = true, ports = [1884] }\n",
+        ),
+        "b",
+    )
+    write(tmp_path, BENIGN, "c")
+    loaded = load_scenarios(tmp_path, None, EXAMPLE_ADDRESSES, quick=True)
+    joined = union_capture(loaded)
+    assert joined is not None
+    assert joined["interfaces"] == ["eth0", "eth1"]
+    assert joined["scan"]["enabled"] and joined["dns"]["enabled"]  # on in one of them
+    assert joined["broker"] == {"enabled": True, "ports": [1883, 1884]}
+    assert union_capture([s for s in loaded if s.benign]) is None
+    # an empty interface list is every interface: it covers the others
+    write(tmp_path, _with_capture(VALID.replace('"p"', '"r"'), ""), "d")
+    loaded = load_scenarios(tmp_path, None, EXAMPLE_ADDRESSES, quick=True)
+    assert union_capture(loaded)["interfaces"] == []  # type: ignore[index]
+
+
+def test_two_scenarios_may_not_name_one_capture_metric_two_ways(tmp_path: Path) -> None:
+    write(tmp_path, _with_capture(VALID, 'scan = { count_metric = "scanners" }\n'), "a")
+    write(tmp_path, _with_capture(VALID.replace('"p"', '"q"'), ""), "b")
+    with pytest.raises(
+        ScenarioError,
+        match=r"b.toml: capture.scan.count_metric = 'num_scan_sources' differs from"
+        r" 'scanners' of scenario a",
+    ):
+        load_scenarios(tmp_path, None, EXAMPLE_ADDRESSES, quick=False)

@@ -4,6 +4,7 @@ that the fixture makes and deletes; and stop_actions leaves no process behind.""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from hw.actors import STARTUP_S
-from hw.lab import Node
+from hw.lab import GATEWAY_USERS, Node, write_gateway_config
 from hw.pki import Ca
 from hw.scenario import Action
 from hw.traffic import Running, start_actions, stop_actions
@@ -323,3 +324,219 @@ require_certificate true
     finally:
         broker.terminate()
         broker.wait(TIMEOUT_S)
+
+
+# -- scans --------------------------------------------------------------------------------
+
+
+def tcp_counters(net: Net, node: str) -> dict[str, int]:
+    """The namespace's own TCP counters (/proc/net/snmp is per network namespace)."""
+    lines = [line.split() for line in net.run(node, "cat", "/proc/net/snmp").splitlines()]
+    names, values = [line for line in lines if line[0] == "Tcp:"]
+    return {k: int(v) for k, v in zip(names[1:], values[1:], strict=True)}
+
+
+def test_syn_scan_probes_reach_the_target_and_are_answered(
+    net: Net, start: Callable[..., Running], tmp_path: Path
+) -> None:
+    """Ten crafted SYNs: the target's kernel answers each (9 RSTs for the closed ports,
+    a SYN-ACK for the open one), and no connection is ever established."""
+    start(Action("dut", "sink", {"port": 8080}))
+    eventually(lambda: net.run("dut", "ss", "-Hltn", "sport = :8080"), "sink listening")
+    before = tcp_counters(net, "dut")
+    counted = tmp_path / "answered"
+    t0 = time.monotonic()
+    running = start(
+        Action(
+            "peer1",
+            "syn-scan",
+            {"host": DUT, "ports": "8075-8084", "rate_per_s": 50, "count_file": str(counted)},
+        )
+    )
+    assert running.started[0].process.wait(TIMEOUT_S) == 0, running.errors()
+    assert time.monotonic() - t0 >= 9 / 50  # paced
+    assert count_in(counted) == 10
+    after = tcp_counters(net, "dut")
+    assert after["OutRsts"] - before["OutRsts"] >= 9  # the closed ports' RSTs
+    assert after["PassiveOpens"] == before["PassiveOpens"]  # half-open: never accepted
+    assert established(net, "dut", "sport = :8080") == 0
+
+
+def test_connect_scan_completes_handshakes_to_open_ports(
+    net: Net, start: Callable[..., Running], tmp_path: Path
+) -> None:
+    start(Action("dut", "sink", {"port": 8080}))
+    eventually(lambda: net.run("dut", "ss", "-Hltn", "sport = :8080"), "sink listening")
+    before = tcp_counters(net, "dut")
+    counted = tmp_path / "answered"
+    params = {"host": DUT, "ports": "8078-8082", "rate_per_s": 50, "count_file": str(counted)}
+    running = start(Action("peer1", "connect-scan", params))
+    assert running.started[0].process.wait(TIMEOUT_S) == 0, running.errors()
+    assert count_in(counted) == 5
+    after = tcp_counters(net, "dut")
+    assert after["PassiveOpens"] - before["PassiveOpens"] == 1  # the open port, accepted
+    assert after["OutRsts"] - before["OutRsts"] >= 4  # the closed ones refused
+
+
+def test_slow_scan_sends_one_probe_a_second(
+    net: Net, start: Callable[..., Running], tmp_path: Path
+) -> None:
+    counted = tmp_path / "answered"
+    t0 = time.monotonic()
+    params = {"host": DUT, "ports": "7001-7003", "method": "syn", "count_file": str(counted)}
+    running = start(Action("peer1", "slow-scan", params))
+    assert running.started[0].process.wait(TIMEOUT_S) == 0, running.errors()
+    assert 2.0 <= time.monotonic() - t0 < 4.0  # probes at 0, 1 and 2 s
+    assert count_in(counted) == 3
+
+
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        ({"ports": "80-22"}, "'80-22' is not a port or a range"),
+        ({"ports": "http"}, "'http' is not a port or a range"),
+        ({"ports": "80", "method": "xmas"}, "method must be 'syn' or 'connect'"),
+    ],
+)
+def test_a_scan_with_bad_parameters_says_what_is_wrong(
+    net: Net, start: Callable[..., Running], params: dict[str, str], said: str
+) -> None:
+    running = start(Action("peer1", "slow-scan", {"host": DUT, **params}))
+    assert running.started[0].process.wait(TIMEOUT_S) == 1
+    assert said in running.errors()[0]
+
+
+# -- DNS ----------------------------------------------------------------------------------
+
+# One A query per name; prints the response codes in order.
+RCODES = """
+import json, socket, struct, sys
+codes = []
+for k, name in enumerate(sys.argv[2:]):
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0"
+    query = struct.pack("!HHHHHH", k, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(query, (sys.argv[1], 53))
+        reply = s.recv(512)
+    flags, answers = struct.unpack("!H", reply[2:4])[0], struct.unpack("!H", reply[6:8])[0]
+    codes.append([flags & 0xF, answers])
+print(json.dumps(codes))
+"""
+
+
+def test_dns_server_refuses_the_listed_names_and_answers_the_rest(
+    net: Net, start: Callable[..., Running], tmp_path: Path
+) -> None:
+    start(Action("peer1", "dns-server", {"port": 53, "nxdomain": ["*.evil.example", "x.test"]}))
+    names = ["c2.evil.example", "evil.example", "EVIL.example.", "notevil.example", "x.test"]
+    names += ["y.x.test", "telemetry.example.com"]
+
+    def codes() -> list[list[int]] | None:
+        out = net.run("dut", "python3", "-c", RCODES, PEER, *names)
+        return json.loads(out) if out else None
+
+    found = eventually(codes, "the server answers")
+    # NXDOMAIN (3, no answer) for the wildcard's domain and names under it and the exact
+    # name; an A record (0, one answer) for the rest
+    assert found == [[3, 0], [3, 0], [3, 0], [0, 1], [3, 0], [0, 1], [0, 1]]
+    counted = tmp_path / "answers"
+    params = {"server": PEER, "names": ["c2.evil.example", "ok.example"], "every_s": 0.1}
+    start(Action("dut", "dns", {**params, "count_file": str(counted)}))
+    eventually(lambda: count_in(counted) >= 4, "NXDOMAIN and A answers both count")
+
+
+# -- MQTT on a gateway broker (plaintext, passwords, ACL) -------------------------------
+
+
+@pytest.fixture
+def gateway(net: Net, tmp_path: Path) -> Iterator[Path]:
+    """The lab's gateway broker config on peer1:1883; yields its log."""
+    if not os.path.exists(MOSQUITTO):
+        pytest.skip("mosquitto is not installed")
+    log = tmp_path / "gateway.log"
+    conf = write_gateway_config(tmp_path, log)
+    broker = net.nodes["peer1"].spawn([MOSQUITTO, "-c", str(conf)])
+    try:
+        eventually(lambda: net.run("peer1", "ss", "-Hltn", "sport = :1883"), "broker up")
+        yield log
+    finally:
+        broker.terminate()
+        broker.wait(TIMEOUT_S)
+
+
+def mqtt(
+    start: Callable[..., Running], tmp_path: Path, name: str, **params: Any
+) -> tuple[Running, Path]:
+    counted = tmp_path / name
+    base = {"host": PEER, "rate_per_s": 50, "count_file": str(counted)}
+    return start(Action("dut", "mqtt-client", {**base, **params})), counted
+
+
+def finished(running: Running) -> int:
+    return running.started[0].process.wait(TIMEOUT_S)
+
+
+def test_mqtt_client_publishes_with_its_password_within_its_acl(
+    net: Net, start: Callable[..., Running], tmp_path: Path, gateway: Path
+) -> None:
+    sensor = {"username": "sensor1", "password": GATEWAY_USERS["sensor1"]}
+    # QoS 1: each message acknowledged; a 200 kB one too (a size spike); MQTT 5 as well
+    running, counted = mqtt(start, tmp_path, "ok", **sensor, n=5, qos=1, subscribe="cmd/#")
+    assert finished(running) == 0 and count_in(counted) == 5, running.errors()
+    running, counted = mqtt(start, tmp_path, "big", **sensor, n=2, qos=1, size=200_000)
+    assert finished(running) == 0 and count_in(counted) == 2, running.errors()
+    running, counted = mqtt(start, tmp_path, "v5", **sensor, n=3, qos=1, version=5)
+    assert finished(running) == 0 and count_in(counted) == 3, running.errors()
+    # a flood: 1000 messages at 1000/s over ten topics
+    topics = [f"sensors/sensor1/flood/{i}" for i in range(10)]
+    t0 = time.monotonic()
+    running, counted = mqtt(
+        start, tmp_path, "flood", **sensor, n=1000, rate_per_s=1000, topics=topics
+    )
+    assert finished(running) == 0 and count_in(counted) == 1000, running.errors()
+    assert time.monotonic() - t0 < 5
+    text = gateway.read_text()
+    assert "as sensor1 (p2, c1, k60, u'sensor1')" in text  # 3.1.1
+    assert "as sensor1 (p5, c1, k60, u'sensor1')" in text  # 5
+    assert "not authorised" not in text
+
+
+def test_mqtt_auth_storm_counts_the_brokers_refusals(
+    net: Net, start: Callable[..., Running], tmp_path: Path, gateway: Path
+) -> None:
+    storm = {"mode": "auth-storm", "n": 4}
+    # a wrong password: every CONNECT refused, in either version
+    for version in (4, 5):
+        running, counted = mqtt(
+            start,
+            tmp_path,
+            f"bad{version}",
+            username="sensor2",
+            password="nope",
+            **storm,
+            version=version,
+        )
+        assert finished(running) == 0 and count_in(counted) == 4, running.errors()
+    # the right password, forbidden topics: MQTT 5 at QoS 1 gets a PUBACK refusal for
+    # each of the two (an allowed one passes); MQTT 3.1.1 is refused silently
+    right = {"username": "sensor2", "password": GATEWAY_USERS["sensor2"], **storm}
+    topics = ["sensors/sensor1/temp", "cmd/sensor1", "sensors/sensor2/temp"]
+    running, counted = mqtt(start, tmp_path, "acl5", **right, topics=topics, qos=1, version=5)
+    assert finished(running) == 0 and count_in(counted) == 8, running.errors()
+    running, counted = mqtt(start, tmp_path, "acl4", **right, topics=topics, qos=1, version=4)
+    assert finished(running) == 0 and count_in(counted) == 0, running.errors()
+    text = gateway.read_text()
+    assert text.count("disconnected, not authorised") == 8
+    assert "as sensor2 (p5, c1, k60, u'sensor2')" in text
+
+
+def test_mqtt_publisher_refused_says_why_and_counts_nothing(
+    net: Net, start: Callable[..., Running], tmp_path: Path, gateway: Path
+) -> None:
+    running, counted = mqtt(
+        start, tmp_path, "refused", username="sensor1", password="wrong", rate_per_s=5
+    )
+    errors = eventually(running.errors, "the client says why", timeout_s=STARTUP_S + 3)
+    assert "refused CONNECT of sensor1" in errors[0]
+    assert count_in(counted) == 0
