@@ -177,6 +177,51 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ScanCaptureConfig:
+    enabled: bool = True
+    sources_metric: str = "scan_sources"  # ip-address-list: sources flagged as scanning
+    count_metric: str = "num_scan_sources"  # number: how many
+    # A flagged source stays listed this long after its last probe.
+    hold_s: float = _ranged(300.0, 1, DAY_S)
+
+
+@dataclass(frozen=True)
+class DnsCaptureConfig:
+    enabled: bool = True
+    names_metric: str = "dns_names"  # string-list: names queried since the last sample
+    resolvers_metric: str = "dns_resolvers"  # ip-address-list: servers they went to
+
+
+@dataclass(frozen=True)
+class BrokerCaptureConfig:
+    enabled: bool = False
+    ports: list[int] = field(default_factory=lambda: [1883])  # plaintext MQTT listeners
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Packet capture (AF_PACKET, needs CAP_NET_RAW): off by default."""
+
+    enabled: bool = False
+    interfaces: list[str] = field(default_factory=list)  # empty: every interface
+    scan: ScanCaptureConfig = field(default_factory=ScanCaptureConfig)
+    dns: DnsCaptureConfig = field(default_factory=DnsCaptureConfig)
+    broker: BrokerCaptureConfig = field(default_factory=BrokerCaptureConfig)
+
+    def metric_names(self) -> dict[str, tuple[str, bool]]:
+        """{config key path: (custom metric name, whether it is collected)} of the
+        features that make custom metrics."""
+        scan = self.enabled and self.scan.enabled
+        dns = self.enabled and self.dns.enabled
+        return {
+            "capture.scan.sources_metric": (self.scan.sources_metric, scan),
+            "capture.scan.count_metric": (self.scan.count_metric, scan),
+            "capture.dns.names_metric": (self.dns.names_metric, dns),
+            "capture.dns.resolvers_metric": (self.dns.resolvers_metric, dns),
+        }
+
+
+@dataclass(frozen=True)
 class Config:
     thing_name: str = field(default_factory=_short_host_name)
     state_dir: str = field(default_factory=_default_state_dir)
@@ -185,6 +230,7 @@ class Config:
     detect: DetectConfig = field(default_factory=DetectConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     custom_metrics: list[CustomMetricConfig] = field(default_factory=list)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     config_file: str = "<built-in defaults>"  # where it was read from, for messages
 
 
@@ -317,12 +363,39 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{path}.command: source 'command' needs an argv list")
         if metric.source in ("file", "disk_percent") and not metric.path:
             raise ConfigError(f"{path}.path: source {metric.source!r} needs a path")
+    _check_capture(cfg, seen)
     waits = sum(m.timeout_s for m in cfg.custom_metrics if m.source == "command")
     if waits > COMMANDS_BUDGET_S:
         raise ConfigError(
             f"custom_metrics: the commands' timeout_s add up to {waits:g} s; at most"
             f" {COMMANDS_BUDGET_S:g} (a cycle waits for each in turn)"
         )
+
+
+def _check_capture(cfg: Config, custom_names: set[str]) -> None:
+    """Capture's metric names follow the custom metric rules and clash with nothing."""
+    taken = {n: "custom_metrics" for n in custom_names}
+    for path, (name, collected) in cfg.capture.metric_names().items():
+        if not _AWS_NAME.fullmatch(name) or name.lower().startswith("aws:"):
+            raise ConfigError(
+                f"{path}: must be 1-128 of a-z A-Z 0-9 : _ - and not start with aws:"
+                f" (an AWS custom metric name), got {_shown.repr(name)}"
+            )
+        if collected and name in taken:
+            raise ConfigError(f"{path}: {name!r} is already the name in {taken[name]}")
+        taken[name] = path
+    broker = cfg.capture.broker
+    for i, port in enumerate(broker.ports):
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"capture.broker.ports[{i}]: must be a port 1-65535, got {port}")
+    if broker.enabled and not broker.ports:
+        raise ConfigError("capture.broker.ports: the broker watch needs at least one port")
+    for i, name in enumerate(cfg.capture.interfaces):
+        if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
+            raise ConfigError(
+                f"capture.interfaces[{i}]: must be an interface name (1-15 characters, no /"
+                f" or spaces), got {_shown.repr(name)}"
+            )
 
 
 def _topic_problem(topic: str) -> str | None:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.core.baseline import Baseline
 from agent.core.cidr import CidrSet
 from agent.core.evaluator import Detector
+from agent.core.judge import Judge
 from agent.core.profile import parse_profile
 from agent.core.report import make_envelope
 from agent.service.replay import read_samples, replay
@@ -142,15 +143,15 @@ def bench_core(
     gc.freeze()
     detector = Detector([profile], "bench")
     start = time.perf_counter()
-    events = sum(len(detector.observe(t, m)) for t, m in samples)
+    events = sum(len(detector.observe(t, m)) for t, m, _ in samples)
     return time.perf_counter() - start, detector.datapoints, events
 
 
 def bench_replay(profile: Any, lines: list[str]) -> tuple[float, int]:
-    detector = Detector([profile], "bench")
+    detector = Judge([profile], "bench", lambda t, p, u: Detector(p, t), {}, clients=False)
     events: list[object] = []
     start = time.perf_counter()
-    replay(detector, read_samples(lines, "bench"), events.append)
+    replay(detector, read_samples(lines, "bench"), events.append, set())
     return time.perf_counter() - start, detector.datapoints
 
 

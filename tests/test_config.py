@@ -13,12 +13,16 @@ import pytest
 import agent
 import agent.config
 from agent.config import (
+    BrokerCaptureConfig,
+    CaptureConfig,
     Config,
     ConfigError,
     CustomMetricConfig,
     DetectConfig,
+    DnsCaptureConfig,
     MqttConfig,
     SamplingConfig,
+    ScanCaptureConfig,
     StoreConfig,
     load_config,
     parse_config,
@@ -263,9 +267,11 @@ def test_the_example_config_names_every_key_and_its_values_load() -> None:
     parse_config(uncommented, "example")
     written = set(re.findall(r"^(\w+) = ", uncommented, flags=re.MULTILINE))
     keys = {f.name for f in dataclasses.fields(Config)} - {"config_file", "custom_metrics"}
-    for block in (SamplingConfig, MqttConfig, DetectConfig, StoreConfig, CustomMetricConfig):
+    blocks = (SamplingConfig, MqttConfig, DetectConfig, StoreConfig, CustomMetricConfig)
+    capture = (CaptureConfig, ScanCaptureConfig, DnsCaptureConfig, BrokerCaptureConfig)
+    for block in blocks + capture:
         keys |= {f.name for f in dataclasses.fields(block)}
-    for section in ("sampling", "mqtt", "detect", "store"):
+    for section in ("sampling", "mqtt", "detect", "store", "capture", "scan", "dns", "broker"):
         keys.discard(section)
     assert keys - written == {"path", "command", "timeout_s"}  # documented in the comment
 
@@ -360,3 +366,40 @@ def test_the_default_state_dir_rule(shared_tmp: Path) -> None:
     os.chown(service, 0, nobody.pw_gid)
     service.chmod(0o750)
     assert state_dir_as(nobody.pw_uid, xdg, service) == str(service)
+
+
+def test_capture_is_off_by_default_and_its_blocks_parse() -> None:
+    assert parse_config("", "f").capture.enabled is False
+    cfg = parse_config(
+        "[capture]\nenabled = true\ninterfaces = ['eth0']\n"
+        "[capture.scan]\nhold_s = 60\n[capture.broker]\nenabled = true\nports = [1883, 1884]\n",
+        "f",
+    )
+    assert cfg.capture.interfaces == ["eth0"]
+    assert cfg.capture.scan.hold_s == 60.0
+    assert cfg.capture.broker.ports == [1883, 1884]
+    assert cfg.capture.metric_names()["capture.dns.names_metric"] == ("dns_names", True)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[capture.broker]\nports = [0]", "capture.broker.ports[0]: must be a port 1-65535"),
+        ("[capture.broker]\nenabled = true\nports = []", "capture.broker.ports: the broker"),
+        ("[capture]\ninterfaces = ['a b']", "capture.interfaces[0]: must be an interface name"),
+        ("[capture.dns]\nnames_metric = 'aws:x'", "capture.dns.names_metric: must be 1-128"),
+        ("[capture.scan]\nhold_s = 0", "capture.scan.hold_s: must be"),
+        ("[capture.scan]\nsources_metric = 'x'\ncount_metric = 'x'", "capture.scan.count_metric"),
+        ("[capture.scan]\nbogus = 1", "capture.scan.bogus: unknown key"),
+    ],
+)
+def test_bad_capture_settings_name_their_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config("[capture]\nenabled = true\n" + text.replace("[capture]\n", ""), "f")
+
+
+def test_a_capture_metric_may_not_take_a_custom_metric_name_while_collected() -> None:
+    custom = "[[custom_metrics]]\nname = 'dns_names'\ntype = 'number'\nsource = 'cpu_percent'\n"
+    parse_config(custom, "f")  # capture off: no clash
+    with pytest.raises(ConfigError, match=r"capture\.dns\.names_metric: 'dns_names' is already"):
+        parse_config("[capture]\nenabled = true\n" + custom, "f")

@@ -92,9 +92,17 @@ values = st.recursive(
 )
 
 
-SECTIONS = {
-    name: tp for name, tp in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(tp)
-}
+def _tables(cls: Any, prefix: str = "") -> dict[str, Any]:
+    """Every table of `cls` by its dotted TOML name, nested ones ([capture.scan]) too."""
+    out: dict[str, Any] = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out[prefix + name] = tp
+            out.update(_tables(tp, f"{prefix}{name}."))
+    return out
+
+
+SECTIONS = _tables(Config)
 
 
 def plausible(tp: Any) -> st.SearchStrategy[Any]:
@@ -113,9 +121,10 @@ def plausible(tp: Any) -> st.SearchStrategy[Any]:
 def fields_of(cls: Any) -> dict[str, st.SearchStrategy[Any]]:
     """Each key of `cls` that holds values (not tables) and what to fuzz it with."""
     hints = typing.get_type_hints(cls)
-    tables = {"config_file", "custom_metrics", *SECTIONS}
     return {
-        name: st.one_of(plausible(tp), values) for name, tp in hints.items() if name not in tables
+        name: st.one_of(plausible(tp), values)
+        for name, tp in hints.items()
+        if name not in ("config_file", "custom_metrics") and not dataclasses.is_dataclass(tp)
     }
 
 

@@ -1,9 +1,12 @@
-"""One collection cycle: sockets, network stats and custom metrics into a Sample."""
+"""One collection cycle: sockets, network stats, custom metrics and, with [capture]
+on, what packet capture saw, into a Sample."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.collect.custom import CustomMetrics
 from agent.collect.interfaces import AddressMap
@@ -12,6 +15,9 @@ from agent.collect.sockets import SocketReader, SocketSnapshot
 from agent.config import Config
 from agent.core.sample import NetworkStats, Sample
 from agent.logs import kv
+
+if TYPE_CHECKING:
+    from agent.collect.sniffer import Sniffer
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +41,30 @@ class Sampler:
             cfg.sampling, state_path=counters_path, proc_root=proc_root, sys_root=sys_root
         )
         self._custom = CustomMetrics(cfg.custom_metrics, sys_root)
+        self.sniffer: Sniffer | None = None
+        if cfg.capture.enabled:
+            from agent.collect.sniffer import Sniffer  # the capture parts only when on
+
+            self.sniffer = Sniffer(cfg.capture)
 
     def sample(self) -> Sample:
         sockets = self._read_sockets()
         stats = self._read_netstats()
         custom = self._custom.collect()
+        clients = None
+        if self.sniffer is not None:
+            captured, clients = self.sniffer.collect(time.time())
+            custom += captured
         if sockets is None:
-            return Sample(network_stats=stats, custom=custom)
-        return Sample(sockets.tcp_ports, sockets.udp_ports, sockets.connections, stats, custom)
+            return Sample(network_stats=stats, custom=custom, clients=clients)
+        return Sample(
+            sockets.tcp_ports, sockets.udp_ports, sockets.connections, stats, custom, clients
+        )
+
+    def close(self) -> None:
+        """Stop the capture thread, when there is one."""
+        if self.sniffer is not None:
+            self.sniffer.close()
 
     def _read_sockets(self) -> SocketSnapshot | None:
         try:

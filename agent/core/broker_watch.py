@@ -61,8 +61,7 @@ from agent.core.mqtt_wire import (
     SubAck,
     Subscribe,
 )
-from agent.core.packet import ACK, FIN, RST, SYN, TCP, Frame, ip_text
-from agent.core.scan import Clause
+from agent.core.packet import ACK, FIN, RST, SYN, TCP, Frame, Match, ip_text
 
 SEQ_MASK = 0xFFFFFFFF
 SEQ_HALF = 1 << 31
@@ -88,11 +87,11 @@ _V = TypeVar("_V")
 _FlowKey = tuple[bytes, int, bytes, int]  # client address, port, broker address, port
 
 
-def matches(ports: Collection[int]) -> list[Clause]:
+def matches(ports: Collection[int]) -> list[Match]:
     """The kernel filter clauses: TCP to or from a broker port, every flag (SYN, FIN and
     RST frame the sessions). Both ends, not only the local one: a client on the gateway
     itself talks to the broker over lo."""
-    return [Clause("tcp", ports=frozenset(_check_ports(ports)))]
+    return [Match("tcp", ports=frozenset(_check_ports(ports)))]
 
 
 def _check_ports(ports: Collection[int]) -> frozenset[int]:

@@ -50,7 +50,34 @@ def static_check(criteria: Criteria, kind: Kind) -> Check:
     # Port and set operators: "every listed item is in the set" / "none is". An empty
     # list conforms to both, as the spec asks; 22 and 22.0 are the same set member.
     members = frozenset(value[KIND_VALUE_KEYS[kind][0]])
+    if kind is Kind.STRING_LIST and any(m.startswith(WILDCARD) for m in members):
+        return _domain_check(members, inside=op.startswith("in-"))
     return members.issuperset if op.startswith("in-") else members.isdisjoint
+
+
+WILDCARD = "*."
+
+
+def _domain_check(members: frozenset[str], *, inside: bool) -> Check:
+    """An on-device extension for string lists (DNS names): a set entry "*.example.com"
+    holds example.com and every name under it, in any letter case; other entries hold
+    their exact string, as in AWS."""
+    domains = frozenset(m[len(WILDCARD) :].lower() for m in members if m.startswith(WILDCARD))
+
+    def held(value: str) -> bool:
+        if value in members:
+            return True
+        name = value.lower()
+        while name not in domains:
+            dot = name.find(".")
+            if dot < 0:
+                return False
+            name = name[dot + 1 :]
+        return True
+
+    if inside:
+        return lambda values: all(held(v) for v in values)
+    return lambda values: not any(held(v) for v in values)
 
 
 def statistic_percent(statistic: str) -> float:

@@ -17,17 +17,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.core.packet import UDP, Frame, ip_text
-from agent.core.scan import Clause
+from agent.core.packet import UDP, Frame, Match, ip_text
 
 DNS_PORT = 53
 MAX_NAME_WIRE = 255  # RFC 1035 2.3.4: the name's wire form, length bytes included
 MAX_LABEL = 63
 
-MATCHES: tuple[Clause, ...] = (
+MATCHES: tuple[Match, ...] = (
     # Outbound UDP with either port 53: the filter has no "remote port" form, so a local
     # DNS server's answers (source port 53) pass too and are dropped in feed().
-    Clause("udp", ports=frozenset({DNS_PORT}), direction="out"),
+    Match("udp", ports=frozenset({DNS_PORT}), direction="out"),
 )
 
 _HEADER = 12
@@ -168,20 +167,3 @@ class DnsWatch:
         """Cumulative counts: queries taken in, payloads malformed or cut short, messages
         ignored, names and resolvers dropped because a take was full."""
         return dict(self._stats)
-
-
-def _norm(text: str) -> str:
-    text = text.lower()
-    return text[:-1] if len(text) > 1 and text.endswith(".") else text
-
-
-def matches_domain(name: str, entry: str) -> bool:
-    """Whether `name` matches a string-list entry: "*.example.com" matches example.com
-    and every name under it; any other entry matches exactly. Case-insensitive; one
-    trailing dot on either side is ignored."""
-    name = _norm(name)
-    entry = _norm(entry)
-    if entry.startswith("*."):
-        suffix = entry[2:]
-        return name == suffix or name.endswith("." + suffix)
-    return name == entry

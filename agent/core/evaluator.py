@@ -198,7 +198,11 @@ def _signature(behavior: Behavior, dimension: Dimension | None) -> str:
     )
 
 
-def _inactive_reason(behavior: Behavior, dimensions: Mapping[str, Dimension]) -> str | None:
+def _inactive_reason(
+    behavior: Behavior, dimensions: Mapping[str, Dimension], unsourced: Mapping[str, str]
+) -> str | None:
+    if behavior.metric in unsourced:
+        return f"{behavior.metric}: {unsourced[behavior.metric]}"
     if behavior.criteria is not None and behavior.criteria.ml_confidence is not None:
         return "mlDetectionConfig: on-device ML detection is not available yet"
     if behavior.dimension is not None and behavior.dimension.name not in dimensions:
@@ -256,6 +260,7 @@ class Detector:
         min_baseline_datapoints: int = DEFAULT_MIN_BASELINE_DATAPOINTS,
         exact_baseline_datapoints: int = DEFAULT_EXACT_BASELINE_DATAPOINTS,
         dimensions: Iterable[Dimension] = (),
+        unsourced: Mapping[str, str] | None = None,
         id_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         if stale_after_s <= 0 or baseline_s <= 0:
@@ -268,6 +273,8 @@ class Detector:
         self.min_baseline = min_baseline_datapoints
         self.exact_baseline = exact_baseline_datapoints
         self._new_id = id_factory
+        # Metrics nothing on this device measures, and why: their behaviors are inactive.
+        self.unsourced = dict(unsourced or {})
         self.datapoints = 0  # behavior datapoints made so far
         self._now = -math.inf
         self._due = math.inf  # no deadline before this (a lower bound of next_deadline)
@@ -307,7 +314,7 @@ class Detector:
             for b_idx, behavior in enumerate(profile.behaviors):
                 if behavior.criteria is None:
                     continue  # valid, never alarms
-                reason = _inactive_reason(behavior, dimensions)
+                reason = _inactive_reason(behavior, dimensions, self.unsourced)
                 if reason is not None:
                     inactive.append(InactiveBehavior(profile.name, behavior.name, reason))
                     continue
@@ -368,7 +375,8 @@ class Detector:
     # --- queries --------------------------------------------------------------------
 
     def inactive_behaviors(self) -> list[InactiveBehavior]:
-        """Loaded behaviors that are not judged (ML detection, a missing dimension)."""
+        """Loaded behaviors that are not judged (ML detection, a missing dimension, a
+        metric without a source)."""
         return list(self._inactive)
 
     def mismatches(self) -> list[InactiveBehavior]:

@@ -84,6 +84,19 @@ AWS_METRICS: dict[str, Kind] = {
     "aws:num-disconnects": Kind.COUNTER,
     "aws:source-ip-address": Kind.IP_LIST,
 }
+# Metrics AWS computes in the cloud from the broker's view of a device: on a gateway
+# they come from its own broker, per MQTT client, and are judged per client.
+CLOUD_METRICS = frozenset(
+    {
+        "aws:num-messages-sent",
+        "aws:num-messages-received",
+        "aws:message-byte-size",
+        "aws:num-authorization-failures",
+        "aws:num-connection-attempts",
+        "aws:num-disconnects",
+        "aws:source-ip-address",
+    }
+)
 # Metrics a TOPIC_FILTER dimension may narrow; their sample value may be a
 # topic -> number mapping.
 DIMENSION_METRICS = frozenset(
@@ -261,4 +274,44 @@ def metrics_from_sample(sample: Sample) -> dict[str, object]:
         )
     for m in sample.custom:
         out[m.name] = m.value
+    return out
+
+
+MAX_CLIENT_ID_BYTES = 65535  # an MQTT string
+
+
+def _client_value(value: object, where: str) -> object:
+    """A cloud-side metric's value as the broker watch gives it: a count or size, a
+    {topic: number} map, or a list of addresses."""
+    if is_finite_number(value):
+        return value
+    if isinstance(value, Mapping):
+        for topic, n in value.items():
+            if not isinstance(topic, str) or not is_finite_number(n):
+                raise ReportError(f"{where}: must map topics to finite numbers")
+        return dict(value)
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return value
+    raise ReportError(f"{where}: must be a number, a {{topic: number}} object or a list of strings")
+
+
+def clients_from_envelope(envelope: Mapping[str, Any]) -> dict[str, dict[str, object]] | None:
+    """The per-client broker metrics of a metrics-history record (None: the record has
+    none); a malformed entry raises ReportError naming it."""
+    clients = envelope.get("clients")
+    if clients is None:
+        return None
+    if not isinstance(clients, Mapping):
+        raise ReportError("clients: must be an object of client id -> metrics")
+    out: dict[str, dict[str, object]] = {}
+    for client_id, metrics in clients.items():
+        if not client_id or len(client_id.encode(errors="replace")) > MAX_CLIENT_ID_BYTES:
+            raise ReportError(f"clients: a client id must be 1-{MAX_CLIENT_ID_BYTES} bytes")
+        where = f"clients.{client_id[:60]}"
+        if not isinstance(metrics, Mapping):
+            raise ReportError(f"{where}: must be an object of metric -> value")
+        for metric in metrics:
+            if metric not in CLOUD_METRICS:
+                raise ReportError(f"{where}.{metric}: not a cloud-side metric of the broker watch")
+        out[client_id] = {m: _client_value(v, f"{where}.{m}") for m, v in metrics.items()}
     return out

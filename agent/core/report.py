@@ -9,7 +9,7 @@ import dataclasses
 import ipaddress
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from agent.core.sample import (
@@ -252,9 +252,18 @@ def to_long_names(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def make_envelope(timestamp: float, report: dict[str, Any]) -> dict[str, Any]:
-    """One metrics-history record: the input of `replay` and the daemon's history."""
-    return {"timestamp": timestamp, "report": to_long_names(report)}
+def make_envelope(
+    timestamp: float,
+    report: dict[str, Any],
+    clients: Mapping[str, Mapping[str, object]] | None = None,
+) -> dict[str, Any]:
+    """One metrics-history record: the input of `replay` and the daemon's history. A
+    gateway's per-client broker metrics (Sample.clients) ride beside the report, which
+    keeps the format of the wire."""
+    envelope = {"timestamp": timestamp, "report": to_long_names(report)}
+    if clients is not None:
+        envelope["clients"] = {c: dict(m) for c, m in clients.items()}
+    return envelope
 
 
 def parse_envelope(obj: object) -> tuple[float, dict[str, Any]]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,3 +58,6 @@ class Sample:
     connections: Sequence[Connection] | None = None
     network_stats: NetworkStats | None = None
     custom: Sequence[CustomMetric] = field(default_factory=tuple)
+    # A gateway's broker watch: client id -> its cloud-side metrics (aws:num-messages-sent
+    # ...); None when the broker is not watched. Judged per client, not reported.
+    clients: Mapping[str, Mapping[str, object]] | None = None

@@ -40,26 +40,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Literal, NamedTuple
 
-from agent.core.packet import ACK, RST, SYN, TCP, Frame, ip_text
+from agent.core.packet import ACK, RST, SYN, TCP, Frame, Match, ip_text
 
-
-class Clause(NamedTuple):
-    """One clause of the kernel filter, the fields of agent.collect.capture.Match (core does
-    not import collect): `Match(**clause._asdict())`."""
-
-    proto: Literal["tcp", "udp"]
-    ports: frozenset[int] = frozenset()
-    direction: Literal["in", "out", "any"] = "any"
-    tcp_flags: tuple[int, int] | None = None  # (mask, value)
-    local_port: bool = False
-
-
-MATCHES: tuple[Clause, ...] = (
-    Clause("tcp", direction="in", tcp_flags=(SYN | ACK, SYN)),  # probes
-    Clause("tcp", direction="out", tcp_flags=(SYN | ACK, SYN | ACK)),  # success
-    Clause("tcp", direction="out", tcp_flags=(RST, RST)),  # failure
+MATCHES: tuple[Match, ...] = (
+    Match("tcp", direction="in", tcp_flags=(SYN | ACK, SYN)),  # probes
+    Match("tcp", direction="out", tcp_flags=(SYN | ACK, SYN | ACK)),  # success
+    Match("tcp", direction="out", tcp_flags=(RST, RST)),  # failure
 )
 
 

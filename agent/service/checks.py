@@ -26,7 +26,8 @@ from pathlib import Path
 from agent.config import Config, ConfigError, MqttConfig, load_config
 from agent.core.profile import ProfileError
 from agent.logs import kv
-from agent.service.profiles import load_profiles
+from agent.service.detect import detector_from_config
+from agent.service.profiles import DetectFiles, load_detect_files
 from agent.store.history import history_path
 from agent.store.spool import spool_path
 
@@ -98,16 +99,31 @@ def check_config(path: str | None) -> list[Finding]:
         return [_finding(str(e))]
     findings = tls_findings(cfg.mqtt, time.time())
     try:
-        if not load_profiles(cfg.detect.profiles):
+        files = load_detect_files(cfg.detect.profiles)
+        if not files.profiles:
             patterns = ", ".join(cfg.detect.profiles)
             judged = "the built-in default profile judges"
             if not cfg.detect.builtin_profile:
                 judged = "nothing is judged (detect.builtin_profile is false)"
             message = f"detect.profiles: no security profile in {patterns}; {judged}"
             findings.append(Finding(cfg.config_file, message, warning=True))
+        findings += _inactive_findings(cfg, files)
     except ProfileError as e:
         findings += [_finding(line) for line in e.located()]
     return findings + state_findings(cfg)
+
+
+def _inactive_findings(cfg: Config, files: DetectFiles) -> list[Finding]:
+    """A warning per behavior the agent would load and not judge, and why."""
+    try:
+        judge = detector_from_config(cfg, files.profiles, files.dimensions)
+    except ValueError as e:  # a profile name given twice
+        return [Finding(cfg.config_file, str(e))]
+    sources = {p.name: p.source or cfg.config_file for p in files.profiles}
+    return [
+        Finding(sources[i.profile], f"{i.profile}/{i.behavior}: not judged: {i.reason}", True)
+        for i in judge.inactive_behaviors()
+    ]
 
 
 def state_findings(cfg: Config) -> list[Finding]:

@@ -43,6 +43,23 @@ def collect(
     """
     out = out or sys.stdout.buffer
     sampler = Sampler(cfg, counters_path=None)
+    try:
+        _print_samples(sampler, cfg, count, interval_s, fmt, short_names, jsonl, out)
+    finally:
+        sampler.close()
+    return 0
+
+
+def _print_samples(
+    sampler: Sampler,
+    cfg: Config,
+    count: int,
+    interval_s: float,
+    fmt: str,
+    short_names: bool,
+    jsonl: bool,
+    out: BinaryIO,
+) -> None:
     ids = ReportIdClock()
     sampler.sample()
     printed = 0
@@ -53,7 +70,7 @@ def collect(
         sample = sampler.sample()
         if jsonl:
             now = time.time()
-            envelope = make_envelope(now, report_document(sample, ids.next(now)))
+            envelope = make_envelope(now, report_document(sample, ids.next(now)), sample.clients)
             line = json.dumps(envelope, separators=(",", ":"))
             out.write(line.encode() + b"\n")
         elif fmt == "cbor":
@@ -62,4 +79,3 @@ def collect(
             out.write(json.dumps(_report(cfg, sample, ids, short_names), indent=2).encode() + b"\n")
         out.flush()
         printed += 1
-    return 0

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.core.evaluator import Detector
 from agent.core.events import ViolationEvent
+from agent.core.judge import Judge
 from agent.core.metrics import metrics_from_sample
 from agent.core.profile import Dimension, SecurityProfile
 from agent.core.report import ReportIdClock, WireReport, build_report, report_document
@@ -31,7 +31,8 @@ class Step:
     detector's state), then publish them; append `metrics` to the metrics history."""
 
     events: tuple[ViolationEvent, ...] = ()
-    metrics: tuple[float, dict[str, Any]] | None = None  # (timestamp, uncut report)
+    # (timestamp, uncut report, per-client broker metrics)
+    metrics: tuple[float, dict[str, Any], Mapping[str, Mapping[str, object]] | None] | None = None
 
 
 def _add(a: NetworkStats, b: NetworkStats) -> NetworkStats:
@@ -49,7 +50,7 @@ class Cycle:
 
     def __init__(
         self,
-        detector: Detector,
+        detector: Judge,
         *,
         max_list: int,
         short_names: bool,
@@ -77,13 +78,13 @@ class Cycle:
         """A new sample: judge it whole and keep it for the history and the report."""
         now = self.clock(wall)
         record = report_document(sample, self.report_ids.next(now))
-        events = self.detector.observe(now, metrics_from_sample(sample))
+        events = self.detector.observe(now, metrics_from_sample(sample), sample.clients)
         if sample.network_stats is not None:
             self.pending_stats = _add(self.pending_stats, sample.network_stats)
         self.last_sample = sample
         self.last_sample_time = now
         self.samples += 1
-        return Step(tuple(events), (now, record))
+        return Step(tuple(events), (now, record, sample.clients))
 
     def tick(self, wall: float) -> Step:
         """Between samples: close the windows the clock has passed, end stale alarms."""
@@ -111,10 +112,16 @@ class Cycle:
         profiles: Sequence[SecurityProfile],
         dimensions: Sequence[Dimension],
         thing_name: str,
+        *,
+        unsourced: Mapping[str, str] | None = None,
+        clients: bool | None = None,
     ) -> Step:
         """A reload: new profiles in force; alarms of changed or removed behaviors end."""
         self.detector.thing_name = thing_name
-        return Step(tuple(self.detector.update_profiles(profiles, self.clock(wall), dimensions)))
+        events = self.detector.update_profiles(
+            profiles, self.clock(wall), dimensions, unsourced=unsourced, clients=clients
+        )
+        return Step(tuple(events))
 
     def counters(self) -> dict[str, Any]:
         """What a restart needs to go on: report ids, unreported deltas, the clock."""

@@ -28,14 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from agent.collect.sampler import Sampler
 from agent.config import Config, ConfigError, load_config
-from agent.core.evaluator import Detector, StateChanges
+from agent.core.evaluator import StateChanges
+from agent.core.judge import Judge
 from agent.core.profile import ProfileError
 from agent.logs import kv
 from agent.publish.delivery import is_aws_endpoint
 from agent.service.cadence import MonotonicScheduler
 from agent.service.checks import check_tls_files
 from agent.service.cycle import Cycle, Step
-from agent.service.detect import detector_from_config
+from agent.service.detect import detector_from_config, unsourced_metrics
 from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
 from agent.service.status import AgentStatus, Reload, link_status, write_status
@@ -177,7 +178,7 @@ class Daemon:
         self._start_outbox()
         self._spool_recorded()
 
-    def _restore(self, store: History, detector: Detector) -> None:
+    def _restore(self, store: History, detector: Judge) -> None:
         """The alarm state as the store holds it: rows, or the single document an older
         version saved (its baselines are converted)."""
         rules, buckets = self._store_call("load alarm state", store.load_state) or ({}, {})
@@ -284,6 +285,7 @@ class Daemon:
         log.info(kv("stopping"))
         self.guarded("publish", self._stop_outbox)()
         self.guarded("save_state", self.save_state)()  # with the buffered metrics history
+        self.sampler.close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -371,7 +373,12 @@ class Daemon:
             return
         self._apply(
             self.cycle.update_profiles(
-                self.wall(), detect.profiles, detect.dimensions, cfg.thing_name
+                self.wall(),
+                detect.profiles,
+                detect.dimensions,
+                cfg.thing_name,
+                unsourced=unsourced_metrics(cfg, detect.profiles),
+                clients=cfg.capture.enabled and cfg.capture.broker.enabled,
             )
         )
         old = self.cfg
@@ -381,7 +388,12 @@ class Daemon:
         if cfg.mqtt != old.mqtt or cfg.thing_name != old.thing_name:
             self._stop_outbox()
             self._start_outbox()
-        if cfg.sampling != old.sampling or cfg.custom_metrics != old.custom_metrics:
+        if (
+            cfg.sampling != old.sampling
+            or cfg.custom_metrics != old.custom_metrics
+            or cfg.capture != old.capture
+        ):
+            self.sampler.close()
             self.sampler = self._sampler(cfg)
         self.profile_names = [p.name for p in detect.profiles]
         self._say_inactive()
@@ -626,6 +638,17 @@ class Daemon:
             "errors": dict(self.errors),
             "quarantined": int(pub.get("quarantined", 0)),
         }
+        if (sniffer := self.sampler.sniffer) is not None:
+            packets, drops, counts = sniffer.status()
+            status["capture"] = {
+                "features": sniffer.features,
+                "packets": packets,
+                "drops": drops,
+                "problem": sniffer.problem,
+                "clients": len(detector.clients),
+                "unjudged_clients": detector.unjudged_clients,
+                "counts": counts,
+            }
         if self.reload_verdict is not None:
             status["reload"] = self.reload_verdict
         try:

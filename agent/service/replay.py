@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import BinaryIO, TextIO
 
 from agent.config import Config, load_config
-from agent.core.evaluator import Detector
 from agent.core.events import EventType, ViolationEvent
-from agent.core.metrics import metrics_from_report
+from agent.core.judge import Judge
+from agent.core.metrics import CLOUD_METRICS, clients_from_envelope, metrics_from_report
 from agent.core.profile import (
     MAX_DOCUMENT_BYTES,
     ProfileError,
@@ -171,11 +171,17 @@ def _decode(line: bytes | str) -> object:
     return doc
 
 
-def _record(line: bytes | str, where: str) -> tuple[float, dict[str, object]]:
-    """(timestamp, metrics) of one metrics-history line, or ReplayError naming it."""
+Record = tuple[float, dict[str, object], dict[str, dict[str, object]] | None]
+
+
+def _record(line: bytes | str, where: str) -> Record:
+    """(timestamp, metrics, per-client broker metrics) of one metrics-history line, or
+    ReplayError naming it."""
     try:
-        timestamp, report = parse_envelope(_decode(line))
+        envelope = _decode(line)
+        timestamp, report = parse_envelope(envelope)
         metrics = metrics_from_report(report)
+        clients = clients_from_envelope(envelope) if isinstance(envelope, dict) else None
     except UnicodeDecodeError as e:
         problem = f"not UTF-8 text (byte {e.start + 1} of the line)"
     except json.JSONDecodeError as e:
@@ -194,47 +200,59 @@ def _record(line: bytes | str, where: str) -> tuple[float, dict[str, object]]:
         elif (name := _beyond_int64(metrics)) is not None:
             problem = f"{name}: an integer beyond 64 bits (-2^63 to 2^63-1)"
         else:
-            return timestamp, metrics
+            return timestamp, metrics, clients
     if len(problem) > _MESSAGE_CHARS:
         problem = problem[: _MESSAGE_CHARS - 1] + "…"
     raise ReplayError(f"{where}: {problem}")
 
 
-def read_samples(
-    lines: Iterable[bytes | str], name: str
-) -> Iterator[tuple[float, dict[str, object]]]:
-    """(timestamp, metrics) per metrics-history line, read as they come. Blank lines hold
-    nothing and are passed over; anything else that is not a valid record raises
-    ReplayError naming the line, as does a timestamp earlier than the one before."""
+def read_samples(lines: Iterable[bytes | str], name: str) -> Iterator[Record]:
+    """(timestamp, metrics, per-client metrics) per metrics-history line, read as they
+    come. Blank lines hold nothing and are passed over; anything else that is not a
+    valid record raises ReplayError naming the line, as does a timestamp earlier than
+    the one before."""
     last = -math.inf
     last_line = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{name}:{number}"
-        timestamp, metrics = _record(line, where)
+        record = _record(line, where)
+        timestamp = record[0]
         if timestamp < last:
             raise ReplayError(
                 f"{where}: timestamp {timestamp} goes back in time from {last} on line "
                 f"{last_line}; samples must be in time order"
             )
         last, last_line = timestamp, number
-        yield timestamp, metrics
+        yield record
 
 
 def replay(
-    detector: Detector,
-    samples: Iterable[tuple[float, dict[str, object]]],
+    judge: Judge,
+    samples: Iterable[Record],
     emit: Callable[[ViolationEvent], None],
+    seen: set[str],
 ) -> int:
-    """Feed `samples` through `detector`, emitting each event; returns the sample count.
-    Windows still open at the end are not judged (spec)."""
+    """Feed `samples` through `judge`, emitting each event; returns the sample count and
+    adds the metrics the recording held to `seen`. Windows still open at the end are not
+    judged (spec)."""
     count = 0
-    for timestamp, metrics in samples:
-        for event in detector.observe(timestamp, metrics):
+    for timestamp, metrics, clients in samples:
+        for event in judge.observe(timestamp, metrics, clients):
             emit(event)
+        seen.update(metrics)
+        for values in (clients or {}).values():
+            seen.update(values)
         count += 1
     return count
+
+
+def _unrecorded(metric: str) -> str:
+    why = f"the recording holds no {metric}"
+    if metric in CLOUD_METRICS:
+        return why + " (a gateway records it per client with [capture.broker] on)"
+    return why
 
 
 TABLE_HEADERS = ("TIME", "PROFILE", "BEHAVIOR", "TYPE", "VALUE", "VIOLATION")
@@ -298,11 +316,12 @@ def replay_command(
         print(f"{prog}: no security profile in {' '.join(profile_patterns)}", file=err)
         return 2
     try:
-        detector = detector_from_config(cfg, files.profiles, files.dimensions)
+        detector = detector_from_config(cfg, files.profiles, files.dimensions, recorded=True)
     except ValueError as e:  # a profile name given twice
         print(f"{prog}: {e}", file=err)
         return 2
     counts: Counter[str] = Counter()
+    seen: set[str] = set()
     if output == "table":
         widths = table_widths(files.profiles)
         print(table_row(TABLE_HEADERS, widths), file=out)
@@ -317,7 +336,7 @@ def replay_command(
     name = "<stdin>" if metrics_path == "-" else metrics_path
     try:
         with _open(metrics_path) as f:
-            samples = replay(detector, read_samples(f, name), emit)
+            samples = replay(detector, read_samples(f, name), emit, seen)
     except BrokenPipeError:
         raise  # the reader of our output left (`| head`): not an input problem
     except OSError as e:
@@ -334,6 +353,10 @@ def replay_command(
     )
     for profile, behavior, reason in detector.inactive_behaviors():
         print(f"{prog}: {profile}/{behavior} not judged: {reason}", file=err)
+    for p in files.profiles:
+        for b in p.behaviors:
+            if b.criteria is not None and b.metric not in seen:
+                print(f"{prog}: {p.name}/{b.name} not judged: {_unrecorded(b.metric)}", file=err)
     for profile, behavior, reason in detector.mismatches():
         print(f"{prog}: {profile}/{behavior} skipped values: {reason}", file=err)
     return 0

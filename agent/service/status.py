@@ -50,6 +50,16 @@ class Spool(TypedDict):
     dropped: Dropped
 
 
+class CaptureStatus(TypedDict):
+    features: list[str]  # the capture features on: scan, dns, broker
+    packets: int  # packets the kernel filter passed to the agent since it started
+    drops: int  # of those, dropped by the kernel: the agent read too slowly
+    problem: str | None  # why capture is not running (no CAP_NET_RAW...), None when it is
+    clients: int  # MQTT clients of the gateway's broker judged now
+    unjudged_clients: int  # new clients not judged because every slot held an alarm
+    counts: dict[str, int]  # the features' own counters (flows, decode errors, gaps...)
+
+
 class Reload(TypedDict):
     at: float
     ok: bool
@@ -76,6 +86,7 @@ class AgentStatus(TypedDict):
     errors: NotRequired[dict[str, int]]  # failures per job, counted by the error boundary
     quarantined: NotRequired[int]  # messages that cannot be sent, kept aside
     reload: NotRequired[Reload]  # the verdict of the last reload
+    capture: NotRequired[CaptureStatus]  # when [capture] is on
 
 
 def write_status(state_dir: Path, status: AgentStatus) -> None:
@@ -316,11 +327,27 @@ def _table(answer: dict[str, Any], now: float) -> str:
         )
     else:
         row("active_violations", "active violations", str)
+    row("capture", "capture", _capture_text)
     row("profiles", "profiles", lambda names: ", ".join(names) or "none")
     row("reload", "last reload", lambda r: _reload_text(r, now))
     row("inactive_behaviors", "inactive behaviors", lambda items: str(len(items)))
     lines("", status.get("inactive_behaviors", []))
     return "\n".join(f"{key:<20}{printable(value)}".rstrip() for key, value in rows)
+
+
+def _capture_text(c: dict[str, Any]) -> str:
+    if c.get("problem"):
+        return f"not running: {c['problem']}"
+    text = (
+        f"{', '.join(c.get('features', [])) or 'no feature'}: {c.get('packets', '?')} packets,"
+        f" {c.get('drops', '?')} dropped by the kernel"
+    )
+    if "broker" in c.get("features", []):
+        text += f"; {c.get('clients', '?')} MQTT clients judged"
+        if c.get("unjudged_clients"):
+            text += f", {c['unjudged_clients']} not judged (every slot held an alarm)"
+    counts = c.get("counts") or {}
+    return text + "".join(f", {k} {v}" for k, v in sorted(counts.items()))
 
 
 def _reload_text(reload: dict[str, Any], now: float) -> str:

@@ -703,11 +703,16 @@ class History(Store):
             ).fetchall()
         return [(row[0], row[1], json.loads(row[2])) for row in rows]
 
-    def add_metrics(self, timestamp: float, report: Mapping[str, Any]) -> None:
+    def add_metrics(
+        self,
+        timestamp: float,
+        report: Mapping[str, Any],
+        clients: Mapping[str, Mapping[str, object]] | None = None,
+    ) -> None:
         """Append one report to the metrics history, as a replay envelope, in memory:
         flush_metrics writes it. Once METRICS_FLUSH_BYTES of JSON are buffered this
         flushes by itself (a StoreUnavailable from that leaves the report buffered)."""
-        envelope = make_envelope(timestamp, dict(report))
+        envelope = make_envelope(timestamp, dict(report), clients)
         ts, _ = parse_envelope(envelope)  # refuses what replay would refuse
         line = _dumps(envelope, "metrics report")
         self._metrics.append(_Buffered(ts, line))

@@ -8,8 +8,7 @@ from collections.abc import Iterable
 import pytest
 
 from agent.core.broker_watch import MAX_HELD, BrokerWatch, matches
-from agent.core.packet import ACK, FIN, PSH, RST, SYN, TCP, UDP, Frame
-from agent.core.scan import Clause
+from agent.core.packet import ACK, FIN, PSH, RST, SYN, TCP, UDP, Frame, Match
 from tests.core.test_core_mqtt_wire import (
     PINGREQ,
     SOME_PROPS,
@@ -506,7 +505,7 @@ def test_other_traffic_is_ignored() -> None:
 
 
 def test_matches_and_bad_arguments() -> None:
-    assert matches([1883, 1884]) == [Clause("tcp", ports=frozenset({1883, 1884}))]
+    assert matches([1883, 1884]) == [Match("tcp", ports=frozenset({1883, 1884}))]
     with pytest.raises(ValueError, match="broker ports must be 1-65535"):
         BrokerWatch([0])
     with pytest.raises(ValueError, match="at least one"):

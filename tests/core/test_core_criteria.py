@@ -97,3 +97,30 @@ def test_every_operator_is_covered():
 )
 def test_statistic_percent(statistic, percent):
     assert statistic_percent(statistic) == percent
+
+
+DOMAINS = {"strings": ["*.evil.example", "exact.test"]}
+
+
+@pytest.mark.parametrize(
+    ("names", "in_set", "not_in_set"),
+    [
+        (["evil.example"], True, False),  # the domain itself
+        (["a.b.EVIL.example"], True, False),  # any name under it, any case
+        (["notevil.example"], False, True),  # a suffix of labels, not of characters
+        (["exact.test"], True, False),
+        (["sub.exact.test"], False, True),  # exact entries stay exact
+        (["evil.example", "other.org"], False, False),
+        ([], True, True),
+    ],
+)
+def test_wildcard_entries_of_a_string_set_match_a_domain_and_its_subdomains(
+    names: list[str], in_set: bool, not_in_set: bool
+) -> None:
+    assert conforms("dns_names", "in-set", DOMAINS, names) is in_set
+    assert conforms("dns_names", "not-in-set", DOMAINS, names) is not_in_set
+
+
+def test_without_wildcards_string_sets_stay_exact_as_in_aws() -> None:
+    assert conforms("s", "in-set", {"strings": ["A"]}, ["a"]) is False
+    assert conforms("s", "not-in-set", {"strings": ["x.org"]}, ["a.x.org"]) is True

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from agent.core.dns import MATCHES, DnsMessage, DnsWatch, matches_domain, parse_message
+from agent.core.dns import MATCHES, DnsMessage, DnsWatch, parse_message
 from agent.core.packet import TCP, UDP, Frame
 
 DEV = ipaddress.ip_address("192.0.2.1").packed
@@ -222,28 +222,6 @@ def test_watch_bounds_names_and_resolvers_per_take_and_counts_the_drop() -> None
 def test_watch_refuses_bad_bounds() -> None:
     with pytest.raises(ValueError, match="max_names"):
         DnsWatch(max_names=0)
-
-
-@pytest.mark.parametrize(
-    ("name", "entry", "expected"),
-    [
-        ("example.com", "*.example.com", True),
-        ("a.b.example.com", "*.example.com", True),
-        ("WWW.Example.COM", "*.example.com", True),
-        ("www.example.com", "*.EXAMPLE.com.", True),
-        ("badexample.com", "*.example.com", False),
-        ("example.com.evil", "*.example.com", False),
-        ("com", "*.example.com", False),
-        ("example.com", "example.com", True),
-        ("Example.com.", "example.COM", True),
-        ("www.example.com", "example.com", False),
-        ("example.com", "www.example.com", False),
-        ("*.example.com", "*.example.com", True),  # the text itself, harmless
-        (".", ".", True),
-    ],
-)
-def test_matches_domain(name: str, entry: str, expected: bool) -> None:
-    assert matches_domain(name, entry) is expected
 
 
 def test_matches_become_capture_matches() -> None:

@@ -498,3 +498,48 @@ def test_configs_that_crashed_it_are_one_line(
     code, [line] = check_config(config, capsys)
     assert code == 1
     assert line.startswith(f"{config}: {problem}")
+
+
+def test_behaviors_without_a_source_are_warned_of_with_the_reason(
+    tmp_path: Path, device: Device, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    behaviors = [
+        {
+            "name": "auth",
+            "metric": "aws:num-authorization-failures",
+            "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}},
+        },
+        {
+            "name": "scan",
+            "metric": "num_scan_sources",
+            "criteria": {"comparisonOperator": "less-than", "value": {"number": 1}},
+        },
+        {
+            "name": "temp",
+            "metric": "board_temp",
+            "criteria": {"comparisonOperator": "less-than", "value": {"number": 80}},
+        },
+    ]
+    (folder / "gw.json").write_text(
+        json.dumps({"securityProfileName": "gw", "behaviors": behaviors})
+    )
+    config = write_config(tmp_path, device, str(folder / "*.json"))
+    code, lines = check_config(config, capsys)
+    assert code == 0  # warnings: the agent runs and judges the rest
+    where = f"{folder / 'gw.json'}: warning: gw/"
+    assert lines[:3] == [
+        f"{where}auth: not judged: aws:num-authorization-failures: no source on this device:"
+        " packet capture is off ([capture] enabled)",
+        f"{where}scan: not judged: num_scan_sources: no source on this device: its feature is"
+        " off ([capture] enabled)",
+        f"{where}temp: not judged: board_temp: no source on this device: no [[custom_metrics]]"
+        " entry or capture feature makes it",
+    ]
+    # With capture and the broker watch on, only the custom metric lacks a source.
+    text = config.read_text() + "[capture]\nenabled = true\n[capture.broker]\nenabled = true\n"
+    config.write_text(text)
+    code, lines = check_config(config, capsys)
+    assert [line for line in lines if "not judged" in line] == [lines[0]]
+    assert "gw/temp" in lines[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.core.evaluator import Detector
+from agent.core.judge import Judge
 from agent.core.metrics import metrics_from_report
 from agent.core.profile import parse_profile
 from agent.core.sample import Connection, CustomMetric, ListeningPort, NetworkStats, Sample
@@ -39,8 +40,14 @@ PROFILE = {
 
 def make_cycle(max_list: int = 100, counters: dict[str, Any] | None = None) -> Cycle:
     ids = iter(f"v{i}" for i in range(1000))
-    detector = Detector([parse_profile(PROFILE, "test")], "pi-1", id_factory=lambda: next(ids))
-    return Cycle(detector, max_list=max_list, short_names=False, counters=counters)
+    judge = Judge(
+        [parse_profile(PROFILE, "test")],
+        "pi-1",
+        lambda thing, profiles, unsourced: Detector(profiles, thing, id_factory=lambda: next(ids)),
+        {},
+        clients=False,
+    )
+    return Cycle(judge, max_list=max_list, short_names=False, counters=counters)
 
 
 def busy_sample() -> Sample:
@@ -67,8 +74,8 @@ def test_the_history_record_is_the_uncut_sample_and_replays_the_same() -> None:
     cycle = make_cycle(max_list=10)
     step = cycle.observe(1000.0, busy_sample())
     assert step.metrics is not None
-    timestamp, record = step.metrics
-    assert timestamp == 1000.0
+    timestamp, record, clients = step.metrics
+    assert (timestamp, clients) == (1000.0, None)
     replayed = make_cycle().detector.observe(timestamp, metrics_from_report(record))
     assert [(e.behavior["name"], e.violation_event_type) for e in replayed] == [
         (e.behavior["name"], e.violation_event_type) for e in step.events
