@@ -368,3 +368,27 @@ def test_the_status_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert (tmp_path / STATUS_FILE).stat().st_mode & 0o777 == 0o600
     assert read_status(tmp_path) == status
+
+
+def test_capture_is_shown_with_its_drops_and_clients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = {
+        "features": ["scan", "broker"],
+        "packets": 5000,
+        "drops": 7,
+        "problem": None,
+        "clients": 12,
+        "unjudged_clients": 2,
+        "counts": {"broker_gaps": 1},
+    }
+    write_status(tmp_path, sample_status(capture=capture))
+    _, out, _ = status_cli(tmp_path, capsys)
+    assert (
+        "capture             scan, broker: 5000 packets, 7 dropped by the kernel; 12 MQTT"
+        " clients judged, 2 not judged (every slot held an alarm), broker_gaps 1"
+    ) in out.splitlines()
+    blind = {**capture, "problem": "no CAP_NET_RAW"}
+    write_status(tmp_path, sample_status(capture=blind))
+    _, out, _ = status_cli(tmp_path, capsys)
+    assert "capture             not running: no CAP_NET_RAW" in out.splitlines()

@@ -1,0 +1,162 @@
+"""Packet capture end to end, below the daemon: the Sniffer (kernel filter, reader
+thread, scan and DNS features) in a device namespace, real traffic from a peer
+namespace over a veth pair, and the metrics a cycle would take."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEVICE, SCANNER, CLIENT = "10.203.0.1", "10.203.0.2", "10.203.0.3"
+OPEN_PORT = 8080
+
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2"),
+]
+
+# Runs in the device namespace: the Sniffer, an open port, and a DNS query out.
+DEVICE_SCRIPT = f"""
+import json, socket, struct, sys, time
+from agent.collect.sniffer import Sniffer
+from agent.config import CaptureConfig
+sniffer = Sniffer(CaptureConfig(enabled=True))
+listener = socket.create_server(("0.0.0.0", {OPEN_PORT}))
+listener.settimeout(0.1)
+print(json.dumps({{"problem": sniffer.problem}}), flush=True)
+sys.stdin.readline()
+query = struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 0)
+for label in b"C2.Evil.example".split(b"."):
+    query += bytes([len(label)]) + label
+query += b"\\0" + struct.pack("!2H", 1, 1)
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(query, ("{SCANNER}", 53))
+deadline = time.monotonic() + 1.0
+while time.monotonic() < deadline:  # accept the benign client's connections
+    try:
+        listener.accept()[0].close()
+    except TimeoutError:
+        pass
+custom, clients = sniffer.collect(time.time())
+packets, drops, counts = sniffer.status()
+print(json.dumps({{
+    "custom": {{m.name: m.value for m in custom}}, "clients": clients,
+    "packets": packets, "drops": drops, "counts": counts,
+}}), flush=True)
+sniffer.close()
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, str]]:
+    device, peer = f"sniff-{os.getpid()}-d", f"sniff-{os.getpid()}-p"
+    ip("netns", "add", device)
+    ip("netns", "add", peer)
+    try:
+        ip("-n", device, "link", "add", "eth0", "type", "veth", "peer", "eth0", "netns", peer)
+        ip("-n", device, "addr", "add", f"{DEVICE}/24", "dev", "eth0")
+        ip("-n", peer, "addr", "add", f"{SCANNER}/24", "dev", "eth0")
+        ip("-n", peer, "addr", "add", f"{CLIENT}/24", "dev", "eth0")
+        for ns in (device, peer):
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield device, peer
+    finally:
+        ip("netns", "del", device)
+        ip("netns", "del", peer)
+
+
+def in_netns(ns: str, code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+PEER_SCRIPT = f"""
+import socket
+for port in range(9001, 9007):  # a connect scan of closed ports: each answered by RST
+    s = socket.socket()
+    s.bind(("{SCANNER}", 0))
+    s.settimeout(2)
+    assert s.connect_ex(("{DEVICE}", port)) != 0
+    s.close()
+for _ in range(10):  # a client of the open port, again and again
+    c = socket.socket()
+    c.bind(("{CLIENT}", 0))
+    c.connect(("{DEVICE}", {OPEN_PORT}))
+    c.close()
+"""
+
+
+def test_a_scan_and_a_dns_query_reach_the_metrics_and_a_client_does_not(
+    namespaces: tuple[str, str],
+) -> None:
+    device_ns, peer_ns = namespaces
+    device = in_netns(device_ns, DEVICE_SCRIPT)
+    assert device.stdin is not None and device.stdout is not None
+    try:
+        assert json.loads(device.stdout.readline()) == {"problem": None}
+        subprocess.run(
+            ["ip", "netns", "exec", peer_ns, sys.executable, "-c", PEER_SCRIPT],
+            check=True,
+            timeout=30,
+        )
+        time.sleep(0.2)  # the reader thread polls; let it drain
+        device.stdin.write("go\n")
+        device.stdin.flush()
+        result = json.loads(device.stdout.readline())
+    finally:
+        device.kill()
+        device.wait()
+    assert result["custom"] == {
+        "scan_sources": [SCANNER],
+        "num_scan_sources": 1,
+        "dns_names": ["c2.evil.example"],
+        "dns_resolvers": [SCANNER],
+    }
+    assert result["clients"] is None  # the broker watch is off
+    assert result["drops"] == 0
+    # The kernel filter passed the probes, their RSTs, the client's SYNs and SYN-ACKs
+    # and the query: not the client's data and ACKs.
+    assert 6 * 2 + 10 * 2 + 1 <= result["packets"] < 6 * 2 + 10 * 2 + 1 + 10
+
+
+def test_without_cap_net_raw_capture_says_why_and_gives_no_values() -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    code = (
+        "import json, time\n"
+        "from agent.collect.sniffer import Sniffer\n"
+        "from agent.config import CaptureConfig\n"
+        "s = Sniffer(CaptureConfig(enabled=True))\n"
+        "print(json.dumps([s.problem, s.collect(time.time())[0]]))\n"
+        "s.close()\n"
+    )
+    out = subprocess.run(
+        ["setpriv", "--inh-caps=-all", "--bounding-set=-net_raw", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=True,
+    ).stdout
+    problem, custom = json.loads(out)
+    assert "CAP_NET_RAW" in problem
+    assert custom == []  # blind: no "0 scanners" that would read as all clear
