@@ -94,6 +94,18 @@ def _register_query(sub: argparse._SubParsersAction) -> None:
     add_parsers(sub, _add_config_arg, _run_query)
 
 
+def _run_audit(args: argparse.Namespace) -> int:
+    from agent.service.audit import run
+
+    return run(args, _config(args))
+
+
+def _register_audit(sub: argparse._SubParsersAction) -> None:
+    from agent.service.audit import add_parsers
+
+    add_parsers(sub, _add_config_arg, _run_audit)
+
+
 def _run_check_config(args: argparse.Namespace) -> int:
     from agent.service.checks import run_check_config
 
@@ -188,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_run(sub)
     _register_collect(sub)
     _register_query(sub)
+    _register_audit(sub)
     _register_operations(sub)
     _register_reload(sub)
     return parser

@@ -387,17 +387,18 @@ def _config_value(param: str, key: str, text: object, default: object) -> object
         raise InvalidRequest(
             param, f'must be a string as AWS takes it (e.g. "30"), got {shown(text)}'
         )
-    if isinstance(default, bool):
-        if text not in ("true", "false"):
-            raise InvalidRequest(param, f'must be "true" or "false", got {shown(text)}')
-        return text == "true"
-    if isinstance(default, int):
-        if not re.fullmatch(r"[0-9]{1,9}", text):
+    whole = re.fullmatch(r"[0-9]{1,9}", text) is not None
+    if key in THRESHOLD_DAYS or (isinstance(default, int) and not isinstance(default, bool)):
+        if not whole:
             raise InvalidRequest(param, f"must be a whole number, got {shown(text)}")
         low, high = THRESHOLD_DAYS.get(key, (0, 10**9))
         if not low <= int(text) <= high:
             raise InvalidRequest(param, f"must be {low}-{high}, got {text}")
-        return int(text)
+        return text if isinstance(default, str) else int(text)
+    if isinstance(default, bool):
+        if text not in ("true", "false"):
+            raise InvalidRequest(param, f'must be "true" or "false", got {shown(text)}')
+        return text == "true"
     if isinstance(default, float):
         try:
             number = float(text)

@@ -489,3 +489,17 @@ def test_due_once_per_run_day_and_a_missed_day_once() -> None:
     # Off from Sunday to Thursday: Monday's run is made up once on Thursday.
     assert is_due(weekly, created, _at("2026-03-09"), _at("2026-03-19"))
     assert not is_due(weekly, created, _at("2026-03-19"), _at("2026-03-20"))
+
+
+def test_a_setting_with_a_string_default_stays_a_string() -> None:
+    defaults = {"DEVICE_CERTIFICATE_AGE_CHECK": {"CERT_AGE_THRESHOLD_IN_DAYS": "365"}}
+    configs = {
+        "DEVICE_CERTIFICATE_AGE_CHECK": {"configuration": {"CERT_AGE_THRESHOLD_IN_DAYS": "20"}}
+    }
+    with pytest.raises(InvalidRequest) as e:
+        update_configuration(defaults, {}, check_configurations=configs)
+    assert "30-3652" in e.value.message  # AWS's range holds whatever the default's type
+    configs["DEVICE_CERTIFICATE_AGE_CHECK"]["configuration"]["CERT_AGE_THRESHOLD_IN_DAYS"] = "400"
+    stored = update_configuration(defaults, {}, check_configurations=configs)
+    settings = check_settings(defaults, describe_configuration(defaults, stored))
+    assert settings == {"DEVICE_CERTIFICATE_AGE_CHECK": {"CERT_AGE_THRESHOLD_IN_DAYS": "400"}}
