@@ -148,7 +148,7 @@ def dns_server(
     name is in `nxdomain` ("*.evil.example" also covers evil.example and every name
     under it, as the agent's string sets do)."""
     rdata = socket.inet_aton(answer)
-    refused = [n.lower().rstrip(".") for n in nxdomain or []]
+    unknown = [n.lower().rstrip(".") for n in nxdomain or []]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, port))
         while True:
@@ -157,7 +157,7 @@ def dns_server(
             if question is None:
                 continue
             name, end = question
-            if any(_name_matches(name, pattern) for pattern in refused):
+            if any(_name_matches(name, pattern) for pattern in unknown):
                 header = query[:2] + struct.pack("!HHHHH", 0x8183, 1, 0, 0, 0)
                 s.sendto(header + query[12:end], peer)
                 continue
