@@ -67,6 +67,14 @@ def shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _at(param: str, key: object) -> str:
+    """The path of a member the input named: `param.key`, or `param[repr]` for a key
+    that would not read as one (control characters, dots, spaces...)."""
+    if isinstance(key, str) and re.fullmatch(r"[\w-]{1,128}", key, re.ASCII):
+        return f"{param}.{key}"
+    return f"{param}[{shown(key)}]"
+
+
 def _string(param: str, value: object, *, pattern: re.Pattern[str] | None = None,
             low: int = 1, high: int = 2048) -> str:  # fmt: skip
     if not isinstance(value, str):
@@ -197,9 +205,9 @@ def _fields(
     out = {}
     for key, item in value.items():
         if key not in rules:
-            raise InvalidRequest(f"{param}.{key}", f"unknown key; the keys: {', '.join(rules)}")
+            raise InvalidRequest(_at(param, key), f"unknown key; the keys: {', '.join(rules)}")
         low, high, pattern = rules[key]
-        out[key] = _string(f"{param}.{key}", item, pattern=pattern, low=low, high=high)
+        out[key] = _string(_at(param, key), item, pattern=pattern, low=low, high=high)
     return out
 
 
@@ -212,7 +220,7 @@ def check_resource_identifier(value: object, param: str = "resourceIdentifier") 
     lowered = {key.lower(): key for key in AWS_IDENTIFIER_KEYS}
     out: dict[str, Any] = {}
     for key, item in value.items():
-        where = f"{param}.{key}"
+        where = _at(param, key)
         if key in _AWS_IDENTIFIER:
             out.update(_fields(param, {key: item}, _AWS_IDENTIFIER))
         elif key in _AWS_NESTED:
@@ -464,7 +472,7 @@ def _notification_targets(value: object) -> dict[str, Any]:
         raise InvalidRequest(param, f"must be a JSON object, got {shown(value)}")
     out = {}
     for kind, target in value.items():
-        where = f"{param}.{kind}"
+        where = _at(param, kind)
         if kind != "SNS":
             raise InvalidRequest(where, "unknown notification type; the one type is SNS")
         if not isinstance(target, Mapping):
@@ -478,7 +486,7 @@ def _notification_targets(value: object) -> dict[str, Any]:
             elif key == "enabled":
                 entry[key] = check_bool(f"{where}.enabled", item)
             else:
-                raise InvalidRequest(f"{where}.{key}", "unknown key; targetArn, roleArn, enabled")
+                raise InvalidRequest(_at(where, key), "unknown key; targetArn, roleArn, enabled")
         out[kind] = entry
     return out
 
@@ -517,7 +525,7 @@ def update_configuration(
                 elif key == "configuration":
                     own["configuration"] = _configuration(where, item, defaults[name])
                 else:
-                    raise InvalidRequest(f"{where}.{key}", "unknown key; enabled, configuration")
+                    raise InvalidRequest(_at(where, key), "unknown key; enabled, configuration")
             if own.get("enabled", True) is False:
                 users = sorted(s for s, names in (scheduled or {}).items() if name in names)
                 if users:
@@ -537,8 +545,8 @@ def _configuration(where: str, value: object, defaults: Mapping[str, Any]) -> di
     for key, text in value.items():
         if key not in defaults:
             known = ", ".join(defaults) or "none"
-            raise InvalidRequest(f"{param}.{key}", f"unknown setting; this check's: {known}")
-        _config_value(f"{param}.{key}", key, text, defaults[key])
+            raise InvalidRequest(_at(param, key), f"unknown setting; this check's: {known}")
+        _config_value(_at(param, key), key, text, defaults[key])
         out[key] = text
     return out
 

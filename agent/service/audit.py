@@ -18,6 +18,7 @@ import glob
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -648,8 +649,9 @@ def _list_scheduled_audits(store: AuditStore, args: argparse.Namespace, env: Env
 def _flag(param: str) -> str:
     """The flag of an AWS parameter path: auditCheckConfigurations.X.enabled ->
     --audit-check-configurations: X.enabled."""
-    head, _, rest = param.partition(".")
-    flag = "--" + "".join("-" + c.lower() if c.isupper() else c for c in head)
+    head = param.split(".", 1)[0].split("[", 1)[0]
+    rest = param[len(head) :].removeprefix(".")
+    flag = "--" + re.sub(r"[A-Z]", lambda m: "-" + m.group().lower(), head)
     return f"{flag}: {rest}" if rest else flag
 
 

@@ -247,6 +247,7 @@ POLICY = "policyVersionIdentifier"
         ({POLICY: "p"}, f"resourceIdentifier.{POLICY}", "JSON object"),
         ({"File_Path": "/x"}, "resourceIdentifier.File_Path", "lowerCamelCase"),
         ({"filePath": ""}, "resourceIdentifier.filePath", "1-2048"),
+        ({"a.b\r": "x"}, "resourceIdentifier['a.b\\r']", "lowerCamelCase"),
         ({"filePath": "\ud800"}, "resourceIdentifier.filePath", "UTF-8"),
     ],
 )  # fmt: skip
