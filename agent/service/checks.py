@@ -18,13 +18,13 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.config import Config, ConfigError, MqttConfig, load_config
 from agent.core.profile import ProfileError
+from agent.core.x509 import validity
 from agent.logs import kv
 from agent.service.detect import detector_from_config
 from agent.service.profiles import DetectFiles, load_detect_files
@@ -242,7 +242,7 @@ def _check_certificates(path: str, now: float, openssl: bool) -> list[Finding]:
     for i, block in enumerate(blocks):
         which = f"certificate {i + 1} of {len(blocks)}: " if len(blocks) > 1 else ""
         try:
-            not_before, not_after = _validity(base64.b64decode(block))
+            not_before, not_after = validity(base64.b64decode(block))
         except (ValueError, IndexError, StopIteration):
             return [Finding(path, f"{which}not a valid X.509 certificate (bad DER)")]
         if now < not_before:
@@ -284,36 +284,3 @@ def _check_key(path: str, cert_path: str, *, match_cert: bool) -> list[Finding]:
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _der(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(tag, content start, content end) of each DER element in data[start:end]."""
-    pos = start
-    while pos < end:
-        tag, length = data[pos], data[pos + 1]
-        pos += 2
-        if length & 0x80:
-            size = length & 0x7F
-            length = int.from_bytes(data[pos : pos + size], "big")
-            pos += size
-        yield tag, pos, pos + length
-        pos += length
-
-
-def _validity(der: bytes) -> tuple[float, float]:
-    """notBefore and notAfter (epoch seconds) of a DER certificate; ValueError,
-    IndexError or StopIteration when it is not one."""
-    _, cert_start, cert_end = next(_der(der, 0, len(der)))
-    _, tbs_start, tbs_end = next(_der(der, cert_start, cert_end))
-    # TBSCertificate: [0] version (optional), serialNumber, signature, issuer, validity, ...
-    fields = [f for f in _der(der, tbs_start, tbs_end) if f[0] != 0xA0]
-    _, start, end = fields[3]
-    not_before, not_after = (_der_time(tag, der[s:e]) for tag, s, e in _der(der, start, end))
-    return not_before, not_after
-
-
-def _der_time(tag: int, text: bytes) -> float:
-    value = text.decode("ascii")
-    if tag == 0x17:  # UTCTime, YYMMDDHHMMSSZ: years 50-99 are 19xx (RFC 5280)
-        value = ("19" if int(value[:2]) >= 50 else "20") + value
-    return datetime.strptime(value, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC).timestamp()
