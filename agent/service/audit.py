@@ -581,6 +581,9 @@ def _create_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: En
     _print({"scheduledAuditArn": _arn(env, name)})
 
 
+_DAY_OF = {"WEEKLY": "dayOfWeek", "BIWEEKLY": "dayOfWeek", "MONTHLY": "dayOfMonth"}
+
+
 def _update_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
     name = check_scheduled_audit_name(args.scheduled_audit_name)
     given = {
@@ -597,10 +600,11 @@ def _update_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: En
         )
     current, _, _ = store.scheduled_audit(name)
     schedule = {**current, **{k: v for k, v in given.items() if v is not None}}
-    if given["frequency"] not in (None, current["frequency"]):
-        # A new frequency keeps only the day given with it.
+    if given["frequency"] is not None:
+        # A stored day the new frequency does not take goes (a day given is checked).
+        wanted = _DAY_OF.get(given["frequency"])
         for day in ("dayOfWeek", "dayOfMonth"):
-            if given[day] is None:
+            if day != wanted and given[day] is None:
                 schedule.pop(day, None)
     store.update_scheduled_audit(name, _schedule_body(store, args, env, schedule))
     _print({"scheduledAuditArn": _arn(env, name)})

@@ -580,6 +580,10 @@ def test_scheduled_audits(device: Device) -> None:
         "dayOfMonth": "LAST",
         "targetCheckNames": [KEYS],
     }
+    # MONTHLY to DAILY drops the day of the month; WEEKLY to BIWEEKLY keeps the weekday.
+    nightly = ("--scheduled-audit-name", "nightly")
+    ok(device, "update-scheduled-audit", *nightly, "--frequency", "DAILY")
+    assert "dayOfMonth" not in ok(device, "describe-scheduled-audit", *nightly)
     ok(
         device,
         "create-scheduled-audit",
@@ -592,9 +596,18 @@ def test_scheduled_audits(device: Device) -> None:
         "--target-check-names",
         CERTS,
     )
+    ok(
+        device,
+        "update-scheduled-audit",
+        "--scheduled-audit-name",
+        "weekly",
+        "--frequency",
+        "BIWEEKLY",
+    )
     listed = valid(ok(device, "list-scheduled-audits"), "ListScheduledAudits")
     assert [s["scheduledAuditName"] for s in listed["scheduledAudits"]] == ["nightly", "weekly"]
     assert listed["scheduledAudits"][1]["dayOfWeek"] == "MON"
+    assert listed["scheduledAudits"][1]["frequency"] == "BIWEEKLY"
     in_use = call(
         device,
         "update-account-audit-configuration",
