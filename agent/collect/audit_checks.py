@@ -628,18 +628,18 @@ def check_firewall(ctx: AuditContext) -> list[Noncompliance]:
     """Rules are listed with `nft -j list ruleset` (nftables, which iptables-nft also
     fills) and `iptables-legacy-save` for legacy tables named in /proc/net/
     ip_tables_names; the tools describe the running kernel, so they run only when
-    root and proc_root are the live / and /proc. Any rule, or a base chain whose
-    policy is drop, counts as a firewall. Neither nf_tables nor a legacy table
-    loaded: nothing can filter. Loaded but no tool to list them: cannot tell."""
+    root and proc_root are the live / and /proc. Any rule, or a chain whose policy is
+    drop, counts as a firewall (a NAT-only ruleset passes). Without nft, nf_tables
+    absent from /sys/module and no legacy table loaded: nothing can filter. Loaded
+    but no tool to list them: cannot tell."""
     live = ctx.root.resolve() == Path("/") and ctx.proc_root.resolve() == Path("/proc")
     rules, evidence, unknown = 0, [], []
-    if (ctx.root / "sys/module/nf_tables").exists():
-        nft = _tool(ctx, "nft") if live else None
-        if nft:
-            rules += _nft_rules(_run([nft, "-j", "list", "ruleset"]))
-            evidence.append("nft -j list ruleset")
-        else:
-            unknown.append("nf_tables is loaded but nft is not installed to list its rules")
+    nft = _tool(ctx, "nft") if live else None
+    if nft:  # also right when nf_tables is built in and has no /sys/module entry
+        rules += _nft_rules(_run([nft, "-j", "list", "ruleset"]))
+        evidence.append("nft -j list ruleset")
+    elif (ctx.root / "sys/module/nf_tables").exists():
+        unknown.append("nf_tables is loaded but nft is not installed to list its rules")
     else:
         evidence.append("nf_tables not loaded")
     for names, save in (
