@@ -556,9 +556,7 @@ def _arn(env: Env, name: str) -> str:
     return f"arn:edge-defender:iot::{env.cfg.thing_name}:scheduledaudit/{name}"
 
 
-def _schedule_body(
-    store: AuditStore, args: argparse.Namespace, env: Env, schedule: Mapping[str, Any]
-) -> dict[str, Any]:
+def _schedule_body(store: AuditStore, env: Env, schedule: Mapping[str, Any]) -> dict[str, Any]:
     body = check_schedule(
         schedule.get("frequency"), schedule.get("dayOfWeek"), schedule.get("dayOfMonth")
     )
@@ -577,7 +575,7 @@ def _create_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: En
         "dayOfMonth": args.day_of_month,
         "targetCheckNames": _names(args),
     }
-    store.create_scheduled_audit(name, _schedule_body(store, args, env, schedule), env.now)
+    store.create_scheduled_audit(name, _schedule_body(store, env, schedule), env.now)
     _print({"scheduledAuditArn": _arn(env, name)})
 
 
@@ -606,7 +604,7 @@ def _update_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: En
         for day in ("dayOfWeek", "dayOfMonth"):
             if day != wanted and given[day] is None:
                 schedule.pop(day, None)
-    store.update_scheduled_audit(name, _schedule_body(store, args, env, schedule))
+    store.update_scheduled_audit(name, _schedule_body(store, env, schedule))
     _print({"scheduledAuditArn": _arn(env, name)})
 
 
