@@ -1136,3 +1136,29 @@ def test_the_verbs_are_edge_defender_commands(device: Device) -> None:
         device, "list-audit-findings", "--task-id", "abc", "--start-time", "0", "--end-time", "1"
     )
     assert both.returncode == 2 and "--task-id: give --task-id or --start-time" in both.stderr
+
+
+def test_with_the_device_checks(device: Device) -> None:
+    """`edge-defender` itself, with agent.collect.audit_checks: its checks are the
+    account's, and a key others can read is found, then no more once fixed."""
+    from agent.collect.audit_checks import CHECKS as DEVICE_CHECKS
+
+    described = json.loads(cli(device, "describe-account-audit-configuration").stdout)
+    assert list(described["auditCheckConfigurations"]) == list(DEVICE_CHECKS)
+    assert shape_problems(described, response("DescribeAccountAuditConfiguration")) == []
+    check = "DEVICE_KEY_FILE_PERMISSIONS_CHECK"
+    started = cli(device, "start-on-demand-audit-task", "--target-check-names", check)
+    assert started.returncode == 0, started.stderr
+    task = json.loads(started.stdout)["taskId"]
+    (finding,) = json.loads(cli(device, "list-audit-findings", "--task-id", task).stdout)[
+        "findings"
+    ]
+    assert shape_problems(finding, "AuditFinding", extensions=True) == []
+    assert finding["nonCompliantResource"]["resourceIdentifier"] == {"path": str(device.key)}
+    assert (finding["checkName"], finding["severity"]) == (check, "HIGH")
+    device.key.chmod(0o600)
+    again = json.loads(
+        cli(device, "start-on-demand-audit-task", "--target-check-names", check).stdout
+    )
+    listed = cli(device, "list-audit-findings", "--task-id", again["taskId"])
+    assert json.loads(listed.stdout) == {"findings": []}
