@@ -3,7 +3,10 @@ the packets a feature asked for (`Match` clauses) reach Python, read from a TPAC
 mmap ring and parsed with precompiled structs into `agent.core.packet.Frame`s.
 
 Imported by the daemon only when capture is on (no scapy here; scapy crafts test traffic).
-Needs CAP_NET_RAW only.
+Needs CAP_NET_RAW only. The clauses are `agent.core.packet.Match` (the features declare
+theirs in the pure core), re-exported here; compile_filter checks them. A clause's own
+`snaplen` (a stream decoder wants whole segments) overrides the reader's; with the ring,
+a frame larger than a ring block (ring_bytes / 2, at most 128 KiB) is cut to fit it.
 
 What the kernel filter passes (compile_filter):
  - Ethernet frames (ARPHRD_ETHER) and loopback (ARPHRD_LOOPBACK, a zeroed Ethernet
@@ -32,10 +35,9 @@ import socket
 import struct
 from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from agent.core.packet import TCP, UDP, Frame
+from agent.core.packet import TCP, UDP, Frame, Match
 from agent.logs import kv
 
 log = logging.getLogger(__name__)
@@ -43,37 +45,6 @@ log = logging.getLogger(__name__)
 
 class CaptureError(Exception):
     """Capture cannot start; the message says what and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One clause of the kernel filter; a packet passes if any clause matches."""
-
-    proto: Literal["tcp", "udp"]
-    ports: frozenset[int] = frozenset()  # sport or dport in this set; empty = any port
-    direction: Literal["in", "out", "any"] = "any"  # from the kernel's pkt_type
-    tcp_flags: tuple[int, int] | None = None  # (mask, value): flags & mask == value
-    local_port: bool = False  # ports apply to the local end only (dport in, sport out)
-
-    def __post_init__(self) -> None:
-        if self.proto not in ("tcp", "udp"):
-            raise ValueError(f"Match.proto must be 'tcp' or 'udp', not {self.proto!r}")
-        if self.direction not in ("in", "out", "any"):
-            raise ValueError(f"Match.direction must be in/out/any, not {self.direction!r}")
-        bad = sorted(p for p in self.ports if not (isinstance(p, int) and 0 <= p <= 0xFFFF))
-        if bad:
-            raise ValueError(f"Match.ports: not a port number: {bad!r}")
-        if len(self.ports) > MAX_PORTS:
-            # Each port is one conditional jump; cBPF jumps reach at most 255 forward.
-            raise ValueError(f"Match.ports: at most {MAX_PORTS} per clause, {len(self.ports)}")
-        if self.local_port and not self.ports:
-            raise ValueError("Match.local_port needs ports")
-        if self.tcp_flags is not None:
-            if self.proto != "tcp":
-                raise ValueError("Match.tcp_flags is for proto 'tcp' only")
-            mask, value = self.tcp_flags
-            if not (0 <= mask <= 0xFF and 0 <= value <= 0xFF) or value & ~mask:
-                raise ValueError(f"Match.tcp_flags: bad (mask, value) {self.tcp_flags!r}")
 
 
 class CaptureStats(NamedTuple):
@@ -146,12 +117,14 @@ class _Asm:
 def compile_filter(
     matches: Sequence[Match], *, snaplen: int = 256, ifindexes: Sequence[int] = ()
 ) -> list[Insn]:
-    """The cBPF program that returns `snaplen` for a frame some clause matches, else 0.
-    `ifindexes`: accept only these interfaces (for one socket over several of them)."""
+    """The cBPF program that returns the snap length for a frame some clause matches (the
+    first matching clause's `snaplen`, else `snaplen`), else 0. `ifindexes`: accept only
+    these interfaces (for one socket over several of them). A bad clause: ValueError."""
     if not matches:
         raise ValueError("compile_filter: no Match clauses (nothing would be captured)")
-    if not 64 <= snaplen <= 0xFFFF:
-        raise ValueError(f"snaplen must be 64..65535, not {snaplen}")
+    _check_snaplen(snaplen, "snaplen")
+    for i, m in enumerate(matches):
+        _check(m, f"Match {i} {m!r}")
     a = _Asm()
     # The kernel checks loads from scratch memory with a linear pass that does not stop at
     # a `ret`: a load after the early `drop` must see every slot stored on every path.
@@ -224,6 +197,34 @@ def compile_filter(
     return a.assemble()
 
 
+def _check_snaplen(snaplen: int, what: str) -> None:
+    if not 64 <= snaplen <= 0xFFFF:
+        raise ValueError(f"{what} must be 64..65535, not {snaplen}")
+
+
+def _check(m: Match, what: str) -> None:
+    if m.proto not in ("tcp", "udp"):
+        raise ValueError(f"{what}: proto must be 'tcp' or 'udp', not {m.proto!r}")
+    if m.direction not in ("in", "out", "any"):
+        raise ValueError(f"{what}: direction must be in/out/any, not {m.direction!r}")
+    bad = sorted(p for p in m.ports if not (isinstance(p, int) and 0 <= p <= 0xFFFF))
+    if bad:
+        raise ValueError(f"{what}: not a port number: {bad!r}")
+    if len(m.ports) > MAX_PORTS:
+        # Each port is one conditional jump; cBPF jumps reach at most 255 forward.
+        raise ValueError(f"{what}: at most {MAX_PORTS} ports a clause, not {len(m.ports)}")
+    if m.local_port and not m.ports:
+        raise ValueError(f"{what}: local_port needs ports")
+    if m.tcp_flags is not None:
+        if m.proto != "tcp":
+            raise ValueError(f"{what}: tcp_flags is for proto 'tcp' only")
+        mask, value = m.tcp_flags
+        if not (0 <= mask <= 0xFF and 0 <= value <= 0xFF) or value & ~mask:
+            raise ValueError(f"{what}: bad tcp_flags (mask, value) {m.tcp_flags!r}")
+    if m.snaplen is not None:
+        _check_snaplen(m.snaplen, f"{what}: snaplen")
+
+
 def _clause(a: _Asm, m: Match, i: int, snaplen: int) -> None:
     fail, ok = f"clause{i + 1}", f"ok{i}"
     a.label(f"clause{i}")
@@ -253,7 +254,7 @@ def _clause(a: _Asm, m: Match, i: int, snaplen: int) -> None:
         a.op(_LD_B_IND, 13)
         a.op(_AND_K, m.tcp_flags[0])
         a.jump(_JEQ_K, m.tcp_flags[1], None, fail)
-    a.op(_RET_K, snaplen)
+    a.op(_RET_K, snaplen if m.snaplen is None else m.snaplen)
 
 
 # -- frame parsing ----------------------------------------------------------------------
@@ -395,7 +396,8 @@ class PacketReader:
         program = compile_filter(
             matches, snaplen=snaplen, ifindexes=indexes if len(indexes) > 1 else ()
         )
-        self._snaplen = snaplen
+        # The recvmsg buffer: the largest snap length the program can return.
+        self._snaplen = max(snaplen, *(m.snaplen or 0 for m in matches))
         self._mm: mmap.mmap | None = None
         self._totals = [0, 0, 0]
         # Bound to one interface: created with protocol 0, so it sees nothing until bind.

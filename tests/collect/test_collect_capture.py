@@ -215,22 +215,28 @@ def test_vlan_options_fragments_and_ipv6_extension_headers() -> None:
 
 
 def test_bad_clauses_say_what_is_wrong() -> None:
-    with pytest.raises(ValueError, match="proto"):
-        Match("icmp")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="not a port number"):
-        Match("tcp", frozenset({70000}))
-    with pytest.raises(ValueError, match="tcp_flags is for proto 'tcp'"):
-        Match("udp", tcp_flags=(SYN, SYN))
-    with pytest.raises(ValueError, match="tcp_flags"):
-        Match("tcp", tcp_flags=(SYN, ACK))
-    with pytest.raises(ValueError, match="local_port needs ports"):
-        Match("tcp", local_port=True)
-    with pytest.raises(ValueError, match=f"at most {MAX_PORTS}"):
-        Match("tcp", frozenset(range(MAX_PORTS + 1)))
+    for clause, message in [
+        (Match("icmp"), "proto must be 'tcp' or 'udp'"),  # type: ignore[arg-type]
+        (Match("tcp", direction="up"), "direction"),  # type: ignore[arg-type]
+        (Match("tcp", frozenset({70000})), r"not a port number: \[70000\]"),
+        (Match("udp", tcp_flags=(SYN, SYN)), "tcp_flags is for proto 'tcp' only"),
+        (Match("tcp", tcp_flags=(SYN, ACK)), "bad tcp_flags"),
+        (Match("tcp", local_port=True), "local_port needs ports"),
+        (Match("tcp", frozenset(range(MAX_PORTS + 1))), f"at most {MAX_PORTS} ports"),
+        (Match("tcp", snaplen=20), "snaplen must be 64..65535, not 20"),
+    ]:
+        with pytest.raises(ValueError, match=f"Match 1 .*{message}"):
+            compile_filter([*DNS, clause])
     with pytest.raises(ValueError, match="no Match clauses"):
         compile_filter([])
     with pytest.raises(ValueError, match="snaplen"):
         compile_filter(SCAN, snaplen=10)
+
+
+def test_a_clause_can_keep_more_of_its_packets() -> None:
+    prog = compile_filter([*DNS, Match("tcp", frozenset({1883}), snaplen=0xFFFF)], snaplen=300)
+    assert run_bpf(prog, eth4(TCP(sport=40000, dport=1883)), pkttype=OUTGOING) == 0xFFFF
+    assert run_bpf(prog, eth4(UDP(sport=40000, dport=53)), pkttype=OUTGOING) == 300
 
 
 # -- parse_frame -----------------------------------------------------------------------

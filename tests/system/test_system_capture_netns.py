@@ -32,7 +32,7 @@ from agent.collect.capture import Match, PacketReader
 args = json.loads(sys.argv[1])
 matches = [Match(m["proto"], frozenset(m.get("ports", ())), m.get("direction", "any"),
                  tuple(m["tcp_flags"]) if m.get("tcp_flags") else None,
-                 m.get("local_port", False)) for m in args["matches"]]
+                 m.get("local_port", False), m.get("snaplen")) for m in args["matches"]]
 listeners = []
 for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
     for port in args.get("listen", ()):
@@ -323,6 +323,27 @@ def test_loopback_is_seen_once_as_outgoing(pair: Pair) -> None:
         result = finish(reader)
     seen = sorted((f[0], f[2], f[7]) for f in result["frames"])
     assert seen == [(True, "127.0.0.1", "lo4"), (True, "::1", "lo6")]
+
+
+@pytest.mark.parametrize("ring", [True, False], ids=["ring", "recvmsg"])
+def test_a_clause_keeps_whole_segments_when_it_asks(pair: Pair, ring: bool) -> None:
+    clauses = [
+        {"proto": "udp", "ports": [5353]},  # the reader's 256 bytes
+        {"proto": "udp", "ports": [5354], "snaplen": 65535},
+    ]
+    reader = pair.reader(matches=clauses, ring=ring, interfaces=["lo"])
+    try:
+        pair.traffic(
+            pair.a,
+            [
+                ["udp", "127.0.0.1", 5353, "a" * 20000, 1],
+                ["udp", "127.0.0.1", 5354, "b" * 20000, 1],
+            ],
+        )
+    finally:
+        result = finish(reader)
+    got = sorted((f[5], len(f[7]), f[8]) for f in result["frames"])
+    assert got == [(5353, 256 - 14 - 20 - 8, 20000), (5354, 20000, 20000)]
 
 
 def test_interfaces_limit_what_is_seen(pair: Pair) -> None:
