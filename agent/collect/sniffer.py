@@ -11,15 +11,14 @@ import logging
 import select
 import threading
 from collections import Counter
-from typing import Any
 
-from agent.collect.capture import CaptureError, Match, PacketReader
+from agent.collect.capture import CaptureError, PacketReader
 from agent.config import CaptureConfig
 from agent.core.broker_watch import BrokerWatch
 from agent.core.broker_watch import matches as broker_matches
 from agent.core.dns import MATCHES as DNS_MATCHES
 from agent.core.dns import DnsWatch
-from agent.core.packet import TCP, UDP, Frame
+from agent.core.packet import TCP, UDP, Frame, Match
 from agent.core.sample import CustomMetric
 from agent.core.scan import MATCHES as SCAN_MATCHES
 from agent.core.scan import ScanDetector
@@ -35,17 +34,6 @@ SNAPLEN = 512
 Clients = dict[str, dict[str, object]]
 
 
-def _match(clause: Any) -> Match:
-    """A feature's filter clause (core may not import collect) as the reader's Match."""
-    return Match(
-        proto=clause.proto,
-        ports=frozenset(clause.ports),
-        direction=clause.direction,
-        tcp_flags=clause.tcp_flags,
-        local_port=clause.local_port,
-    )
-
-
 class Sniffer:
     def __init__(self, cfg: CaptureConfig) -> None:
         self.cfg = cfg
@@ -55,14 +43,14 @@ class Sniffer:
         self.dns = DnsWatch() if cfg.dns.enabled else None
         self.broker = BrokerWatch(cfg.broker.ports) if cfg.broker.enabled else None
         self._broker_ports = frozenset(cfg.broker.ports) if self.broker else frozenset()
-        clauses: list[Any] = []
+        clauses: list[Match] = []
         if self.scan is not None:
             clauses += SCAN_MATCHES
         if self.dns is not None:
             clauses += DNS_MATCHES
         if self.broker is not None:
             clauses += broker_matches(cfg.broker.ports)
-        self._matches = [_match(c) for c in clauses]
+        self._matches = clauses
         self.errors: Counter[str] = Counter()  # feature failures, by feature
         self.problem: str | None = "not started"
         self._reader: PacketReader | None = None

@@ -87,11 +87,15 @@ _V = TypeVar("_V")
 _FlowKey = tuple[bytes, int, bytes, int]  # client address, port, broker address, port
 
 
+WHOLE_SEGMENT = 0xFFFF  # the largest snap length: a GRO-merged segment is at most 64 KiB
+
+
 def matches(ports: Collection[int]) -> list[Match]:
     """The kernel filter clauses: TCP to or from a broker port, every flag (SYN, FIN and
     RST frame the sessions). Both ends, not only the local one: a client on the gateway
-    itself talks to the broker over lo."""
-    return [Match("tcp", ports=frozenset(_check_ports(ports)))]
+    itself talks to the broker over lo. Whole segments: a client that batches many
+    PUBLISHes into one segment would otherwise leave a gap at every cut one."""
+    return [Match("tcp", ports=frozenset(_check_ports(ports)), snaplen=WHOLE_SEGMENT)]
 
 
 def _check_ports(ports: Collection[int]) -> frozenset[int]:

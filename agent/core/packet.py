@@ -43,6 +43,9 @@ class Match(NamedTuple):
     direction: Literal["in", "out", "any"] = "any"  # received, sent, either
     tcp_flags: tuple[int, int] | None = None  # (mask, value): flags & mask == value
     local_port: bool = False  # `ports` apply to this host's end only
+    # Bytes kept of a matching packet; None: the reader's default. A stream decoder needs
+    # whole segments (a client batches many small packets into one).
+    snaplen: int | None = None
 
 
 def ip_text(packed: bytes) -> str:

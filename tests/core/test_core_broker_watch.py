@@ -505,7 +505,7 @@ def test_other_traffic_is_ignored() -> None:
 
 
 def test_matches_and_bad_arguments() -> None:
-    assert matches([1883, 1884]) == [Match("tcp", ports=frozenset({1883, 1884}))]
+    assert matches([1883, 1884]) == [Match("tcp", ports=frozenset({1883, 1884}), snaplen=0xFFFF)]
     with pytest.raises(ValueError, match="broker ports must be 1-65535"):
         BrokerWatch([0])
     with pytest.raises(ValueError, match="at least one"):

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from agent.core.dns import MATCHES, DnsMessage, DnsWatch, parse_message
+from agent.core.dns import DnsMessage, DnsWatch, parse_message
 from agent.core.packet import TCP, UDP, Frame
 
 DEV = ipaddress.ip_address("192.0.2.1").packed
@@ -222,9 +222,3 @@ def test_watch_bounds_names_and_resolvers_per_take_and_counts_the_drop() -> None
 def test_watch_refuses_bad_bounds() -> None:
     with pytest.raises(ValueError, match="max_names"):
         DnsWatch(max_names=0)
-
-
-def test_matches_become_capture_matches() -> None:
-    capture = pytest.importorskip("agent.collect.capture")
-    matches = [capture.Match(**clause._asdict()) for clause in MATCHES]
-    assert len(capture.compile_filter(matches)) > 0

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from agent.core.packet import ACK, RST, SYN, TCP, UDP, Frame
-from agent.core.scan import MATCHES, ScanDetector
+from agent.core.scan import ScanDetector
 
 DEV = ipaddress.ip_address("192.0.2.1").packed
 ATT = ipaddress.ip_address("198.51.100.7").packed
@@ -303,9 +303,3 @@ def test_each_local_address_is_a_separate_service() -> None:
 def test_bad_parameters_are_refused_by_name(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ScanDetector(**kwargs)  # type: ignore[arg-type]
-
-
-def test_matches_become_capture_matches() -> None:
-    capture = pytest.importorskip("agent.collect.capture")
-    matches = [capture.Match(**clause._asdict()) for clause in MATCHES]
-    assert len(capture.compile_filter(matches)) > 0
