@@ -222,6 +222,16 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """Device-side Audit (docs/audit.md): the daemon runs the scheduled audits."""
+
+    scheduled: bool = True  # run what create-scheduled-audit set up
+    findings_topic: str = "things/{thing_name}/defender/audit/findings"
+    crl_file: str | None = None  # for REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK
+    gateway: bool = False  # the device forwards packets: ip_forward is expected
+
+
+@dataclass(frozen=True)
 class Config:
     thing_name: str = field(default_factory=_short_host_name)
     state_dir: str = field(default_factory=_default_state_dir)
@@ -231,6 +241,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     custom_metrics: list[CustomMetricConfig] = field(default_factory=list)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     config_file: str = "<built-in defaults>"  # where it was read from, for messages
 
 
@@ -344,10 +355,13 @@ def _check(cfg: Config) -> None:
             "mqtt.client_id: must be at most 128 bytes of printable characters,"
             f" got {_shown.repr(m.client_id)}"
         )
-    topic = cfg.detect.violations_topic
-    problem = _topic_problem(topic.replace("{thing_name}", cfg.thing_name))
-    if problem:
-        raise ConfigError(f"detect.violations_topic: {problem}, got {_shown.repr(topic)}")
+    for path, topic in (
+        ("detect.violations_topic", cfg.detect.violations_topic),
+        ("audit.findings_topic", cfg.audit.findings_topic),
+    ):
+        problem = _topic_problem(topic.replace("{thing_name}", cfg.thing_name))
+        if problem:
+            raise ConfigError(f"{path}: {problem}, got {_shown.repr(topic)}")
     seen: set[str] = set()
     for i, metric in enumerate(cfg.custom_metrics):
         path = f"custom_metrics[{i}]"

@@ -13,6 +13,7 @@ import pytest
 import agent
 import agent.config
 from agent.config import (
+    AuditConfig,
     BrokerCaptureConfig,
     CaptureConfig,
     Config,
@@ -268,10 +269,11 @@ def test_the_example_config_names_every_key_and_its_values_load() -> None:
     written = set(re.findall(r"^(\w+) = ", uncommented, flags=re.MULTILINE))
     keys = {f.name for f in dataclasses.fields(Config)} - {"config_file", "custom_metrics"}
     blocks = (SamplingConfig, MqttConfig, DetectConfig, StoreConfig, CustomMetricConfig)
-    capture = (CaptureConfig, ScanCaptureConfig, DnsCaptureConfig, BrokerCaptureConfig)
+    capture = (CaptureConfig, ScanCaptureConfig, DnsCaptureConfig, BrokerCaptureConfig, AuditConfig)
     for block in blocks + capture:
         keys |= {f.name for f in dataclasses.fields(block)}
-    for section in ("sampling", "mqtt", "detect", "store", "capture", "scan", "dns", "broker"):
+    sections = ("sampling", "mqtt", "detect", "store", "capture", "scan", "dns", "broker", "audit")
+    for section in sections:
         keys.discard(section)
     assert keys - written == {"path", "command", "timeout_s"}  # documented in the comment
 

@@ -69,5 +69,6 @@ def metrics_rejected_topic(thing_name: str, fmt: Format) -> str:
 
 
 def violations_topic(template: str, thing_name: str) -> str:
-    """`detect.violations_topic` with `{thing_name}` filled in; other text is kept as is."""
+    """`detect.violations_topic` (or `audit.findings_topic`) with `{thing_name}` filled
+    in; other text is kept as is."""
     return template.replace("{thing_name}", thing_name)

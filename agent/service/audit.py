@@ -153,7 +153,8 @@ def audit_context(
     cfg: Config, settings: Mapping[str, Mapping[str, Any]], now: float
 ) -> AuditContext:
     """What the checks look at, from the config: [mqtt] certificate, key and CA, the
-    config and profile files, the ports the profiles allow."""
+    config and profile files, the ports the profiles allow, [audit] crl_file and
+    gateway."""
     tcp, udp = _allowed_ports(cfg)
     config_files = [cfg.config_file] if Path(cfg.config_file).is_file() else []
     for pattern in cfg.detect.profiles:
@@ -167,6 +168,8 @@ def audit_context(
         config_files=tuple(config_files),
         allowed_tcp_ports=tcp,
         allowed_udp_ports=udp,
+        crl_file=cfg.audit.crl_file,
+        gateway=cfg.audit.gateway,
         now=now,
     )
 

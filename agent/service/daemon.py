@@ -33,6 +33,7 @@ from agent.core.judge import Judge
 from agent.core.profile import ProfileError
 from agent.logs import kv
 from agent.publish.delivery import is_aws_endpoint
+from agent.service.auditor import Auditor
 from agent.service.cadence import MonotonicScheduler
 from agent.service.checks import check_tls_files
 from agent.service.cycle import Cycle, Step
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 AWS_MIN_REPORT_INTERVAL_S = 300.0  # AWS IoT throttles Device Defender reports
 FLUSH_ON_STOP_S = 3.0
 PRUNE_INTERVAL_S = 3600.0
+AUDIT_PUBLISH_S = 5.0  # how soon a finished scheduled audit's findings go out
 STORE_RETRY_S = 30.0
 # Events the store could not take yet, kept in memory until it can (oldest dropped).
 MAX_UNRECORDED_EVENTS = 10_000
@@ -160,6 +162,7 @@ class Daemon:
         )
         self._say_inactive()
         self.sampler = self._sampler(cfg)
+        self.auditor = Auditor(lambda: self.cfg)
         log.info(
             kv(
                 "started",
@@ -231,6 +234,7 @@ class Daemon:
             ("cycle", self.cfg.sampling.interval_s, self.sample),
             ("report", report_interval_s(self.cfg), self.report),
             ("prune", PRUNE_INTERVAL_S, self.prune),
+            ("audit", AUDIT_PUBLISH_S, self.publish_findings),
             ("save_state", self.cfg.store.metrics_flush_s, self.save_state),
             # A store fault is retried soon on a fast cadence, at most 30 s apart.
             ("store_retry", min(STORE_RETRY_S, 3 * self.cfg.sampling.interval_s), self.retry_store),
@@ -286,6 +290,7 @@ class Daemon:
         self.guarded("publish", self._stop_outbox)()
         self.guarded("save_state", self.save_state)()  # with the buffered metrics history
         self.sampler.close()
+        self.auditor.close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -328,6 +333,16 @@ class Daemon:
         for name in wire.omitted:
             log.warning(kv("custom_metric_not_reported", metric=name, reason="too large"))
         self.outbox.submit_report(wire.doc, now)
+
+    def publish_findings(self) -> None:
+        """Hand the findings of the scheduled audits that finished to the outbox; they
+        stay in the audit store (list-audit-findings) with or without a broker."""
+        for task_id, findings in self.auditor.take():
+            log.info(kv("audit_task_findings", task_id=task_id, findings=len(findings)))
+            if self.outbox is not None:
+                now = self.wall()
+                for finding in findings:
+                    self.outbox.submit_finding(finding, now)
 
     def prune(self) -> None:
         store, keep = self._healthy_store(), self.cfg.store

@@ -62,6 +62,7 @@ class Outbox:
         self._accepted_topic = metrics_accepted_topic(cfg.thing_name, fmt)
         self._rejected_topic = metrics_rejected_topic(cfg.thing_name, fmt)
         self._violations_topic = violations_topic(cfg.detect.violations_topic, cfg.thing_name)
+        self._findings_topic = violations_topic(cfg.audit.findings_topic, cfg.thing_name)
         self._spool = spool
         self._clock = clock
         self._delivery = Delivery()
@@ -107,6 +108,11 @@ class Outbox:
     def submit_event(self, event: Mapping[str, Any], now: float) -> bool:
         """Spool a ViolationEvent document for `detect.violations_topic`, durably."""
         return self._submit("violation", self._violations_topic, event, now, durable=True)
+
+    def submit_finding(self, finding: Mapping[str, Any], now: float) -> bool:
+        """Spool an AuditFinding document for `audit.findings_topic`, durably and kept as
+        a violation is when the spool is full."""
+        return self._submit("violation", self._findings_topic, finding, now, durable=True)
 
     def _submit(
         self, kind: Kind, topic: str, doc: Mapping[str, Any], now: float, *, durable: bool
