@@ -6,8 +6,10 @@ behavior that alarmed, for the benign scenario every judged behavior. A panel sh
 behavior's metric as the agent judges it (per sample, or per window of durationSeconds
 at the window's end; for a list metric, how many entries break the criteria), its
 threshold, the alarm spans (in-alarm to alarm-cleared or -invalidated, or the end),
-the attack start, the goal, the detection latency and the false alarms. Times are the
-rig's clock, in seconds from the attack start (benign: from the first sample)."""
+the attack start, the goal (and the lead it includes), the detection latency and the
+false alarms: alarms no expected entry matches, among them those of an expected
+behavior for another thing than the one the entries name. Times are the rig's clock, in
+seconds from the attack start (benign: from the first sample)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from hw.scoring import (
     ScenarioResult,
     behaviors,
     event_key,
+    matches,
     table_rows,
     window_end,
 )
@@ -50,6 +53,7 @@ def scenario_document(r: ScenarioResult) -> dict[str, Any]:
         "events": r.events,
         "latencies_s": r.latencies_s,
         "goal_s": r.goal_s,
+        "lead_s": r.lead_s,
         "met": r.met,
         "false_alarms": r.false_alarms,
         "benign": r.benign,
@@ -87,7 +91,9 @@ class Panel:
     threshold: float | None = None
     window_s: int | None = None  # durationSeconds: each point is a window's, at its end
     spans: list[tuple[float, float]] = field(default_factory=list)  # alarm spans
-    detection: float | None = None  # the first alarm in time, for an expected behavior
+    # For an expected behavior: the largest first-alarm latency of its entries (one per
+    # thing), None when one of them was missed.
+    detection: float | None = None
     false_alarms: list[float] = field(default_factory=list)
 
 
@@ -161,7 +167,8 @@ def panels(r: ScenarioResult) -> tuple[list[Panel], float, int]:
         if key not in known:
             with contextlib.suppress(ProfileError):  # then it is only in the events table
                 known |= behaviors([{"securityProfileName": key[0], "behaviors": [e["behavior"]]}])
-    wanted = [(e["profile"], e["behavior"]) for e in r.expected]
+    entries = [(e["profile"], e["behavior"], e.get("thing")) for e in r.expected]
+    wanted = [w[:2] for w in entries]
     alarmed = [event_key(e) for e in r.events if e.get("violationEventType") == IN_ALARM]
     judged = [k for k, b in known.items() if b.kind is not None and b.criteria is not None]
     keys = list(dict.fromkeys([*wanted, *(judged if r.benign else []), *alarmed]))
@@ -176,8 +183,12 @@ def panels(r: ScenarioResult) -> tuple[list[Panel], float, int]:
         if b is None or b.kind is None or b.criteria is None:
             continue
         words, ylabel, threshold = _describe(b)
+        own = [i for i, w in enumerate(wanted) if w == key]
+        things = [thing for i in own if (thing := entries[i][2]) is not None]
         panel = Panel(
-            title=f"{key[0]}/{key[1]}: {b.metric} {words}",
+            title=f"{key[0]}/{key[1]}"
+            + (f" for {', '.join(things)}" if things else "")
+            + f": {b.metric} {words}",
             ylabel=ylabel,
             expected=key in wanted,
             points=[(ts - off - origin, v) for ts, v in _values(b, samples)],
@@ -191,13 +202,14 @@ def panels(r: ScenarioResult) -> tuple[list[Panel], float, int]:
             t = float(e["violationEventTime"]) - off - origin
             if e["violationEventType"] == IN_ALARM:
                 starts[e["violationId"]] = t
-                if not panel.expected:
+                if not any(matches(w, e) for w in entries):
                     panel.false_alarms.append(t)
             elif e["violationId"] in starts:
                 panel.spans.append((starts.pop(e["violationId"]), t))
         panel.spans += [(t, r.end - origin) for t in starts.values()]
-        if panel.expected:
-            panel.detection = r.latencies_s[wanted.index(key)]
+        latencies = [r.latencies_s[i] for i in own]
+        if panel.expected and None not in latencies:
+            panel.detection = max(x for x in latencies if x is not None)
         out.append(panel)
     return out, origin, bad
 
@@ -278,10 +290,11 @@ def _draw(ax: Any, panel: Panel, r: ScenarioResult) -> None:
     ax.axvline(0, color="black", lw=1.2)
     if r.goal_s is not None:
         ax.axvline(r.goal_s, color="tab:green", ls=":", lw=1.2)
+        lead = f" (lead {r.lead_s:g} s)" if r.lead_s else ""
         ax.text(
             r.goal_s,
             0.03,
-            f" goal {r.goal_s:.1f} s",
+            f" goal {r.goal_s:.1f} s{lead}",
             transform=ax.get_xaxis_transform(),
             fontsize=7,
             color="tab:green",
@@ -316,7 +329,7 @@ def _cells(tag: str, cells: Sequence[str]) -> str:
 def _events_table(r: ScenarioResult, origin: float) -> str:
     if not r.events:
         return "<p>No events.</p>"
-    rows = [_cells("th", ("t (s)", "event", "profile/behavior", "value"))]
+    rows = [_cells("th", ("t (s)", "event", "profile/behavior", "thing", "value"))]
     for e in r.events:
         t = float(e["violationEventTime"]) - r.clock_offset_s - origin
         rows.append(
@@ -326,6 +339,7 @@ def _events_table(r: ScenarioResult, origin: float) -> str:
                     f"{t:.1f}",
                     str(e["violationEventType"]),
                     f"{e['securityProfileName']}/{e['behavior']['name']}",
+                    str(e.get("thingName", "")),
                     json.dumps(e.get("metricValue"))[:200],
                 ),
             )

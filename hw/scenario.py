@@ -6,6 +6,11 @@ actors of hw/actors.py, each on a node of the lab), the violations it must cause
 the time it has to cause them. Profiles and custom metrics are checked by the agent's
 own parsers, so what the rig loads the agent takes.
 
+An `[[expected]]` entry names a profile and one of its behaviors, and may name a
+`thing`: the event's thingName must then be that (the gateway's broker watch judges
+each MQTT client on its own, its events carry the client id as thingName); without it
+any thingName matches.
+
 A scenario may also give `[[dimensions]]` (TOPIC_FILTER dimensions as describe-dimension
 prints them, for the behaviors' metricDimension), a `[capture]` table (the agent's
 [capture] config, checked by the agent's own parser) and `lead_s` (how long after the
@@ -96,6 +101,7 @@ class ScenarioError(ValueError):
 class Expected:
     profile: str
     behavior: str
+    thing: str | None = None  # the event's thingName must be this (None: any)
 
 
 @dataclass(frozen=True)
@@ -384,8 +390,15 @@ class _Loader:
         found = []
         for i, e in enumerate(tables):
             key = f"expected[{i}]"
-            if set(e) != {"profile", "behavior"}:
-                raise self.error(key, f"must have exactly profile and behavior, got {sorted(e)}")
+            if not {"profile", "behavior"} <= set(e) <= {"profile", "behavior", "thing"}:
+                raise self.error(
+                    key, f"must have profile and behavior, and may have thing; got {sorted(e)}"
+                )
+            thing = e.get("thing")
+            if thing is not None and (not isinstance(thing, str) or not thing):
+                raise self.error(
+                    f"{key}.thing", f"must be a thingName (an MQTT client id), got {thing!r}"
+                )
             if e["profile"] not in behaviors:
                 raise self.error(
                     f"{key}.profile", f"{e['profile']!r} is none of this scenario's profiles"
@@ -395,7 +408,10 @@ class _Loader:
                     f"{key}.behavior",
                     f"{e['behavior']!r} is not a behavior of profile {e['profile']!r}",
                 )
-            found.append(Expected(profile=e["profile"], behavior=e["behavior"]))
+            entry = Expected(profile=e["profile"], behavior=e["behavior"], thing=thing)
+            if entry in found:
+                raise self.error(key, f"the same as an earlier entry: {e}")
+            found.append(entry)
         return found
 
     @staticmethod

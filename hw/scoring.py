@@ -7,13 +7,22 @@ an event's time on the rig's clock is `violationEventTime - clock_offset_s`.
 Which events count:
 - An alarm is an event whose violationEventType is "in-alarm" (suppressed or not);
   "alarm-cleared" and "alarm-invalidated" end an alarm and never count as one.
-- An expected (profile, behavior) is detected when it has an alarm timed in
+- An expected entry is (profile, behavior, thing): an alarm matches it when the alarm's
+  (profile, behavior) is the entry's and, when the entry names a thing, the alarm's
+  thingName is that thing (a gateway's broker watch judges each MQTT client on its own
+  and its events carry the client id as thingName); without a thing any thingName
+  matches.
+- An expected entry is detected when an alarm matching it is timed in
   [attack_start - TOLERANCE_S, attack_start + deadline_s]. Its latency is the first
   such alarm's time minus attack_start (slightly negative only within the tolerance).
-- A false alarm is an alarm timed in [span start, end] whose (profile, behavior) is not
-  expected; the span starts at attack_start (so the warm-up is not judged), or for the
-  benign scenario at `start` (None: every alarm up to end counts: each scenario has a
-  fresh store). In the benign scenario every alarm is a false alarm.
+- The goal (latency_goal_s, the largest among the expected entries) plus the
+  scenario's lead_s: how long after attack_start the attack needs before it can be
+  detected at all (a slow scan's 5th probe). Latencies still count from attack_start.
+- A false alarm is an alarm timed in [span start, end] that matches no expected entry:
+  another behavior's, or the expected behavior's for another thing than the one(s)
+  the entries name. The span starts at attack_start (so the warm-up is not judged), or
+  for the benign scenario at `start` (None: every alarm up to end counts: each scenario
+  has a fresh store). In the benign scenario every alarm is a false alarm.
 """
 
 from __future__ import annotations
@@ -36,20 +45,21 @@ IN_ALARM = "in-alarm"
 @dataclass(frozen=True)
 class ScenarioResult:
     name: str
-    expected: list[dict[str, str]]  # [{"profile", "behavior"}]
-    detected: bool  # every expected (profile, behavior) went in-alarm in time; benign: False
+    expected: list[dict[str, str]]  # [{"profile", "behavior"[, "thing"]}]
+    detected: bool  # every expected entry went in-alarm in time; benign: False
     latency_s: float | None  # max over expected of the first alarm's latency; None unless detected
     latencies_s: list[float | None]  # per expected, its first alarm's latency (None: missed)
     events: list[dict[str, Any]]  # the agent's events of this scenario (AWS shape)
-    goal_s: float | None  # the latency goal (see latency_goal_s); None for benign
+    goal_s: float | None  # the latency goal (see latency_goal_s) + lead_s; None for benign
     met: bool  # detected and latency_s <= goal_s; benign: no false alarm
-    false_alarms: int  # alarms of behaviors not expected (benign: every alarm)
+    false_alarms: int  # alarms no expected entry matches (benign: every alarm)
     attack_start: float | None  # the rig's clock; None for benign
     end: float  # the rig's clock
     metrics: list[dict[str, Any]]  # the metrics history envelopes (for the plots)
     profiles: list[dict[str, Any]]  # the profiles the agent ran under
     benign: bool
     clock_offset_s: float  # device clock minus the rig's
+    lead_s: float = 0.0  # counted into goal_s: after attack_start, before it can be seen
 
 
 class _Expected(Protocol):
@@ -57,6 +67,8 @@ class _Expected(Protocol):
     def profile(self) -> str: ...
     @property
     def behavior(self) -> str: ...
+    @property
+    def thing(self) -> str | None: ...
 
 
 class ScenarioLike(Protocol):
@@ -74,6 +86,8 @@ class ScenarioLike(Protocol):
     def interval_s(self) -> float: ...
     @property
     def benign(self) -> bool: ...
+    @property
+    def lead_s(self) -> float: ...
 
 
 def window_end(t: float, duration_s: float) -> float:
@@ -126,10 +140,28 @@ def event_key(event: Mapping[str, Any]) -> tuple[str, str]:
     return (event["securityProfileName"], event["behavior"]["name"])
 
 
+# An expected entry: (profile, behavior, thing), thing None for any thingName; a
+# (profile, behavior) pair is the same with no thing.
+Want = tuple[str, str, str | None]
+
+
+def want(entry: tuple[str, str] | Want) -> Want:
+    """`entry` as (profile, behavior, thing)."""
+    return (entry[0], entry[1], entry[2] if len(entry) == 3 else None)
+
+
+def matches(entry: Want, event: Mapping[str, Any]) -> bool:
+    """Whether `event` is of `entry`'s behavior and, when it names one, its thing."""
+    profile, behavior, thing = entry
+    return event_key(event) == (profile, behavior) and (
+        thing is None or event.get("thingName") == thing
+    )
+
+
 def score(
     *,
     name: str,
-    expected: Sequence[tuple[str, str]],
+    expected: Sequence[tuple[str, str] | Want],
     profiles: Sequence[dict[str, Any]],
     interval_s: float,
     deadline_s: float,
@@ -140,24 +172,36 @@ def score(
     metrics: Sequence[dict[str, Any]],
     clock_offset_s: float = 0.0,
     start: float | None = None,
+    lead_s: float = 0.0,
 ) -> ScenarioResult:
     """Judge one scenario's run (module docstring: which events count). `expected` are
-    (profile, behavior) pairs that must all be in `profiles`; a benign scenario has none
-    and no attack_start."""
+    (profile, behavior) pairs or (profile, behavior, thing) triples (thing None: any
+    thingName), each behavior in `profiles`; a benign scenario has none, no
+    attack_start and no lead_s."""
     if benign != (attack_start is None) or benign == bool(expected):
         raise ValueError(
             f"scenario {name}: a benign scenario has no expected violation and no"
             " attack_start; any other has both"
         )
+    if not 0 <= lead_s <= deadline_s or (benign and lead_s):
+        raise ValueError(
+            f"scenario {name}: lead_s must be from 0 to deadline_s ({deadline_s:g}), and 0"
+            f" for a benign scenario; got {lead_s!r}"
+        )
+    wanted = [want(e) for e in expected]
     alarms = sorted(
-        (float(e["violationEventTime"]) - clock_offset_s, event_key(e))
-        for e in events
-        if e.get("violationEventType") == IN_ALARM
+        (
+            (float(e["violationEventTime"]) - clock_offset_s, e)
+            for e in events
+            if e.get("violationEventType") == IN_ALARM
+        ),
+        key=lambda a: a[0],
     )
     span_start = attack_start if attack_start is not None else start
     lo = -math.inf if span_start is None else span_start
-    wanted = set(expected)
-    false_alarms = sum(1 for t, key in alarms if lo <= t <= end and key not in wanted)
+    false_alarms = sum(
+        1 for t, e in alarms if lo <= t <= end and not any(matches(w, e) for w in wanted)
+    )
     latency: float | None = None
     latencies: list[float | None] = []
     goal: float | None = None
@@ -165,7 +209,8 @@ def score(
     if attack_start is not None:
         known = behaviors(profiles)
         goals: list[float] = []
-        for key in expected:
+        for w in wanted:
+            key = w[:2]
             if key not in known:
                 raise ValueError(
                     f"scenario {name}: expected behavior {key[1]!r} is not in profile"
@@ -175,13 +220,14 @@ def score(
             first = next(
                 (
                     t
-                    for t, k in alarms
-                    if k == key and attack_start - TOLERANCE_S <= t <= attack_start + deadline_s
+                    for t, e in alarms
+                    if matches(w, e)
+                    and attack_start - TOLERANCE_S <= t <= attack_start + deadline_s
                 ),
                 None,
             )
             latencies.append(None if first is None else first - attack_start)
-        goal = max(goals)
+        goal = max(goals) + lead_s
         found = [x for x in latencies if x is not None]
         detected = len(found) == len(expected)
         latency = max(found) if detected else None
@@ -192,7 +238,10 @@ def score(
     )
     return ScenarioResult(
         name=name,
-        expected=[{"profile": p, "behavior": b} for p, b in expected],
+        expected=[
+            {"profile": p, "behavior": b, **({} if t is None else {"thing": t})}
+            for p, b, t in wanted
+        ],
         detected=detected,
         latency_s=latency,
         latencies_s=latencies,
@@ -206,6 +255,7 @@ def score(
         profiles=list(profiles),
         benign=benign,
         clock_offset_s=clock_offset_s,
+        lead_s=lead_s,
     )
 
 
@@ -225,7 +275,7 @@ def score_scenario(
     scenario's; the report plots their metrics)."""
     return score(
         name=scenario.name,
-        expected=[(e.profile, e.behavior) for e in scenario.expected],
+        expected=[(e.profile, e.behavior, e.thing) for e in scenario.expected],
         profiles=list(scenario.profiles if profiles is None else profiles),
         interval_s=scenario.interval_s,
         deadline_s=scenario.deadline_s,
@@ -236,7 +286,14 @@ def score_scenario(
         metrics=metrics,
         clock_offset_s=clock_offset_s,
         start=start,
+        lead_s=scenario.lead_s,
     )
+
+
+def expected_text(entry: Mapping[str, str]) -> str:
+    """An expected entry of a ScenarioResult in words: profile/behavior[ for thing]."""
+    thing = f" for {entry['thing']}" if "thing" in entry else ""
+    return f"{entry['profile']}/{entry['behavior']}{thing}"
 
 
 TABLE_HEADER = (
@@ -254,14 +311,17 @@ def table_rows(results: Sequence[ScenarioResult]) -> list[tuple[str, ...]]:
     """One row of cells per scenario, under TABLE_HEADER (for the note and the page)."""
     rows: list[tuple[str, ...]] = []
     for r in results:
-        expected = ", ".join(f"{e['profile']}/{e['behavior']}" for e in r.expected)
+        expected = ", ".join(expected_text(e) for e in r.expected)
+        goal = "no alarm" if r.goal_s is None else f"{r.goal_s:.1f}"
+        if r.lead_s:
+            goal += f" (lead {r.lead_s:g})"
         rows.append(
             (
                 r.name,
                 expected or "none (benign)",
                 "-" if r.benign else ("yes" if r.detected else "no"),
                 "-" if r.latency_s is None else f"{r.latency_s:.1f}",
-                "no alarm" if r.goal_s is None else f"{r.goal_s:.1f}",
+                goal,
                 "yes" if r.met else "NO",
                 str(r.false_alarms),
             )

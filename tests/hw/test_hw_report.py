@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,16 +146,25 @@ def results() -> list[ScenarioResult]:
 
 
 # report.json as hw/README.md documents it: key -> type (a tuple: one of), [type]: a
-# list of it, a dict: an object with exactly those keys (meta keys are open).
+# list of it, a dict: an object with exactly those keys (meta keys are open; keys
+# marked Optional may be left out).
 NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class Optional:
+    schema: Any
+
+
 SCENARIO = {
     "name": str,
-    "expected": [{"profile": str, "behavior": str}],
+    "expected": [{"profile": str, "behavior": str, "thing": Optional(str)}],
     "detected": bool,
     "latency_s": (float, type(None)),
     "events": [dict],
     "latencies_s": [(float, type(None))],
     "goal_s": (float, type(None)),
+    "lead_s": float,
     "met": bool,
     "false_alarms": int,
     "benign": bool,
@@ -178,9 +188,11 @@ EVENT_KEYS = {
 def check(value: Any, schema: Any, where: str) -> None:
     if isinstance(schema, dict):
         assert isinstance(value, dict), where
-        assert set(value) == set(schema), f"{where}: keys {sorted(value)}"
-        for key, sub in schema.items():
-            check(value[key], sub, f"{where}.{key}")
+        required = {k for k, sub in schema.items() if not isinstance(sub, Optional)}
+        assert required <= set(value) <= set(schema), f"{where}: keys {sorted(value)}"
+        for key in value:
+            sub = schema[key]
+            check(value[key], sub.schema if isinstance(sub, Optional) else sub, f"{where}.{key}")
     elif isinstance(schema, list):
         assert isinstance(value, list), where
         for i, item in enumerate(value):
@@ -208,6 +220,75 @@ def test_report_json_follows_the_schema(tmp_path: Path) -> None:
     assert by_name["listen"]["detected"] and by_name["listen"]["samples"] == 0
     assert by_name["benign"]["latency_s"] is None and not by_name["benign"]["met"]
     assert doc["false_alarms"] == 1  # the benign scenario's
+
+
+AUTH = {
+    "securityProfileName": "auth",
+    "behaviors": [
+        {
+            "name": "few-failures",
+            "metric": "aws:num-authorization-failures",
+            "criteria": {"comparisonOperator": "less-than", "value": {"count": 3}},
+        }
+    ],
+}
+
+
+def alarm(thing: str, t: float) -> dict[str, Any]:
+    return {
+        "violationId": f"a-{thing}",
+        "thingName": thing,
+        "securityProfileName": "auth",
+        "behavior": {"name": "few-failures"},
+        "metricValue": {"count": 10},
+        "violationEventType": "in-alarm",
+        "verificationState": "UNKNOWN",
+        "violationEventTime": t,
+    }
+
+
+BOTH_AND_ANOTHER = [
+    alarm("sensor2", ATTACK + 1.0),
+    alarm("intruder", ATTACK + 2.0),
+    alarm("sensor1", ATTACK + 1.5),
+]
+
+
+def per_client(events: list[dict[str, Any]]) -> ScenarioResult:
+    """Two clients expected to alarm; a lead of 0.2 s."""
+    return score(
+        name="storm",
+        expected=[("auth", "few-failures", "sensor2"), ("auth", "few-failures", "intruder")],
+        profiles=[AUTH],
+        interval_s=1.0,
+        deadline_s=2.2,
+        benign=False,
+        attack_start=ATTACK,
+        end=ATTACK + 5,
+        events=events,
+        metrics=[],
+        lead_s=0.2,
+    )
+
+
+def test_the_report_shows_the_things_and_the_lead(tmp_path: Path) -> None:
+    r = per_client(BOTH_AND_ANOTHER)
+    write_report(tmp_path, [r], benign_s=0.0, meta={})
+    (doc,) = json.loads((tmp_path / "report.json").read_text())["scenarios"]
+    check(doc, SCENARIO, "storm")
+    assert [e["thing"] for e in doc["expected"]] == ["sensor2", "intruder"]
+    assert doc["lead_s"] == 0.2 and doc["goal_s"] == pytest.approx(2.2)
+    assert doc["met"] and doc["false_alarms"] == 1  # sensor1's
+    page = (tmp_path / "report.html").read_text()
+    row = "auth/few-failures for sensor2, auth/few-failures for intruder"
+    assert f"<td>{row}</td>" in page and "<td>2.2 (lead 0.2)</td>" in page
+    assert "<td>sensor1</td>" in page  # the events table names each event's thing
+    (panel,), _, _ = panels(r)
+    assert panel.title.startswith("auth/few-failures for sensor2, intruder:")
+    assert panel.expected and panel.detection == pytest.approx(2.0)  # the later client
+    assert panel.false_alarms == [pytest.approx(1.5)]  # sensor1's alarm only
+    missed = per_client(BOTH_AND_ANOTHER[:1])
+    assert panels(missed)[0][0].detection is None  # one client missed: not detected
 
 
 def test_meta_cannot_replace_the_reports_keys() -> None:

@@ -277,6 +277,16 @@ BAD = [
     ("expected", lambda t: t[: t.index("[[expected]]")]),
     ("expected[0].profile", lambda t: t.replace('profile = "p"', 'profile = "q"')),
     ("expected[0].behavior", lambda t: t.replace('behavior = "no-c2"', 'behavior = "no-c3"')),
+    (
+        "expected[0].thing",
+        lambda t: t.replace('behavior = "no-c2"', 'behavior = "no-c2"\nthing = 2'),
+    ),
+    (
+        "expected[0].thing",
+        lambda t: t.replace('behavior = "no-c2"', 'behavior = "no-c2"\nthing = ""'),
+    ),
+    ("expected[0]", lambda t: t.replace('behavior = "no-c2"', 'behavior = "no-c2"\nthings = "a"')),
+    ("expected[1]", lambda t: t + '\n[[expected]]\nprofile = "p"\nbehavior = "no-c2"\n'),
     ("profiles[0]", lambda t: t.replace('"not-in-port-set"', '"not-in-cidr-set"')),
     ("profiles[0]", lambda t: t.replace('"{c2}/32"', '"{c2}/33"')),
     ("profiles[0]", lambda t: t.replace('name = "out-10s"', 'name = "no-c2"')),
@@ -339,6 +349,34 @@ def test_a_bad_benign_field_names_the_file_and_the_key(
         load_scenario(path, EXAMPLE_ADDRESSES, quick=False)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and key in message, message
+
+
+def test_an_expected_entry_may_name_the_thing_that_must_alarm(tmp_path: Path) -> None:
+    text = VALID.replace('behavior = "no-c2"', 'behavior = "no-c2"\nthing = "sensor2"')
+    text += '\n[[expected]]\nprofile = "p"\nbehavior = "no-c2"\nthing = "intruder"\n'
+    s = load_scenario(write(tmp_path, text), EXAMPLE_ADDRESSES, quick=False)
+    assert [(e.profile, e.behavior, e.thing) for e in s.expected] == [
+        ("p", "no-c2", "sensor2"),
+        ("p", "no-c2", "intruder"),
+    ]
+    plain = load_scenario(write(tmp_path, VALID, "plain"), EXAMPLE_ADDRESSES, quick=False)
+    assert [e.thing for e in plain.expected] == [None]  # any thing
+
+
+def test_the_mqtt_scenarios_expect_their_attacking_clients() -> None:
+    by_name = {s.name: s for s in load_scenarios(SHIPPED, None, EXAMPLE_ADDRESSES, quick=False)}
+    for name in ("mqtt-auth-failure-storm", "mqtt-flood", "mqtt-message-size-spike"):
+        s = by_name[name]
+        # the client ids the attack's clients connect with (client_id, else the user name)
+        attackers = [a.params.get("client_id") or a.params["username"] for a in s.attack]
+        assert sorted(e.thing for e in s.expected) == sorted(attackers), name  # type: ignore[type-var]
+        bystanders = {a.params["username"] for a in s.setup if a.kind == "mqtt-client"}
+        assert bystanders == {"sensor1"} and not bystanders & set(attackers)
+    storm = by_name["mqtt-auth-failure-storm"]
+    assert [e.thing for e in storm.expected] == ["sensor2", "intruder"]
+    assert {
+        e.thing for s in by_name.values() if not s.name.startswith("mqtt-") for e in s.expected
+    } == {None}
 
 
 def test_the_valid_cases_are_valid(tmp_path: Path) -> None:

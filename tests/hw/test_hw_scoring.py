@@ -50,10 +50,12 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "hw" / "scenarios"
 _ids = itertools.count()
 
 
-def event(profile: str, behavior: str, t: float, kind: str = "in-alarm") -> dict[str, Any]:
+def event(
+    profile: str, behavior: str, t: float, kind: str = "in-alarm", thing: str = "rig-dut"
+) -> dict[str, Any]:
     return {
         "violationId": f"v{next(_ids)}",
-        "thingName": "rig-dut",
+        "thingName": thing,
         "securityProfileName": profile,
         "behavior": {"name": behavior},
         "metricValue": {"count": 1},
@@ -66,13 +68,16 @@ def event(profile: str, behavior: str, t: float, kind: str = "in-alarm") -> dict
 def run(
     events: list[dict[str, Any]],
     *,
-    expected: tuple[tuple[str, str], ...] = (("listener", "tcp-ports"),),
+    expected: tuple[tuple[str, str] | tuple[str, str, str | None], ...] = (
+        ("listener", "tcp-ports"),
+    ),
     profiles: tuple[dict[str, Any], ...] = (LISTENER,),
     attack_start: float | None = T0,
     deadline_s: float = 30.0,
     interval_s: float = 1.0,
     clock_offset_s: float = 0.0,
     end: float = T0 + 60,
+    lead_s: float = 0.0,
 ) -> ScenarioResult:
     return score(
         name="s",
@@ -86,6 +91,7 @@ def run(
         events=events,
         metrics=[],
         clock_offset_s=clock_offset_s,
+        lead_s=lead_s,
     )
 
 
@@ -272,6 +278,70 @@ def test_benign_flag_must_agree_with_expected_and_attack_start() -> None:
         run([], attack_start=None)  # expected given, no attack
 
 
+TCP = ("listener", "tcp-ports")
+
+
+def test_an_expected_thing_must_be_the_alarms_thing_name() -> None:
+    right = run([event(*TCP, T0 + 1.0, thing="sensor2")], expected=((*TCP, "sensor2"),))
+    assert right.detected and right.met and right.false_alarms == 0
+    assert right.expected == [{"profile": "listener", "behavior": "tcp-ports", "thing": "sensor2"}]
+    wrong = run([event(*TCP, T0 + 1.0, thing="sensor1")], expected=((*TCP, "sensor2"),))
+    assert not wrong.detected and not wrong.met and wrong.latencies_s == [None]
+    assert wrong.false_alarms == 1  # another thing's alarm: one the attack should not raise
+
+
+def test_without_a_thing_any_thing_name_matches() -> None:
+    for expected in ((TCP,), ((*TCP, None),)):
+        r = run([event(*TCP, T0 + 1.0, thing="sensor1")], expected=expected)
+        assert r.detected and r.met and r.false_alarms == 0
+        assert r.expected == [{"profile": "listener", "behavior": "tcp-ports"}]
+
+
+def test_each_named_thing_must_alarm_and_others_are_false_alarms() -> None:
+    both = ((*TCP, "sensor2"), (*TCP, "intruder"))
+    events = [
+        event(*TCP, T0 + 0.5, thing="intruder"),
+        event(*TCP, T0 + 1.5, thing="sensor2"),
+        event(*TCP, T0 + 1.8, thing="sensor1"),
+        event(*TCP, T0 + 1.9, "alarm-cleared", thing="sensor1"),  # never an alarm
+    ]
+    r = run(events, expected=both)
+    assert r.detected and r.latency_s == pytest.approx(1.5)
+    assert r.latencies_s == [pytest.approx(1.5), pytest.approx(0.5)]
+    assert r.false_alarms == 1  # sensor1's
+    one = run(events[:1], expected=both)
+    assert not one.detected and one.latencies_s == [None, pytest.approx(0.5)]
+
+
+def test_the_lead_is_added_to_the_goal_and_latency_counts_from_the_attack_start() -> None:
+    slow = [event(*TCP, T0 + 5.5)]
+    r = run(slow, lead_s=4.0)
+    assert r.goal_s == pytest.approx(1 + 1 + 4.0) and r.lead_s == 4.0
+    assert r.latency_s == pytest.approx(5.5) and r.met
+    assert not run(slow, lead_s=3.0).met  # goal 5 s
+    assert not run(slow).met  # no lead: goal 2 s
+    windowed = run(
+        [], expected=(("exfil", "bytes-out"),), profiles=(EXFIL,), attack_start=1_800_000_020.0
+    )
+    with_lead = run(
+        [],
+        expected=(("exfil", "bytes-out"),),
+        profiles=(EXFIL,),
+        attack_start=1_800_000_020.0,
+        lead_s=2.5,
+    )
+    assert with_lead.goal_s == pytest.approx(windowed.goal_s + 2.5)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("lead_s", "attack_start"), [(-1.0, T0), (31.0, T0), (1.0, None)], ids=str)
+def test_a_lead_out_of_range_or_for_benign_is_refused(
+    lead_s: float, attack_start: float | None
+) -> None:
+    expected = () if attack_start is None else (TCP,)
+    with pytest.raises(ValueError, match="lead_s"):
+        run([], expected=expected, attack_start=attack_start, lead_s=lead_s)
+
+
 def test_score_scenario_reads_the_rigs_scenarios() -> None:
     scenarios = load_scenarios(SCENARIOS, None, EXAMPLE_ADDRESSES, quick=True)
     attack = next(s for s in scenarios if not s.benign)
@@ -279,6 +349,7 @@ def test_score_scenario_reads_the_rigs_scenarios() -> None:
     r = score_scenario(attack, T0, T0 + 10, alarms, [])
     assert r.name == attack.name and r.detected and r.met
     assert r.expected == [{"profile": e.profile, "behavior": e.behavior} for e in attack.expected]
+    assert r.goal_s == pytest.approx(attack.interval_s + 1 + attack.lead_s)
     benign = next(s for s in scenarios if s.benign)
     everyone = [p for s in scenarios for p in s.profiles]
     b = score_scenario(benign, None, T0 + 10, alarms, [], profiles=everyone)
@@ -286,12 +357,33 @@ def test_score_scenario_reads_the_rigs_scenarios() -> None:
     assert b.false_alarms == len(alarms) and not b.met
 
 
+def test_score_scenario_takes_the_things_and_the_lead_of_a_scenario() -> None:
+    by_name = {s.name: s for s in load_scenarios(SCENARIOS, None, EXAMPLE_ADDRESSES, quick=True)}
+    slow = by_name["slow-scan"]
+    (want,) = slow.expected
+    late = [event(want.profile, want.behavior, T0 + 5.5)]
+    r = score_scenario(slow, T0, T0 + 10, late, [])
+    assert r.lead_s == 4 and r.goal_s == pytest.approx(6.0) and r.met  # the 5th probe at 4 s
+    storm = by_name["mqtt-auth-failure-storm"]
+    assert [e.thing for e in storm.expected] == ["sensor2", "intruder"]
+    profile, behavior = storm.expected[0].profile, storm.expected[0].behavior
+    alarms = [event(profile, behavior, T0 + 1.0, thing=t) for t in ("sensor2", "intruder")]
+    assert score_scenario(storm, T0, T0 + 10, alarms, []).met
+    only_sensor1 = [event(profile, behavior, T0 + 1.0, thing="sensor1")]
+    missed = score_scenario(storm, T0, T0 + 10, only_sensor1, [])
+    assert not missed.detected and missed.false_alarms == 1
+
+
 def test_summary_is_a_markdown_table() -> None:
     results = [
         run([event("listener", "tcp-ports", T0 + 1.25)]),
         run([], expected=(), attack_start=None),
+        run([event(*TCP, T0 + 1.25, thing="sensor2")], expected=((*TCP, "sensor2"),), lead_s=0.2),
     ]
     lines = summary(results)
     assert lines[0].startswith("| scenario | expected | detected | latency (s) | goal (s) | met")
     assert lines[2] == "| s | listener/tcp-ports | yes | 1.2 | 2.0 | yes | 0 |"
     assert lines[3] == "| s | none (benign) | - | - | no alarm | yes | 0 |"
+    assert (
+        lines[4] == "| s | listener/tcp-ports for sensor2 | yes | 1.2 | 2.2 (lead 0.2) | yes | 0 |"
+    )
