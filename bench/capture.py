@@ -26,10 +26,11 @@ second (/proc/self/schedstat: on-CPU time, ns), kernel drops in the window
 kernel's receive work (veth, the filter, the copy into the ring) runs in softirq on the
 sender's CPU, so it is in neither column.
 
-Idle: two daemon-like processes in "a" side by side, a loop that wakes each second, one
-with capture on (PacketReader on every interface with scan-, DNS- and broker-like clauses,
-read(handle, 1.0)) and one without; 1000 pkt/s of traffic no clause matches crosses the
-veth all the while. CPU % of a core from schedstat, VmRSS at the end.
+Idle: two real agents in "a" side by side (`python -m agent run` on its embedded defaults
+with a local store, sampling every 10 s), one with every capture feature on (scan, DNS,
+the broker watch) and one with capture off; 1000 pkt/s of traffic no clause matches
+crosses the veth all the while. After AGENT_WARMUP_S, CPU % of a core over
+--idle-seconds from schedstat, VmRSS at the end.
 
 Measured (2 vCPU Firecracker VM, kernel 6.18, Python 3.11, default arguments; the machine
 was shared, so single runs vary, above all at 200k where a stalled reader overruns the
@@ -65,10 +66,10 @@ import argparse
 import ctypes
 import json
 import os
-import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ sys.path.insert(0, str(REPO))
 
 PORT = 5353
 WARMUP_S = 0.5
+AGENT_WARMUP_S = 15.0  # an agent's start, first samples and lazy imports, before measuring
 IFACE = "veth0"
 SOL_PACKET, PACKET_STATISTICS = 263, 6
 
@@ -264,36 +266,6 @@ def role_reader(kind: str, seconds: float) -> None:
     )
 
 
-def role_idle(capture: bool, seconds: float) -> None:
-    """A daemon-like loop that wakes each second; with capture, it reads frames too."""
-    import agent.config
-    import agent.logs  # noqa: F401
-
-    reader = None
-    if capture:
-        from agent.collect.capture import Match, PacketReader
-
-        syn, ack, rst = 0x02, 0x10, 0x04
-        reader = PacketReader(
-            [
-                Match("tcp", direction="in", tcp_flags=(syn | ack, syn)),
-                Match("tcp", direction="out", tcp_flags=(syn | ack, syn | ack)),
-                Match("tcp", direction="out", tcp_flags=(rst, rst)),
-                Match("udp", frozenset({53}), direction="out"),
-                Match("tcp", frozenset({1883}), local_port=True),
-            ]
-        )
-    frames: list[object] = []
-    print("ready", flush=True)
-    end = time.monotonic() + seconds + 5
-    while time.monotonic() < end:
-        if reader is not None:
-            reader.read(frames.append, 1.0)
-            frames.clear()
-        else:
-            select.select([], [], [], 1.0)
-
-
 # -- the harness -------------------------------------------------------------------------
 
 
@@ -366,31 +338,60 @@ def measure(lab: Lab, kind: str, rate: int, seconds: float) -> dict[str, Any]:
     return dict(json.loads(out))
 
 
+AGENT_CONFIG = """
+state_dir = "{state}"
+[capture]
+enabled = {on}
+[capture.broker]
+enabled = true
+"""
+
+
 def idle(lab: Lab, seconds: float) -> dict[str, dict[str, float]]:
-    procs = {
-        "off": lab.spawn(lab.a, "_idle", "off", str(seconds)),
-        "on": lab.spawn(lab.a, "_idle", "on", str(seconds)),
-    }
-    # Traffic no clause matches: UDP to a port nobody asked for.
-    background = lab.sender(1000, seconds + 2, port=9)
-    for p in (*procs.values(), background):
-        _ready(p)
-    assert background.stdin is not None
-    background.stdin.write("go\n")
-    background.stdin.flush()
-    time.sleep(1.0)
-    start = {k: cpu_s(p.pid) for k, p in procs.items()}
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    elapsed = time.monotonic() - t0
-    out = {
-        k: {"cpu_pct": 100 * (cpu_s(p.pid) - start[k]) / elapsed, "rss_kib": rss_kib(p.pid)}
-        for k, p in procs.items()
-    }
-    for p in procs.values():
-        p.kill()
-        p.wait()
-    background.communicate()
+    """Two real agents (`edge-defender run` on its embedded defaults, local store) in
+    namespace "a", one with every capture feature on (scan, DNS, broker watch) and one
+    with capture off, side by side under the same unmatched traffic."""
+    procs: dict[str, subprocess.Popen[str]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, on in (("off", "false"), ("on", "true")):
+            config = Path(tmp) / f"{name}.toml"
+            config.write_text(AGENT_CONFIG.format(state=Path(tmp) / name, on=on))
+            procs[name] = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab.a,
+                    sys.executable,
+                    "-m",
+                    "agent",
+                    "run",
+                    "--config",
+                    str(config),
+                ],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        # Traffic no clause matches: UDP to a port nobody asked for.
+        background = lab.sender(1000, AGENT_WARMUP_S + seconds + 2, port=9)
+        _ready(background)
+        assert background.stdin is not None
+        background.stdin.write("go\n")
+        background.stdin.flush()
+        time.sleep(AGENT_WARMUP_S)  # start-up, the first samples and imports are done
+        start = {k: cpu_s(p.pid) for k, p in procs.items()}
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        elapsed = time.monotonic() - t0
+        out = {
+            k: {"cpu_pct": 100 * (cpu_s(p.pid) - start[k]) / elapsed, "rss_kib": rss_kib(p.pid)}
+            for k, p in procs.items()
+        }
+        for p in procs.values():
+            p.terminate()
+            p.wait()
+        background.communicate()
     return out
 
 
@@ -402,8 +403,6 @@ def main() -> None:
             role_sender(iface, mac, src, dst, int(port), int(rate), float(seconds))
         elif role == "_reader":
             role_reader(args[0], float(args[1]))
-        elif role == "_idle":
-            role_idle(args[0] == "on", float(args[1]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
