@@ -54,10 +54,10 @@ was shared, so single runs vary, above all at 200k where a stalled reader overru
     bare      200000     190529     190596    0.575        0
     scapy     200000     200021       5008    0.991   975131
 
-    idle over 30 s, 1000 pkt/s of unmatched traffic:
-      capture off: 0.007 % CPU, 17092 KiB RSS
-      capture on : 0.009 % CPU, 19952 KiB RSS
-      delta     : +0.002 % CPU, +2.79 MiB RSS
+    idle over 60 s (--idle-seconds 60), two real agents, 1000 pkt/s of unmatched traffic:
+      capture off: 0.026 % CPU, 26168 KiB RSS
+      capture on : 0.030 % CPU, 29064 KiB RSS
+      delta     : +0.003 % CPU, +2.83 MiB RSS
 """
 
 from __future__ import annotations
