@@ -20,7 +20,7 @@ from agent.store.db import StoreError
 
 log = logging.getLogger(__name__)
 
-FIRST_CHECK_S = 30.0  # after the start: a restart's first samples come first
+FIRST_CHECK_S = 30.0  # at most, after the start: a restart's first samples come first
 CHECK_EVERY_S = 60.0  # scheduled audits are daily at the finest; a minute is on time
 Finished = tuple[str, list[dict[str, Any]]]  # (task id, its findings as AWS JSON)
 

@@ -33,6 +33,7 @@ from agent.core.judge import Judge
 from agent.core.profile import ProfileError
 from agent.logs import kv
 from agent.publish.delivery import is_aws_endpoint
+from agent.service.auditor import FIRST_CHECK_S as FIRST_AUDIT_CHECK_S
 from agent.service.auditor import Auditor
 from agent.service.cadence import MonotonicScheduler
 from agent.service.checks import check_tls_files
@@ -162,7 +163,9 @@ class Daemon:
         )
         self._say_inactive()
         self.sampler = self._sampler(cfg)
-        self.auditor = Auditor(lambda: self.cfg)
+        # The first look for due audits after the first few samples.
+        first_check_s = min(FIRST_AUDIT_CHECK_S, 3 * cfg.sampling.interval_s)
+        self.auditor = Auditor(lambda: self.cfg, first_check_s=first_check_s)
         log.info(
             kv(
                 "started",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from agent.cli import main
 from agent.publish.codec import decode
 
 if TYPE_CHECKING:
@@ -613,3 +614,40 @@ def test_under_systemd_the_per_cycle_files_live_in_the_runtime_directory(
     shown = agent.cli("status", "--output", "json")
     assert shown["running"] is True and shown["status"]["samples"] >= 2
     assert agent.stop() == 0
+
+
+def test_a_scheduled_audits_findings_reach_the_broker(
+    tmp_path: Path, broker: Broker, mqtt_client: Callable[..., MqttTestClient]
+) -> None:
+    pki = broker.pki
+    agent = Agent(
+        tmp_path,
+        extra=f"""
+[mqtt]
+endpoint = "{broker.host}"
+port = {broker.port}
+ca_file = "{pki.ca_cert}"
+cert_file = "{pki.client_cert}"
+key_file = "{pki.client_key}"
+format = "json"
+""",
+    )
+    check = "DEVICE_CERTIFICATE_EXPIRING_CHECK"  # the test certificates last two days
+    create = ["create-scheduled-audit", "--config", str(agent.config)]
+    create += ["--scheduled-audit-name", "daily", "--frequency", "DAILY"]
+    assert main([*create, "--target-check-names", check]) == 0
+    watcher = mqtt_client("watcher")
+    topic = f"things/{THING}/defender/audit/findings"
+    watcher.subscribe(topic)
+    try:
+        agent.start()
+        wait_until(lambda: any(t == topic for t, _ in watcher.messages), "an audit finding")
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    findings = [decode(p, "json") for t, p in watcher.messages if t == topic]
+    assert {f["checkName"] for f in findings} == {check}
+    assert {f["reasonForNonComplianceCode"] for f in findings} == {
+        "CERTIFICATE_APPROACHING_EXPIRATION"
+    }
+    assert all(f["taskId"] == findings[0]["taskId"] for f in findings)
