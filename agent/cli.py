@@ -106,6 +106,18 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     add_parsers(sub, _add_config_arg, _run_audit)
 
 
+def _run_mitigation(args: argparse.Namespace) -> int:
+    from agent.service.mitigation import run
+
+    return run(args, _config(args))
+
+
+def _register_mitigation(sub: argparse._SubParsersAction) -> None:
+    from agent.service.mitigation import add_parsers
+
+    add_parsers(sub, _add_config_arg, _run_mitigation)
+
+
 def _run_check_config(args: argparse.Namespace) -> int:
     from agent.service.checks import run_check_config
 
@@ -201,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_collect(sub)
     _register_query(sub)
     _register_audit(sub)
+    _register_mitigation(sub)
     _register_operations(sub)
     _register_reload(sub)
     return parser
