@@ -237,7 +237,7 @@ class MitigationStore(Store):
         clauses, params = [], []
         if next_token is not None:
             clauses.append("name > ?")
-            params += _decode_token("actions", next_token, (str,))
+            params += _decode_token("mitigation-actions", next_token, (str,))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         page: list[tuple[str, float]] = []
         last = None
@@ -254,7 +254,7 @@ class MitigationStore(Store):
                     break
                 page.append((name, created))
                 last = name
-        return page, _encode_token("actions", [last]) if more else None
+        return page, _encode_token("mitigation-actions", [last]) if more else None
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -366,7 +366,7 @@ class MitigationStore(Store):
         params: list[Any] = [start_time, end_time]
         if next_token is not None:
             clauses.append("(start_time, task_id) > (?, ?)")
-            params += _decode_token("tasks", next_token, (float, str))
+            params += _decode_token("mitigation-tasks", next_token, (float, str))
         with self._guard("listing mitigation tasks"):
             rows = self._conn.execute(
                 f"SELECT start_time, task_id FROM tasks WHERE {' AND '.join(clauses)}"
@@ -376,7 +376,7 @@ class MitigationStore(Store):
             page = rows[:max_results]
             answer: dict[str, Any] = {"tasks": [self._summary(self._conn, t) for _, t in page]}
         if len(rows) > max_results:
-            answer["nextToken"] = _encode_token("tasks", list(page[-1]))
+            answer["nextToken"] = _encode_token("mitigation-tasks", list(page[-1]))
         return answer
 
     def cancel_task(self, task_id: str, now: float) -> None:
@@ -430,7 +430,7 @@ class MitigationStore(Store):
             params += [start_time, end_time]
         if next_token is not None:
             clauses.append("id > ?")
-            params += _decode_token("executions", next_token, (int,))
+            params += _decode_token("mitigation-executions", next_token, (int,))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._guard("listing mitigation executions"):
             rows = self._conn.execute(
@@ -441,7 +441,7 @@ class MitigationStore(Store):
         page = rows[:max_results]
         answer: dict[str, Any] = {"actionsExecutions": [_execution(r[1:]) for r in page]}
         if len(rows) > max_results:
-            answer["nextToken"] = _encode_token("executions", [page[-1][0]])
+            answer["nextToken"] = _encode_token("mitigation-executions", [page[-1][0]])
         return answer
 
     def execution_detail(
