@@ -172,7 +172,9 @@ def record_task(
 ) -> bool:
     """Record a checked request (check_task_request) on `violations` (ViolationEvent or
     ActiveViolation JSON, e.g. the in-alarm event the daemon just made): one PENDING
-    execution per violation and action. False when this token already made this task."""
+    execution per violation and action. False when this token already made this task.
+    Tasks that ended 90 days ago go first."""
+    store.prune(now)
     created = store.start_task(request, _definitions(store, request["actions"]), violations, now)
     if created:
         log.info(

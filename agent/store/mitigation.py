@@ -39,6 +39,7 @@ from agent.store.audit import _decode_token, _encode_token  # the audit listings
 from agent.store.db import Store, StoreError, side_files
 
 MITIGATION_FILE = "mitigation.db"
+RETENTION_S = 90 * 86400.0  # ended tasks and their executions, as audit tasks are kept
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -550,6 +551,19 @@ class MitigationStore(Store):
                 "SELECT id, runner_pid FROM executions WHERE status = 'IN_PROGRESS'"
             ).fetchall()
         return [(i, pid) for i, pid in rows]
+
+    # -- retention ----------------------------------------------------------------------
+
+    def prune(self, now: float) -> int:
+        """Drop tasks that ended more than RETENTION_S ago, with their executions; how
+        many went. Free pages go back to the file system."""
+        with self._transaction("pruning old mitigation tasks") as conn:
+            gone = conn.execute(
+                "DELETE FROM tasks WHERE status != 'IN_PROGRESS' AND end_time < ?",
+                (now - RETENTION_S,),
+            ).rowcount
+        self.reclaim_space()
+        return gone
 
     # -- outbox -------------------------------------------------------------------------
 

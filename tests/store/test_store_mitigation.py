@@ -14,6 +14,7 @@ import pytest
 from agent.core.audit_model import InvalidRequest
 from agent.core.mitigation_model import check_task_request
 from agent.store.mitigation import (
+    RETENTION_S,
     MitigationStore,
     ResourceAlreadyExists,
     ResourceNotFound,
@@ -260,3 +261,17 @@ def test_tasks_and_executions_listed_in_pages(store: MitigationStore) -> None:
     assert len(rest["actionsExecutions"]) == 7
     with pytest.raises(InvalidRequest, match="nextToken"):
         store.list_executions(next_token=by_violation["nextToken"] + "x")
+
+
+def test_tasks_that_ended_long_ago_are_pruned_with_their_executions(
+    store: MitigationStore,
+) -> None:
+    _start(store, now=100.0)
+    store.cancel_task("t1", 200.0)
+    _start(store, _request(task_id="t2", token="k2"), now=150.0)  # still IN_PROGRESS
+    assert store.prune(200.0 + RETENTION_S) == 0
+    assert store.prune(201.0 + RETENTION_S) == 1
+    with pytest.raises(ResourceNotFound):
+        store.describe_task("t1")
+    assert store.list_executions(task_id="t1") == {"actionsExecutions": []}
+    assert store.describe_task("t2")["taskSummary"]["taskStatus"] == "IN_PROGRESS"
