@@ -471,7 +471,12 @@ def offending_addresses(violation: Mapping[str, Any]) -> list[str]:
     allowed = _networks(value.get("cidrs"))
 
     def inside(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-        return any(net.version == a.version and net.subnet_of(a) for a in allowed)  # type: ignore[arg-type]
+        return any(
+            net.version == a.version
+            and int(a.network_address) <= int(net.network_address)
+            and int(net.broadcast_address) <= int(a.broadcast_address)
+            for a in allowed
+        )
 
     if operator == "in-cidr-set":
         listed = [n for n in listed if not inside(n)]

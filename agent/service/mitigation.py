@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.collect.firewall import Firewall, FirewallError, Plan
+from agent.collect.firewall import Firewall, FirewallError, Plan, check_proto
 from agent.config import Config
 from agent.core.audit_model import InvalidRequest
 from agent.core.mitigation_model import (
@@ -382,7 +382,7 @@ def execute(
 
         def block(item: str) -> Plan:
             proto, _, port = item.partition("/")
-            return fw.block_port(proto, int(port), params["timeoutSeconds"])  # type: ignore[arg-type]
+            return fw.block_port(check_proto(proto), int(port), params["timeoutSeconds"])
 
         return _firewall_results(
             claimed, f"block inbound for {params['timeoutSeconds']} s to", ports, block, dry
