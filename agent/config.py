@@ -6,6 +6,7 @@ use or raises ConfigError, nothing else."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -232,6 +233,27 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class AutoResponseConfig:
+    """Mitigation actions run when a behavior goes in alarm, undone when it ends."""
+
+    profile: str  # security profile name
+    behavior: str  # behavior name in it
+    actions: list[str]  # 1-5 mitigation action names (create-mitigation-action)
+
+
+@dataclass(frozen=True)
+class MitigationConfig:
+    """Mitigation (docs/mitigation.md): only the daemon drives the firewall."""
+
+    enabled: bool = False  # the daemon runs the tasks' executions
+    # Never blocked, beside loopback and the broker's addresses: the management network.
+    allow_cidrs: list[str] = field(default_factory=list)
+    dry_run: bool = False  # automatic response records what it would do, does nothing
+    max_auto_tasks_per_minute: int = _ranged(10, 1, 1000)
+    auto: list[AutoResponseConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Config:
     thing_name: str = field(default_factory=_short_host_name)
     state_dir: str = field(default_factory=_default_state_dir)
@@ -242,6 +264,7 @@ class Config:
     custom_metrics: list[CustomMetricConfig] = field(default_factory=list)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
     config_file: str = "<built-in defaults>"  # where it was read from, for messages
 
 
@@ -378,6 +401,7 @@ def _check(cfg: Config) -> None:
         if metric.source in ("file", "disk_percent") and not metric.path:
             raise ConfigError(f"{path}.path: source {metric.source!r} needs a path")
     _check_capture(cfg, seen)
+    _check_mitigation(cfg.mitigation)
     waits = sum(m.timeout_s for m in cfg.custom_metrics if m.source == "command")
     if waits > COMMANDS_BUDGET_S:
         raise ConfigError(
@@ -410,6 +434,37 @@ def _check_capture(cfg: Config, custom_names: set[str]) -> None:
                 f"capture.interfaces[{i}]: must be an interface name (1-15 characters, no /"
                 f" or spaces), got {_shown.repr(name)}"
             )
+
+
+_ACTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")  # AWS's mitigation action names
+
+
+def _check_mitigation(m: MitigationConfig) -> None:
+    for i, cidr in enumerate(m.allow_cidrs):
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError as e:
+            raise ConfigError(f"mitigation.allow_cidrs[{i}]: {e}") from None
+    seen: set[tuple[str, str]] = set()
+    for i, rule in enumerate(m.auto):
+        path = f"mitigation.auto[{i}]"
+        for key in ("profile", "behavior"):
+            if not _AWS_NAME.fullmatch(getattr(rule, key)):
+                raise ConfigError(
+                    f"{path}.{key}: must be 1-128 of a-z A-Z 0-9 : _ -, got"
+                    f" {_shown.repr(getattr(rule, key))}"
+                )
+        if (rule.profile, rule.behavior) in seen:
+            raise ConfigError(f"{path}: {rule.profile}/{rule.behavior} is given twice")
+        seen.add((rule.profile, rule.behavior))
+        if not 1 <= len(rule.actions) <= 5:
+            raise ConfigError(f"{path}.actions: must name 1-5 mitigation actions")
+        for j, name in enumerate(rule.actions):
+            if not _ACTION_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{path}.actions[{j}]: must be 1-128 of a-z A-Z 0-9 _ - (a mitigation"
+                    f" action name), got {_shown.repr(name)}"
+                )
 
 
 def _topic_problem(topic: str) -> str | None:

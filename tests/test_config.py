@@ -14,6 +14,7 @@ import agent
 import agent.config
 from agent.config import (
     AuditConfig,
+    AutoResponseConfig,
     BrokerCaptureConfig,
     CaptureConfig,
     Config,
@@ -21,6 +22,7 @@ from agent.config import (
     CustomMetricConfig,
     DetectConfig,
     DnsCaptureConfig,
+    MitigationConfig,
     MqttConfig,
     SamplingConfig,
     ScanCaptureConfig,
@@ -270,12 +272,15 @@ def test_the_example_config_names_every_key_and_its_values_load() -> None:
     keys = {f.name for f in dataclasses.fields(Config)} - {"config_file", "custom_metrics"}
     blocks = (SamplingConfig, MqttConfig, DetectConfig, StoreConfig, CustomMetricConfig)
     capture = (CaptureConfig, ScanCaptureConfig, DnsCaptureConfig, BrokerCaptureConfig, AuditConfig)
+    capture += (MitigationConfig, AutoResponseConfig)
     for block in blocks + capture:
         keys |= {f.name for f in dataclasses.fields(block)}
     sections = ("sampling", "mqtt", "detect", "store", "capture", "scan", "dns", "broker", "audit")
+    sections += ("mitigation", "auto")
     for section in sections:
         keys.discard(section)
-    assert keys - written == {"path", "command", "timeout_s"}  # documented in the comment
+    # Documented in comments: a custom metric's source keys, an automatic response rule.
+    assert keys - written == {"path", "command", "timeout_s", "profile", "behavior", "actions"}
 
 
 def write(path: Path, data: bytes, mode: int = 0o600) -> Path:
@@ -405,3 +410,23 @@ def test_a_capture_metric_may_not_take_a_custom_metric_name_while_collected() ->
     parse_config(custom, "f")  # capture off: no clash
     with pytest.raises(ConfigError, match=r"capture\.dns\.names_metric: 'dns_names' is already"):
         parse_config("[capture]\nenabled = true\n" + custom, "f")
+
+
+def test_mitigation_settings_and_their_errors() -> None:
+    cfg = parse_config(
+        "[mitigation]\nenabled = true\nallow_cidrs = ['10.0.0.0/8', '2001:db8::/32']\n"
+        "[[mitigation.auto]]\nprofile = 'p'\nbehavior = 'b'\nactions = ['block']\n",
+        "f",
+    )
+    assert cfg.mitigation.auto == [AutoResponseConfig("p", "b", ["block"])]
+    rule = "[[mitigation.auto]]\nprofile = 'p'\nbehavior = 'b'\n"
+    for text, message in [
+        ("[mitigation]\nallow_cidrs = ['10.0.0.1/8']", "mitigation.allow_cidrs[0]: 10.0.0.1/8"),
+        (rule + "actions = []", "mitigation.auto[0].actions: must name 1-5"),
+        (rule + "actions = ['a b']", "mitigation.auto[0].actions[0]: must be 1-128"),
+        (rule + "actions = ['a']\n" + rule + "actions = ['c']", "mitigation.auto[1]: p/b is"),
+        ("[[mitigation.auto]]\nprofile = 'p'\nactions = ['a']", "mitigation.auto[0].behavior"),
+        ("[mitigation]\nmax_auto_tasks_per_minute = 0", "max_auto_tasks_per_minute: must be"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config(text, "f")

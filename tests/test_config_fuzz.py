@@ -112,6 +112,8 @@ def plausible(tp: Any) -> st.SearchStrategy[Any]:
         return st.sampled_from(typing.get_args(tp))
     if origin is list:
         return st.lists(plausible(typing.get_args(tp)[0]), max_size=4)
+    if dataclasses.is_dataclass(tp):  # an array of tables, as inline tables
+        return some_of(tp)
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if args:
         return plausible(args[0])

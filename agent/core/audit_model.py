@@ -5,8 +5,6 @@ matching, settings and schedules. Pure: time comes in as `now` (epoch seconds)."
 
 from __future__ import annotations
 
-import calendar
-import hashlib
 import json
 import math
 import re
@@ -16,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from agent.core.audit import Noncompliance
+from agent.core.hashing import sha256
 
 RETENTION_S = 90 * 86400.0  # findings and tasks, as AWS keeps them
 DEFAULT_MAX_RESULTS = 25  # AWS's default page for the audit listings
@@ -252,7 +251,7 @@ def identifier_key(identifier: Mapping[str, Any]) -> str:
 
 def finding_id(task_id: str, check_name: str, index: int) -> str:
     """A UUID-shaped id, unique per task, check and position, and the same each time."""
-    digest = hashlib.sha256(f"{task_id}\0{check_name}\0{index}".encode()).digest()
+    digest = sha256(f"{task_id}\0{check_name}\0{index}".encode()).digest()
     return str(uuid.UUID(bytes=digest[:16]))
 
 
@@ -582,7 +581,8 @@ def _day(seconds: float) -> date:
 
 
 def _month_day(year: int, month: int, day_of_month: str) -> date:
-    last = calendar.monthrange(year, month)[1]
+    following = date(year + month // 12, month % 12 + 1, 1)
+    last = (following - timedelta(days=1)).day
     # Days 29-31 in a shorter month fall on its last day, as AWS does.
     day = last if day_of_month == "LAST" else min(int(day_of_month), last)
     return date(year, month, day)

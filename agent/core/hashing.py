@@ -1,7 +1,7 @@
-"""SHA-256 without OpenSSL: `hashlib` loads libcrypto (~3.7 MiB of the daemon's RSS)
-for one short digest per rule key. CPython's own builtin module gives the same digest:
-`_sha256` up to 3.11, `_sha2` from 3.12; hashlib stays the fallback for a Python
-built without them."""
+"""SHA-256 and SHA-1 without OpenSSL: `hashlib` loads libcrypto (~3.7 MiB of the
+daemon's RSS) for a few short digests (rule keys, finding ids, certificate checks).
+CPython's own builtin modules give the same digests: `_sha256` up to 3.11, `_sha2` from
+3.12, `_sha1`; hashlib stays the fallback for a Python built without them."""
 
 from __future__ import annotations
 
@@ -13,4 +13,9 @@ except ImportError:
     except ImportError:
         from hashlib import sha256  # type: ignore[assignment,unused-ignore]
 
-__all__ = ["sha256"]
+try:
+    from _sha1 import sha1  # type: ignore[import-not-found]
+except ImportError:
+    from hashlib import sha1  # type: ignore[assignment,unused-ignore]
+
+__all__ = ["sha1", "sha256"]

@@ -15,12 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agent.core.hashing import sha256
-
-try:  # CPython's builtin module: hashlib would load libcrypto into the daemon for one digest
-    from _sha1 import sha1  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - a Python built without it
-    from hashlib import sha1  # type: ignore[assignment,unused-ignore]
+from agent.core.hashing import sha1, sha256
 
 # DER tags (universal class, low tag numbers: all X.509 uses).
 INTEGER, BIT_STRING, OID, SEQUENCE = 0x02, 0x03, 0x06, 0x30

@@ -14,9 +14,8 @@ from typing import Any
 
 from agent.config import Config
 from agent.logs import kv
-from agent.service.audit import due_scheduled_audits, run_audit_task, task_findings
-from agent.store.audit import open_audit
 from agent.store.db import StoreError
+from agent.store.paths import audit_path
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,9 @@ class Auditor:
         while not self._stop.wait(wait):
             wait = self._check_every_s
             cfg = self._config()
-            if not cfg.audit.scheduled:
+            # No audit store: nothing was ever scheduled, and the audit code stays out
+            # of the daemon's memory.
+            if not cfg.audit.scheduled or not audit_path(cfg.state_dir).exists():
                 continue
             try:
                 self._run_due(cfg)
@@ -64,6 +65,9 @@ class Auditor:
                 log.exception(kv("audit_failed"))
 
     def _run_due(self, cfg: Config) -> None:
+        from agent.service.audit import due_scheduled_audits, run_audit_task, task_findings
+        from agent.store.audit import open_audit
+
         # A store stays on the thread that opened it: one per round, closed after.
         store = open_audit(cfg.state_dir)
         try:

@@ -52,6 +52,7 @@ from agent.store.history import (
 from agent.store.spool import Spool, spool_path
 
 if TYPE_CHECKING:
+    from agent.service.mitigator import Mitigator
     from agent.service.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Daemon:
         self.unsaved = StateChanges({}, {})
         self.save_everything = False  # a new store after a fault gets the whole state
         self.outbox: Outbox | None = None
+        self.mitigator: Mitigator | None = None  # with [mitigation] on
         self.unrecorded: deque[dict[str, Any]] = deque(maxlen=MAX_UNRECORDED_EVENTS)
         self.degraded: dict[str, str] = {}  # part -> what is wrong with it now
         self.errors: Counter[str] = Counter()  # failures per job
@@ -166,6 +168,7 @@ class Daemon:
         # The first look for due audits after the first few samples.
         first_check_s = min(FIRST_AUDIT_CHECK_S, 3 * cfg.sampling.interval_s)
         self.auditor = Auditor(lambda: self.cfg, first_check_s=first_check_s)
+        self.mitigator = self._mitigator(cfg)
         log.info(
             kv(
                 "started",
@@ -199,6 +202,13 @@ class Daemon:
             # Refusing to start would loop forever under systemd; judging afresh keeps
             # the device watched. The stored events and history stay.
             log.error(kv("alarm_state_discarded", error=e))
+
+    def _mitigator(self, cfg: Config) -> Mitigator | None:
+        """The mitigation thread, when [mitigation] is on (its code only then)."""
+        if not cfg.mitigation.enabled:
+            return None
+
+        return Mitigator(lambda: self.cfg)
 
     def _sampler(self, cfg: Config) -> Sampler:
         return Sampler(cfg, counters_path=self.runtime_dir / "netcounters.json")
@@ -238,6 +248,7 @@ class Daemon:
             ("report", report_interval_s(self.cfg), self.report),
             ("prune", PRUNE_INTERVAL_S, self.prune),
             ("audit", AUDIT_PUBLISH_S, self.publish_findings),
+            ("mitigation", AUDIT_PUBLISH_S, self.publish_mitigation),
             ("save_state", self.cfg.store.metrics_flush_s, self.save_state),
             # A store fault is retried soon on a fast cadence, at most 30 s apart.
             ("store_retry", min(STORE_RETRY_S, 3 * self.cfg.sampling.interval_s), self.retry_store),
@@ -294,6 +305,8 @@ class Daemon:
         self.guarded("save_state", self.save_state)()  # with the buffered metrics history
         self.sampler.close()
         self.auditor.close()
+        if self.mitigator is not None:
+            self.mitigator.close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -346,6 +359,17 @@ class Daemon:
                 now = self.wall()
                 for finding in findings:
                     self.outbox.submit_finding(finding, now)
+
+    def publish_mitigation(self) -> None:
+        """Spool the messages of PUBLISH_TO_TOPIC executions; without a broker they wait
+        in the mitigation store."""
+        if self.outbox is None or self.mitigator is None:
+            return
+        sent = []
+        for p in self.mitigator.take_publications():
+            if self.outbox.submit_message(p.topic, p.payload, self.wall()):
+                sent.append(p.id)
+        self.mitigator.mark_published(sent)
 
     def prune(self) -> None:
         store, keep = self._healthy_store(), self.cfg.store
@@ -406,6 +430,10 @@ class Daemon:
         if cfg.mqtt != old.mqtt or cfg.thing_name != old.thing_name:
             self._stop_outbox()
             self._start_outbox()
+        if cfg.mitigation.enabled != old.mitigation.enabled:
+            if self.mitigator is not None:
+                self.mitigator.close()
+            self.mitigator = self._mitigator(cfg)
         if (
             cfg.sampling != old.sampling
             or cfg.custom_metrics != old.custom_metrics
@@ -499,7 +527,7 @@ class Daemon:
 
     def _apply(self, step: Step) -> None:
         """Record the step's events (durable first, with the state that made them), log
-        them, then hand them to the outbox."""
+        them, then hand them to the outbox and to the automatic response."""
         if not step.events:
             return
         docs = [e.to_json() for e in step.events]
@@ -521,6 +549,8 @@ class Daemon:
                 )
             )
         self._spool_recorded()
+        if self.mitigator is not None:  # automatic response, after the events are recorded
+            self.mitigator.respond(docs)
 
     def save_state(self) -> None:
         """Unrecorded events, the active set, what changed in the alarm state, the

@@ -245,9 +245,11 @@ def _firewall_results(
     items: Sequence[str],
     act: Callable[[str], Plan],
     dry_run: bool,
+    undo: str,
 ) -> Outcome:
     """Apply `act` to each item; FAILED naming the refused ones (allowlist, nft,
-    capability), the others still done."""
+    capability), the others still done. What was done is kept as `undo` ({"kind":
+    undo, "items": [...]}), for undo_task."""
     plans, done, refused = [], [], []
     for item in items:
         try:
@@ -259,7 +261,9 @@ def _firewall_results(
     if done:
         words.append(f"{'dry run: would ' if dry_run else ''}{verb} {', '.join(done)}")
     words += [f"refused {item}: {why}" for item, why in refused]
-    detail = {"plans": plans}
+    detail: dict[str, Any] = {"plans": plans}
+    if done and not dry_run:
+        detail["undo"] = {"kind": undo, "items": done}
     if not refused:
         return _outcome(claimed, "SUCCESSFUL", None, "; ".join(words), detail)
     allowlisted = all("is allowlisted" in why for _, why in refused)
@@ -366,6 +370,7 @@ def execute(
             cidrs,
             lambda c: fw.block_address(c, params["timeoutSeconds"]),
             dry,
+            "addresses",
         )
     if params_key == "blockListeningPortParams":
         ports = [f"{p['protocol']}/{p['port']}" for p in params.get("ports", [])] or [
@@ -385,7 +390,12 @@ def execute(
             return fw.block_port(check_proto(proto), int(port), params["timeoutSeconds"])
 
         return _firewall_results(
-            claimed, f"block inbound for {params['timeoutSeconds']} s to", ports, block, dry
+            claimed,
+            f"block inbound for {params['timeoutSeconds']} s to",
+            ports,
+            block,
+            dry,
+            "ports",
         )
     if params_key == "isolateDeviceParams":
         keep = list(params.get("keepCidrs", []))
@@ -399,6 +409,7 @@ def execute(
             [f"the device for {params['timeoutSeconds']} s, keeping {kept}"],
             lambda _: fw.isolate(keep, params["timeoutSeconds"]),
             dry,
+            "isolation",
         )
     if params_key == "runHookParams":
         return _run_hook(claimed, params, dry)
@@ -507,6 +518,37 @@ def run_pending(
             log.info(kv("mitigation_task_ended", task_id=outcome.task_id, status=ended))
         outcomes.append(outcome)
     return outcomes
+
+
+def undo_task(store: MitigationStore, task_id: str, firewall: Firewall) -> list[str]:
+    """Take back what a task's executions did in the firewall (unblock, release the
+    isolation), as an alarm that ends undoes its automatic response; one line per
+    item, saying what was undone or why it could not be. Hooks and messages stay done;
+    a block that already expired in the kernel is gone either way."""
+    lines = []
+    page: str | None = None
+    while True:
+        answer = store.list_executions(task_id=task_id, next_token=page)
+        for ex in answer["actionsExecutions"]:
+            detail = store.execution_detail(task_id, ex["violationId"], ex["actionName"])
+            undo = (detail or {}).get("undo")
+            if not isinstance(undo, dict):
+                continue
+            for item in undo.get("items", []):
+                try:
+                    if undo["kind"] == "addresses":
+                        firewall.unblock_address(item)
+                    elif undo["kind"] == "ports":
+                        proto, _, port = item.partition("/")
+                        firewall.unblock_port(check_proto(proto), int(port))
+                    else:
+                        firewall.release_isolation()
+                    lines.append(f"undone: {undo['kind']} {item}")
+                except (FirewallError, ValueError) as e:
+                    lines.append(f"not undone: {undo['kind']} {item}: {e}")
+        page = answer.get("nextToken")
+        if page is None:
+            return lines
 
 
 def publications(store: MitigationStore, limit: int = 100) -> list[Publication]:

@@ -114,6 +114,11 @@ class Outbox:
         a violation is when the spool is full."""
         return self._submit("violation", self._findings_topic, finding, now, durable=True)
 
+    def submit_message(self, topic: str, doc: Mapping[str, Any], now: float) -> bool:
+        """Spool a mitigation action's message (PUBLISH_TO_TOPIC) for its own topic,
+        durably and kept as a violation is."""
+        return self._submit("violation", topic, doc, now, durable=True)
+
     def _submit(
         self, kind: Kind, topic: str, doc: Mapping[str, Any], now: float, *, durable: bool
     ) -> bool:

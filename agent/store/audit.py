@@ -44,10 +44,10 @@ from agent.core.audit_model import (
 )
 from agent.logs import kv
 from agent.store.db import Store, StoreError, counted, side_files
+from agent.store.paths import audit_path
 
 log = logging.getLogger(__name__)
 
-AUDIT_FILE = "audit.db"
 MAX_TOKEN = 4096
 
 MIGRATIONS: tuple[str, ...] = (
@@ -103,8 +103,6 @@ class ResourceAlreadyExists(StoreError):
     """AWS's ResourceAlreadyExistsException."""
 
 
-def audit_path(state_dir: str | Path) -> Path:
-    return Path(state_dir) / AUDIT_FILE
 
 
 def _dumps(value: object) -> str:

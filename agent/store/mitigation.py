@@ -37,8 +37,8 @@ from agent.core.mitigation_model import (
 )
 from agent.store.audit import _decode_token, _encode_token  # the audit listings' tokens
 from agent.store.db import Store, StoreError, side_files
+from agent.store.paths import mitigation_path
 
-MITIGATION_FILE = "mitigation.db"
 RETENTION_S = 90 * 86400.0  # ended tasks and their executions, as audit tasks are kept
 
 MIGRATIONS: tuple[str, ...] = (
@@ -121,8 +121,6 @@ class Publication:
     payload: dict[str, Any]
 
 
-def mitigation_path(state_dir: str | Path) -> Path:
-    return Path(state_dir) / MITIGATION_FILE
 
 
 def _dumps(value: object) -> str:
