@@ -277,8 +277,15 @@ class Firewall:
             " overlap; unblock the other first, or block the wider one"
         )
 
+    def installed(self) -> bool:
+        """Whether nft is there at all (without it no table of ours can be either)."""
+        return self._program() is not None
+
+    def _program(self) -> str | None:
+        return shutil.which(self.nft) or shutil.which(self.nft, path="/usr/sbin:/sbin")
+
     def _nft(self, args: list[str], stdin: str | None = None) -> str:
-        program = shutil.which(self.nft) or shutil.which(self.nft, path="/usr/sbin:/sbin")
+        program = self._program()
         if program is None:
             raise FirewallError(f"{self.nft}: nft not found (apt install nftables)")
         try:

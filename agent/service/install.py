@@ -306,6 +306,22 @@ def _install_service(root: str | None, exec_path: str | None, *, net_admin: bool
     )
 
 
+def _remove_firewall() -> list[str]:
+    """The mitigation table goes with the service, and the blocks in it."""
+    from agent.collect.firewall import Allowlist, Firewall, FirewallError
+
+    firewall = Firewall(allow=Allowlist())
+    if not firewall.installed():
+        return []
+    try:
+        if not firewall.state()["present"]:
+            return []
+        firewall.remove()
+    except FirewallError as e:
+        return [f"note: nftables table inet {firewall.table} not removed: {e}"]
+    return [f"removed nftables table inet {firewall.table}"]
+
+
 def _uninstall_service(root: str | None, *, purge: bool) -> None:
     _need_root(root)
     top = Path(root or "/")
@@ -313,6 +329,8 @@ def _uninstall_service(root: str | None, *, purge: bool) -> None:
     if live and _unit_known():
         _run(["systemctl", "stop", UNIT])
     removed = remove_files(top, purge=purge)
+    if root is None:
+        removed += _remove_firewall()
     for line in removed or ["nothing to remove"]:
         print(line)
     if live and removed:

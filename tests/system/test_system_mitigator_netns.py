@@ -114,3 +114,28 @@ def test_automatic_response_blocks_and_unblocks_and_keeps_the_allowlist(tmp_path
     )
     (execution,) = json.loads(executions.stdout)["actionsExecutions"]
     assert (execution["status"], execution["errorCode"]) == ("FAILED", "ALLOWLISTED")
+
+
+def test_uninstall_removes_the_firewall_table(tmp_path: Path) -> None:
+    script = (
+        "from agent.collect.firewall import Allowlist, Firewall\n"
+        "from agent.service.install import _remove_firewall\n"
+        "print(_remove_firewall())\n"  # no table yet: nothing to say
+        "Firewall(allow=Allowlist()).block_address('198.51.100.9', 600)\n"
+        "print(_remove_firewall())\n"
+        "print(Firewall(allow=Allowlist()).state()['present'])\n"
+    )
+    ns = f"uninst-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+            check=True,
+        ).stdout.splitlines()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+    assert out == ["[]", "['removed nftables table inet edge_defender']", "False"]
