@@ -203,11 +203,16 @@ def _register_detect(sub: argparse._SubParsersAction) -> None:
     add_parsers(sub, _add_config_arg, _run_detect)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
+    """Every command; with `only_run`, `run` alone: registering the others imports their
+    modules (audit, mitigation, ...), about a MiB the daemon would keep for nothing."""
     parser = argparse.ArgumentParser(prog="edge-defender", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-defender {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if only_run:
+        _register_run(sub)
+        return parser
     _register_detect(sub)
     _register_run(sub)
     _register_collect(sub)
@@ -220,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only_run=command == "run")
     args = parser.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     handler: Handler = args.handler
