@@ -279,6 +279,35 @@ def connect(host: str, port: int, n: int = 1, gap_s: float = 0.0) -> None:
     _hold()
 
 
+def connect_probe(
+    host: str,
+    port: int,
+    every_s: float = 0.1,
+    timeout_s: float = 0.2,
+    result_file: str | None = None,
+) -> None:
+    """Try a TCP connection to host:port every `every_s` s, each given `timeout_s`, until
+    stopped: when the path to it is cut (a firewall's block), from when on. The latest
+    connection that succeeded stays open until the next one does, so the device always
+    holds one, as a beacon would, for a sampler to see. `result_file` gets one line per
+    attempt, "<epoch seconds at its start> ok" or "... fail <why>", flushed at once."""
+    if every_s <= 0 or timeout_s <= 0:
+        raise ValueError(f"every_s and timeout_s must be above 0, got {every_s!r}, {timeout_s!r}")
+    held: socket.socket | None = None
+    with open(result_file or os.devnull, "a", buffering=1) as out:
+        for _ in _rounds(every_s):
+            start = time.time()
+            try:
+                conn = socket.create_connection((host, port), timeout=timeout_s)
+            except OSError as e:
+                out.write(f"{start:.6f} fail {type(e).__name__}: {e}\n")
+                continue
+            if held is not None:
+                held.close()
+            held = conn
+            out.write(f"{start:.6f} ok\n")
+
+
 def flood(host: str, port: int, n: int, rate_per_s: float = 0.0) -> None:
     """Keep `n` TCP connections open to host:port, opening them at up to `rate_per_s`
     (0: as fast as they connect) and reopening any the server closes."""
@@ -839,6 +868,7 @@ KINDS: dict[str, Callable[..., None]] = {
     "ntp-server": ntp_server,
     "sshd": sshd,
     "connect": connect,
+    "connect-probe": connect_probe,
     "flood": flood,
     "exfil": exfil,
     "spawn": spawn,

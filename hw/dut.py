@@ -8,8 +8,10 @@
 - SshDut: a device that already runs the agent as its service, over SSH.
 
 Each scenario calls start() with its profiles: the config is rewritten, the agent's
-state cleared (a fresh store) and the agent restarted; events() and metrics() read its
-store with its own CLI (list-violation-events, export-metrics), on the device.
+state cleared (a fresh store) and its firewall table deleted (no block of an earlier
+scenario stays), the scenario's mitigation actions created with the agent's own
+create-mitigation-action, and the agent restarted; events() and metrics() read its store
+with its own CLI (list-violation-events, export-metrics), on the device.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from typing import Any, Protocol
 from hw.lab import BrokerInfo, Lab, Node, NodeCommandError, stop_processes
 from hw.machine import CONFIG, PROGRAM, REPO, Machine, build_rootfs, build_wheels
 
+# The agent's nftables table (agent/collect/firewall.py): deleted before each start.
+FIREWALL_TABLE = ("inet", "edge_defender")
+# Stored by create-mitigation-action and never used on the device (docs/mitigation.md).
+ROLE_ARN = "arn:aws:iam::123456789012:role/device"
 READY_TIMEOUT_S = 30.0  # plus one sampling interval: the first sample and the connection
 METRICS_FLUSH_S = 5.0  # [store] metrics_flush_s: the history is readable soon
 REPORT_INTERVAL_S = 10.0  # [sampling] report_interval_s: reports flow during a short run
@@ -45,6 +51,9 @@ class AgentSetup:
     # TOPIC_FILTER dimensions the profiles name, describe-dimension JSON: written beside
     # the profiles, where the agent's [detect] profiles glob loads them too.
     dimensions: list[dict[str, Any]] = field(default_factory=list)
+    mitigation: dict[str, Any] | None = None  # the [mitigation] table (None: the default, off)
+    # [{"name", "actionParams"}]: created with create-mitigation-action before the start
+    mitigation_actions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Dut(Protocol):
@@ -71,6 +80,10 @@ class Dut(Protocol):
         """The metrics history: `edge-defender export-metrics` lines, parsed."""
         ...
 
+    def executions(self) -> list[dict[str, Any]]:
+        """Every mitigation action execution in the store, every page, in AWS's shape."""
+        ...
+
     def clock_offset_s(self) -> float:
         """The device clock minus the rig's; 0.0 when they share one."""
         ...
@@ -95,14 +108,28 @@ def _toml(value: Any) -> str:
     raise ValueError(f"{value!r} has no TOML form here (bool, string, number, list)")
 
 
-def toml_table(name: str, table: Mapping[str, Any]) -> list[str]:
+def _tables(value: Any) -> bool:
+    """Whether `value` is a non-empty list of tables (TOML's [[array of tables]])."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def toml_table(name: str, table: Mapping[str, Any], *, header: str | None = None) -> list[str]:
     """The lines of `[name]` holding `table`: its values, then its sub-tables as
-    `[name.key]` (nested tables that hold only tables are written the same way)."""
-    lines = [f"[{name}]"]
-    lines += [f"{k} = {_toml(v)}" for k, v in table.items() if not isinstance(v, Mapping)]
+    `[name.key]` (nested tables that hold only tables are written the same way), then its
+    lists of tables as `[[name.key]]` entries. `header` replaces the `[name]` line."""
+    lines = [header or f"[{name}]"]
+    lines += [
+        f"{k} = {_toml(v)}"
+        for k, v in table.items()
+        if not isinstance(v, Mapping) and not _tables(v)
+    ]
     for k, v in table.items():
         if isinstance(v, Mapping):
             lines += toml_table(f"{name}.{k}", v)
+    for k, v in table.items():
+        if _tables(v):
+            for entry in v:
+                lines += toml_table(f"{name}.{k}", entry, header=f"[[{name}.{k}]]")
     return lines
 
 
@@ -151,7 +178,40 @@ def config_text(
         lines += [f"{k} = {_toml(v)}" for k, v in metric.items()]
     if setup.capture is not None:
         lines += toml_table("capture", setup.capture)
+    if setup.mitigation is not None:
+        lines += toml_table("mitigation", setup.mitigation)
     return "\n".join(lines) + "\n"
+
+
+def prepare_mitigation(
+    node: Node, program: Sequence[str], config: str, setup: AgentSetup, kind: str
+) -> None:
+    """Before the agent starts: delete its firewall table (an earlier scenario's blocks
+    must not outlive it; no error when there is none, or no nft) and, for a scenario
+    with mitigation, check that the device has nft and create its actions with the
+    agent's own verb. RuntimeError naming what is missing or which action was refused."""
+    family, table = FIREWALL_TABLE
+    script = 'command -v nft >/dev/null || exit 0; nft delete table "$1" "$2" 2>/dev/null; exit 0'
+    node.exec(["sh", "-c", script, "sh", family, table])
+    if setup.mitigation is None:
+        return
+    if node.exec(["sh", "-c", "command -v nft"], check=False).returncode != 0:
+        hint = (
+            "add nftables to the rootfs packages (scripts/rootfs.sh)"
+            if kind == "nspawn"
+            else "apt install nftables"
+        )
+        raise RuntimeError(f"the device ({kind}) has no nft, which mitigation needs: {hint}")
+    for action in setup.mitigation_actions:
+        argv = [*program, "create-mitigation-action", "--config", config]
+        argv += ["--action-name", action["name"], "--role-arn", ROLE_ARN]
+        argv += ["--action-params", json.dumps(action["actionParams"])]
+        try:
+            node.exec(argv)
+        except NodeCommandError as e:
+            raise RuntimeError(
+                f"the device ({kind}) refused mitigation action {action['name']!r}: {e}"
+            ) from None
 
 
 def read_events(node: Node, program: Sequence[str], config: str) -> list[dict[str, Any]]:
@@ -166,6 +226,38 @@ def read_events(node: Node, program: Sequence[str], config: str) -> list[dict[st
         if "nextToken" not in page:
             return found
         token = ["--next-token", page["nextToken"]]
+
+
+def read_executions(node: Node, program: Sequence[str], config: str) -> list[dict[str, Any]]:
+    """Every mitigation action execution of the agent's store, following the nextTokens."""
+    found: list[dict[str, Any]] = []
+    token: list[str] = []
+    while True:
+        argv = [*program, "list-detect-mitigation-actions-executions", "--config", config]
+        argv += ["--start-time", "0", "--end-time", FAR_FUTURE, "--max-results", "250", *token]
+        page = json.loads(node.exec(argv).stdout)
+        found += page["actionsExecutions"]
+        if "nextToken" not in page:
+            return found
+        token = ["--next-token", page["nextToken"]]
+
+
+def read_blocked(node: Node) -> list[str]:
+    """The addresses and CIDRs in the agent's blocked sets in the device's kernel now
+    (`nft -j`); none when there is no table (or no nft)."""
+    family, table = FIREWALL_TABLE
+    found: list[str] = []
+    for name in ("blocked_v4", "blocked_v6"):
+        done = node.exec(["nft", "-j", "list", "set", family, table, name], check=False)
+        if done.returncode != 0:
+            continue
+        for item in json.loads(done.stdout)["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                value = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
+                if isinstance(value, dict) and "prefix" in value:
+                    value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
+                found.append(str(value))
+    return found
 
 
 def read_metrics(node: Node, program: Sequence[str], config: str) -> list[dict[str, Any]]:
@@ -267,6 +359,7 @@ class NetnsDut:
             )
         )
         self.config.chmod(0o600)  # the agent refuses a config others may write
+        prepare_mitigation(self.node, self.program, str(self.config), setup, self.kind)
         with self.log.open("ab") as log:
             self._process = self.node.spawn(
                 [
@@ -301,6 +394,9 @@ class NetnsDut:
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.node, self.program, str(self.config))
+
+    def executions(self) -> list[dict[str, Any]]:
+        return read_executions(self.node, self.program, str(self.config))
 
     def clock_offset_s(self) -> float:
         return 0.0
@@ -380,6 +476,7 @@ class ServiceDut:
             tls_files=s.tls_files,
         )
         _put(node, s.config, text.encode(), mode="0640", owner=readable)
+        prepare_mitigation(node, s.program, s.config, setup, self.kind)
         try:
             node.exec(s.restart)  # systemctl waits for READY (the first sample) or failure
         except NodeCommandError as e:
@@ -407,6 +504,9 @@ class ServiceDut:
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.node, self.service.program, self.service.config)
 
+    def executions(self) -> list[dict[str, Any]]:
+        return read_executions(self.node, self.service.program, self.service.config)
+
     def clock_offset_s(self) -> float:
         return 0.0
 
@@ -417,11 +517,12 @@ class ServiceDut:
 class NspawnDut(ServiceDut):
     """The agent installed as a user would in an overlay of the cached Debian rootfs
     (hw/machine.py), booted with systemd in the lab's dut namespace; its node enters the
-    container (nsenter -a). The hardened unit runs as installed, started by start()."""
+    container (nsenter -a). The hardened unit runs as installed, started by start();
+    `net_admin` installs it with `install-service --net-admin` (for mitigation)."""
 
     kind = "nspawn"
 
-    def __init__(self, lab: Lab, work: Path) -> None:
+    def __init__(self, lab: Lab, work: Path, *, net_admin: bool = False) -> None:
         root = work / "nspawn"
         root.mkdir(parents=True)
         rootfs = build_rootfs()
@@ -431,7 +532,11 @@ class NspawnDut(ServiceDut):
         try:
             self.machine.mount()
             self.machine.install(wheels)
-            self.machine.boot(netns=lab.netns["dut"])
+            if net_admin:  # the CAP_NET_ADMIN drop-in, for the firewall's actions
+                self.machine.chroot(PROGRAM, "install-service", "--net-admin")
+            self.machine.boot(
+                netns=lab.netns["dut"], capabilities=["CAP_NET_ADMIN"] if net_admin else []
+            )
         except BaseException:
             self.machine.stop()
             raise
@@ -488,10 +593,11 @@ class SshDut(ServiceDut):
         return device - (before + time.time()) / 2
 
 
-def make_dut(kind: str, lab: Lab, work: Path) -> Dut:
-    """The DUT of `--dut KIND` in the lab."""
+def make_dut(kind: str, lab: Lab, work: Path, *, net_admin: bool = False) -> Dut:
+    """The DUT of `--dut KIND` in the lab; `net_admin`: a scenario blocks traffic (the
+    netns agent runs as root and has it anyway)."""
     if kind == "netns":
         return NetnsDut(lab, work)
     if kind == "nspawn":
-        return NspawnDut(lab, work)
+        return NspawnDut(lab, work, net_admin=net_admin)
     raise ValueError(f"--dut: {kind!r}: want netns or nspawn")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -183,15 +183,18 @@ class Machine:
 
     # Booted.
 
-    def boot(self, netns: str | None = None) -> None:
+    def boot(self, netns: str | None = None, *, capabilities: Sequence[str] = ()) -> None:
         """Boot with systemd and return once it runs. In the named network namespace
-        (/run/netns/NAME) when given, else in a private one with only lo."""
+        (/run/netns/NAME) when given, else in a private one with only lo. `capabilities`
+        are kept beside nspawn's default set: with a namespace of ours it drops
+        CAP_NET_ADMIN, which a firewall in the container needs."""
         network = f"--network-namespace-path=/run/netns/{netns}" if netns else "--private-network"
+        kept = [f"--capability={','.join(capabilities)}"] if capabilities else []
         with self.boot_log.open("wb") as log:
             self._nspawn = subprocess.Popen(
                 [
                     *("systemd-nspawn", "-D", str(self.root), "--boot", "--register=no"),
-                    *("--keep-unit", network, "--console=read-only"),
+                    *("--keep-unit", network, "--console=read-only", *kept),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

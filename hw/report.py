@@ -8,7 +8,9 @@ at the window's end; for a list metric, how many entries break the criteria), it
 threshold, the alarm spans (in-alarm to alarm-cleared or -invalidated, or the end),
 the attack start, the goal (and the lead it includes), the detection latency and the
 false alarms: alarms no expected entry matches, among them those of an expected
-behavior for another thing than the one the entries name. Times are the rig's clock, in
+behavior for another thing than the one the entries name. A scenario that blocks has
+one more panel: its connect-probe's attempts (1 connected, 0 failed) and the block's
+start. Times are the rig's clock, in
 seconds from the attack start (benign: from the first sample)."""
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ def scenario_document(r: ScenarioResult) -> dict[str, Any]:
         "end": r.end,
         "clock_offset_s": r.clock_offset_s,
         "samples": len(r.metrics),
+        **({"block": block_document(r)} if r.blocking else {}),
+    }
+
+
+def block_document(r: ScenarioResult) -> dict[str, Any]:
+    """The "block" of a scenario whose automatic response blocks (hw/README.md)."""
+    return {
+        "block_s": r.block_s,
+        "goal_s": r.block_goal_s,
+        "blocked_at": r.blocked_at,
+        "attempts": [{"t": t, "connected": ok} for t, ok in r.attempts],
+        "executions": r.executions,
+        "blocked_left": r.blocked_left,
     }
 
 
@@ -95,6 +110,7 @@ class Panel:
     # thing), None when one of them was missed.
     detection: float | None = None
     false_alarms: list[float] = field(default_factory=list)
+    probe: bool = False  # the connect-probe's attempts, not a behavior
 
 
 def _samples(r: ScenarioResult) -> tuple[list[tuple[float, dict[str, object]]], int]:
@@ -211,6 +227,16 @@ def panels(r: ScenarioResult) -> tuple[list[Panel], float, int]:
         if panel.expected and None not in latencies:
             panel.detection = max(x for x in latencies if x is not None)
         out.append(panel)
+    if r.blocking:
+        out.append(
+            Panel(
+                title="connect-probe: connects to the forbidden address (1 connected, 0 failed)",
+                ylabel="connected",
+                expected=False,
+                points=[(t - origin, float(ok)) for t, ok in r.attempts],
+                probe=True,
+            )
+        )
     return out, origin, bad
 
 
@@ -259,6 +285,9 @@ def _draw(ax: Any, panel: Panel, r: ScenarioResult) -> None:
     ax.set_title(panel.title, fontsize=9, loc="left")
     ax.set_ylabel(panel.ylabel, fontsize=8)
     ax.tick_params(labelsize=8)
+    if panel.probe:
+        _draw_probe(ax, panel, r)
+        return
     if panel.points:
         xs, ys = zip(*panel.points, strict=True)
         dots = "." if len(xs) <= 300 else ""
@@ -322,8 +351,65 @@ def _draw(ax: Any, panel: Panel, r: ScenarioResult) -> None:
     )
 
 
+def _draw_probe(ax: Any, panel: Panel, r: ScenarioResult) -> None:
+    """The connect-probe's attempts, the attack start and the block's start."""
+    if panel.points:
+        xs, ys = zip(*panel.points, strict=True)
+        ax.plot(xs, ys, color="tab:blue", marker=".", ms=3, lw=0.8, drawstyle="steps-post")
+    ax.set_ylim(-0.1, 1.1)
+    if r.attack_start is not None:
+        ax.axvline(0, color="black", lw=1.2)
+        origin = r.attack_start
+        if r.blocked_at is not None and r.block_s is not None:
+            x = r.blocked_at - origin
+            ax.axvline(x, color="tab:purple", ls="--", lw=1.2)
+            if r.block_goal_s is not None:  # counted from the alarm
+                ax.axvline(x - r.block_s + r.block_goal_s, color="tab:green", ls=":", lw=1.2)
+            ax.text(
+                x,
+                0.5,
+                f" blocked {r.block_s:.1f} s after the alarm (goal {r.block_goal_s or 0:.1f} s)",
+                fontsize=8,
+                color="tab:purple",
+            )
+        else:
+            ax.text(0.01, 0.5, "NOT BLOCKED", transform=ax.transAxes, color="tab:red", fontsize=9)
+
+
 def _cells(tag: str, cells: Sequence[str]) -> str:
     return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+
+def _executions_table(r: ScenarioResult, origin: float) -> str:
+    """The agent's mitigation action executions: what the block did, or why it failed."""
+    if not r.blocking:
+        return ""
+    if not r.executions:
+        return "<p>No mitigation action execution.</p>"
+    rows = [_cells("th", ("started (s)", "task", "action", "status", "message"))]
+    for x in r.executions:
+        start = x.get("executionStartDate")
+        at = "-" if start is None else f"{float(start) - r.clock_offset_s - origin:.1f}"
+        status = str(x.get("status", ""))
+        if x.get("errorCode"):
+            status += f" ({x['errorCode']})"
+        rows.append(
+            _cells(
+                "td",
+                (
+                    at,
+                    str(x.get("taskId", "")),
+                    str(x.get("actionName", "")),
+                    status,
+                    str(x.get("message", ""))[:300],
+                ),
+            )
+        )
+    left = ", ".join(r.blocked_left) or "nothing"
+    return (
+        f"<p>Mitigation action executions:</p><table>{''.join(rows)}</table>"
+        f"<p>Still blocked when the scenario ended: {html.escape(left)}</p>"
+    )
 
 
 def _events_table(r: ScenarioResult, origin: float) -> str:
@@ -376,6 +462,7 @@ def report_html(results: Sequence[ScenarioResult], doc: Mapping[str, Any]) -> st
         parts.append(
             f"<h2>{html.escape(r.name)}</h2>"
             f'<img alt="timeline of {html.escape(r.name)}" src="data:image/png;base64,{png}">'
+            + _executions_table(r, origin)
             + _events_table(r, origin)
         )
     parts.append("</body></html>\n")

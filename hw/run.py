@@ -6,13 +6,21 @@ rig's clock), and the run waits until every expected violation is in the agent's
 or the scenario's deadline passes; the attack stops, the agent samples a few intervals
 more (so the plot shows the alarm clearing), stops, and its events and metrics history
 are scored. The benign scenario runs under every selected scenario's profiles at once:
-any alarm there is a false alarm."""
+any alarm there is a false alarm. It runs with mitigation off: its automatic responses
+would only hide traffic.
+
+A scenario that blocks (an automatic response to an expected behavior) keeps its attack
+running one sampling interval + 1 s + BLOCK_WATCH_S after the alarm is seen, so that
+its connect-probe shows whether connects still succeed after the block's goal; the
+probe's attempts are read back from the device and scored with the rest."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -21,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hw.dut import AgentSetup, Dut, SshDut, make_dut
+from hw.dut import AgentSetup, Dut, SshDut, make_dut, read_blocked
 from hw.lab import Lab, Node
 from hw.lab import missing as lab_missing
 from hw.report import write_report
@@ -35,9 +43,11 @@ from hw.scenario import (
 )
 from hw.scoring import (
     IN_ALARM,
+    SLACK_S,
     TOLERANCE_S,
     ScenarioResult,
     matches,
+    parse_attempts,
     score_scenario,
     summary,
 )
@@ -46,6 +56,8 @@ from hw.traffic import start_actions, stop_actions
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 POLL_S = 0.25  # how often the store is read while waiting for a detection
 TAIL_INTERVALS = 3  # samples after the attack stops: the alarm clears in the plot
+BLOCK_WATCH_S = 1.0  # connects watched past the block's goal: do any still succeed?
+PROBE = "connect-probe"
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,38 @@ def _wait(until: float, done: Callable[[], bool]) -> None:
         time.sleep(POLL_S)
 
 
+def blocks(scenario: Scenario) -> bool:
+    """Whether an automatic response answers one of the scenario's expected behaviors."""
+    rules = {(r["profile"], r["behavior"]) for r in (scenario.mitigation or {}).get("auto", [])}
+    return any((e.profile, e.behavior) in rules for e in scenario.expected)
+
+
+def with_probe_files(actions: Sequence[Action], tag: str) -> tuple[list[Action], list[Action]]:
+    """`actions` with a result file (in /tmp on their node, named with `tag`) for each
+    connect-probe that has none, and those probes."""
+    out = []
+    for i, a in enumerate(actions):
+        if a.kind == PROBE and "result_file" not in a.params:
+            path = f"/tmp/edrig-probe-{tag}-{i}.txt"
+            a = dataclasses.replace(a, params={**a.params, "result_file": path})
+        out.append(a)
+    return out, [a for a in out if a.kind == PROBE]
+
+
+def read_probes(probes: Sequence[Action], nodes: dict[str, Node]) -> list[tuple[str, bytes]]:
+    """Each probe's result file (removed from its node once read), as (node, text)."""
+    found = []
+    for a in probes:
+        path = a.params["result_file"]
+        node = nodes[a.node]
+        done = node.exec(["cat", path], check=False)
+        node.exec(["rm", "-f", path], check=False)
+        if done.returncode != 0:
+            log(f"{a.node} {a.kind}: no result file {path}")
+        found.append((a.node, done.stdout))
+    return found
+
+
 def run_scenario(scenario: Scenario, site: Site, detect: Detect) -> ScenarioResult:
     dut = site.dut
     log(f"{scenario.name}: starting the agent ({dut.kind})")
@@ -90,8 +134,11 @@ def run_scenario(scenario: Scenario, site: Site, detect: Detect) -> ScenarioResu
             custom_metrics=detect.custom_metrics,
             capture=detect.capture,
             dimensions=detect.dimensions,
+            mitigation=detect.mitigation,
+            mitigation_actions=detect.mitigation_actions,
         )
     )
+    attack_actions, probes = with_probe_files(scenario.attack, secrets.token_hex(4))
     setup = start_actions(scenario.setup, site.nodes, tls=dut.tls_files, broker=site.broker or "")
     attack_start: float | None = None
     try:
@@ -103,26 +150,40 @@ def run_scenario(scenario: Scenario, site: Site, detect: Detect) -> ScenarioResu
             attack_start = time.time()
             log(f"{scenario.name}: attack")
             attack = start_actions(
-                scenario.attack, site.nodes, tls=dut.tls_files, broker=site.broker or ""
+                attack_actions, site.nodes, tls=dut.tls_files, broker=site.broker or ""
             )
             try:
                 start = attack_start
                 _wait(start + scenario.deadline_s, lambda: _expected_seen(scenario, dut, start))
+                if blocks(scenario):  # the alarm is in: watch the block past its goal
+                    time.sleep(scenario.interval_s + SLACK_S + BLOCK_WATCH_S)
             finally:
                 stop_actions(attack)
             time.sleep(TAIL_INTERVALS * scenario.interval_s)
     finally:
         stop_actions(setup)
     end = time.time()
+    # The alarm has cleared by now: its automatic response should be undone.
+    left = read_blocked(dut.node) if blocks(scenario) else []
     dut.stop()
+    offset = dut.clock_offset_s()
+    attempts = []
+    for node, text in read_probes(probes, site.nodes):
+        try:
+            attempts += parse_attempts(text.decode(errors="replace"), offset)
+        except ValueError as e:
+            log(f"{scenario.name}: {node}: {e}")
     result = score_scenario(
         scenario,
         attack_start,
         end,
         dut.events(),
         dut.metrics(),
-        clock_offset_s=dut.clock_offset_s(),
+        clock_offset_s=offset,
         profiles=detect.profiles,
+        attempts=sorted(attempts),
+        executions=dut.executions() if detect.mitigation is not None else [],
+        blocked_left=left,
     )
     log(f"{scenario.name}: " + ("goal met" if result.met else "goal NOT met"))
     return result
@@ -136,15 +197,25 @@ class Detect:
     custom_metrics: list[dict[str, Any]]
     dimensions: list[dict[str, Any]]
     capture: dict[str, Any] | None  # the [capture] table; None: off
+    mitigation: dict[str, Any] | None = None  # the [mitigation] table; None: off
+    mitigation_actions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def _own(s: Scenario) -> Detect:
-    return Detect(list(s.profiles), list(s.custom_metrics), list(s.dimensions), s.capture)
+    return Detect(
+        list(s.profiles),
+        list(s.custom_metrics),
+        list(s.dimensions),
+        s.capture,
+        s.mitigation,
+        list(s.mitigation_actions),
+    )
 
 
 def _union(scenarios: Sequence[Scenario]) -> Detect:
     """Every scenario's profiles, custom metrics and dimensions, each once (by name), and
-    every capture feature any of them turns on."""
+    every capture feature any of them turns on; mitigation off (the benign load's alarms
+    are false alarms: a block would only hide the traffic that follows)."""
     profiles: dict[str, dict[str, Any]] = {}
     metrics: dict[str, dict[str, Any]] = {}
     dimensions: dict[str, dict[str, Any]] = {}
@@ -178,8 +249,8 @@ class Site:
 TARGET_SKIPS = ("dut-netns", "mqtt", "mqtt-client")
 
 
-def _lab_site(lab: Lab, kind: str, work: Path) -> Site:
-    dut = make_dut(kind, lab, work)
+def _lab_site(lab: Lab, kind: str, work: Path, *, net_admin: bool) -> Site:
+    dut = make_dut(kind, lab, work, net_admin=net_admin)
     # "dut" runs on the device itself (inside its container under nspawn: its process
     # table, its files); "dut-netns" is its network namespace seen from the host.
     nodes = {**lab.nodes, "dut": dut.node, "dut-netns": lab.nodes["dut"]}
@@ -195,7 +266,19 @@ def _target_site(target: str, c2: str, work: Path) -> Site:
     nodes = {role: Node(role, host, ()) for role in ("attacker", "peer1", "peer2")}
     nodes["dut"] = dut.node
     addresses = {**{r: host for r in nodes}, "dut": server.decode(), "c2": c2, "broker": host}
+    addresses["lan"] = _device_network(dut.node, server.decode())
     return Site(dut, nodes, addresses, None)
+
+
+def _device_network(node: Node, address: str) -> str:
+    """The CIDR of the device's network that holds `address` (`ip -o addr`), else the
+    address alone: the network the rig reaches it through, never to be blocked."""
+    for line in node.exec(["ip", "-o", "addr", "show"]).stdout.decode().splitlines():
+        words = line.split()
+        for i, word in enumerate(words[:-1]):
+            if word in ("inet", "inet6") and words[i + 1].split("/")[0] == address:
+                return str(ipaddress.ip_interface(words[i + 1]).network)
+    return str(ipaddress.ip_network(address))
 
 
 def needs_gateway(scenarios: Sequence[Scenario]) -> bool:
@@ -249,7 +332,8 @@ def run(options: RunOptions) -> int:
             lab = stack.enter_context(Lab(work))
             if needs_gateway(checked):
                 lab.start_gateway()
-            site = _lab_site(lab, options.dut, work)
+            net_admin = any(s.mitigation is not None for s in checked)
+            site = _lab_site(lab, options.dut, work, net_admin=net_admin)
         stack.callback(site.dut.close)  # before the lab goes: its container is in the lab
         scenarios = load_scenarios(
             SCENARIOS, options.scenarios, site.addresses, quick=options.quick

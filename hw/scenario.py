@@ -13,9 +13,13 @@ any thingName matches.
 
 A scenario may also give `[[dimensions]]` (TOPIC_FILTER dimensions as describe-dimension
 prints them, for the behaviors' metricDimension), a `[capture]` table (the agent's
-[capture] config, checked by the agent's own parser) and `lead_s` (how long after the
+[capture] config, checked by the agent's own parser), `lead_s` (how long after the
 attack start the attack needs before it can be detected at all: a slow scan's 5th probe;
-the latency goal counts from then).
+the latency goal counts from then), and mitigation: a `[mitigation]` table (the agent's
+[mitigation] config, checked by its parser: enabled, its allow_cidrs holding the lab's
+network, each [[mitigation.auto]] rule naming a behavior of the scenario's profiles and
+actions of its own) and `[[mitigation_actions]]` (`name` and `actionParams`, checked as
+create-mitigation-action checks them), which the DUT creates before the agent starts.
 
 Strings may hold placeholders, "{dut}", "{attacker}", "{peer1}", "{peer2}", "{broker}",
 "{c2}", "{lan}", filled in from the lab's addresses. Every problem raises ScenarioError
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import ipaddress
 import json
 import math
 import re
@@ -35,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import ConfigError, parse_config
+from agent.core.audit_model import InvalidRequest
+from agent.core.mitigation_model import check_action_name, check_action_params
 from agent.core.profile import (
     MAX_DOCUMENT_BYTES,
     ProfileError,
@@ -90,6 +97,8 @@ _KEYS = {
     "dimensions",
     "capture",
     "lead_s",
+    "mitigation",
+    "mitigation_actions",
 }
 
 
@@ -128,6 +137,9 @@ class Scenario:
     dimensions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     capture: dict[str, Any] | None = None  # the agent's whole [capture] table, defaults filled in
     lead_s: float = 0.0  # after attack_start, before the attack can be detected at all
+    mitigation: dict[str, Any] | None = None  # the agent's whole [mitigation] table (None: off)
+    # [{"name", "actionParams"}]: created with create-mitigation-action before the start
+    mitigation_actions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def load_scenarios(
@@ -186,6 +198,26 @@ class _Loader:
         setup = self.actions(t.get("setup", []), "setup")
         attack = self.actions(t.get("attack", []), "attack")
         expected = self.expected(t.get("expected", []), profiles)
+        actions = self.mitigation_actions(t.get("mitigation_actions", []))
+        mitigation = None
+        if benign and "mitigation" in t:
+            # The benign load judges every scenario's profiles: its alarms are false
+            # alarms, and a block would only hide the traffic after them.
+            raise self.error("mitigation", "the benign load runs with mitigation off: remove it")
+        if "mitigation" in t:
+            mitigation = self.mitigation(t["mitigation"], custom_metrics, profiles, actions)
+        elif actions:
+            raise self.error(
+                "mitigation_actions", "needs a [mitigation] table that turns mitigation on"
+            )
+        rules = {(r["profile"], r["behavior"]) for r in (mitigation or {}).get("auto", [])}
+        answered = any((e.profile, e.behavior) in rules for e in expected)
+        if answered and not any(a.kind == "connect-probe" for a in attack):
+            raise self.error(
+                "attack",
+                "an automatic response answers an expected behavior: the attack needs a"
+                " connect-probe to the address it blocks, to time the block",
+            )
         if benign:
             for key in ("deadline_s", "attack", "expected", "lead_s"):
                 if key in t:
@@ -221,6 +253,8 @@ class _Loader:
             dimensions=dimensions,
             capture=capture,
             lead_s=lead_s,
+            mitigation=mitigation,
+            mitigation_actions=actions,
         )
 
     def seconds(
@@ -341,6 +375,85 @@ class _Loader:
             )
         return dataclasses.asdict(parsed)
 
+    def mitigation(
+        self,
+        table: Any,
+        custom_metrics: list[dict[str, Any]],
+        profiles: list[dict[str, Any]],
+        actions: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The agent's [mitigation] table, checked by the agent's config parser, returned
+        whole with its defaults. It must be on, never block the lab's network (the rig
+        and its peers; the agent adds the broker itself), and its automatic responses
+        must name this scenario's behaviors and [[mitigation_actions]]."""
+        if not isinstance(table, dict):
+            raise self.error(
+                "mitigation",
+                f"must be a table ([mitigation]) as the agent's config has it, got {table!r}",
+            )
+        resolved = self.resolve(table, "mitigation")
+        try:
+            text = _custom_metrics_text(custom_metrics)
+            text += "\n".join(toml_table("mitigation", resolved)) + "\n"
+        except ValueError as e:
+            raise self.error("mitigation", str(e)) from None
+        try:
+            parsed = parse_config(text, str(self.path)).mitigation
+        except ConfigError as e:
+            raise ScenarioError(str(e)) from None
+        if not parsed.enabled:
+            raise self.error(
+                "mitigation.enabled", "must be true: the agent's mitigation is off by default"
+            )
+        lan = ipaddress.ip_network(self.addresses["lan"], strict=False)
+        if not any(_covers(ipaddress.ip_network(c), lan) for c in parsed.allow_cidrs):
+            raise self.error(
+                "mitigation.allow_cidrs",
+                f'must hold the lab\'s network {lan} ("{{lan}}"): the rig and its peers reach'
+                f" the device through it; got {parsed.allow_cidrs}",
+            )
+        behaviors = {
+            (p["securityProfileName"], b.get("name")) for p in profiles for b in p["behaviors"]
+        }
+        names = {a["name"] for a in actions}
+        for i, rule in enumerate(parsed.auto):
+            if (rule.profile, rule.behavior) not in behaviors:
+                raise self.error(
+                    f"mitigation.auto[{i}]",
+                    f"{rule.profile}/{rule.behavior} is no behavior of this scenario's profiles",
+                )
+            for j, name in enumerate(rule.actions):
+                if name not in names:
+                    raise self.error(
+                        f"mitigation.auto[{i}].actions[{j}]",
+                        f"{name!r} is none of this scenario's [[mitigation_actions]]"
+                        f" ({', '.join(sorted(names)) or 'none'})",
+                    )
+        return dataclasses.asdict(parsed)
+
+    def mitigation_actions(self, tables: Any) -> list[dict[str, Any]]:
+        """[[mitigation_actions]]: each a `name` and its `actionParams`, checked as
+        create-mitigation-action checks them."""
+        if not isinstance(tables, list) or not all(isinstance(a, dict) for a in tables):
+            raise self.error(
+                "mitigation_actions", "must be an array of tables ([[mitigation_actions]])"
+            )
+        found: list[dict[str, Any]] = []
+        for i, a in enumerate(tables):
+            key = f"mitigation_actions[{i}]"
+            if set(a) != {"name", "actionParams"}:
+                raise self.error(key, f"must have exactly name and actionParams; got {sorted(a)}")
+            resolved = self.resolve(a, key)
+            try:
+                name = check_action_name(resolved["name"], "name")
+                check_action_params(resolved["actionParams"])
+            except InvalidRequest as e:
+                raise self.error(key, str(e)) from None
+            if any(f["name"] == name for f in found):
+                raise self.error(f"{key}.name", f"{name!r} is given twice")
+            found.append({"name": name, "actionParams": resolved["actionParams"]})
+        return found
+
     def custom_metrics(self, tables: Any) -> list[dict[str, Any]]:
         if not isinstance(tables, list) or not all(isinstance(m, dict) for m in tables):
             raise self.error("custom_metrics", "must be an array of tables ([[custom_metrics]])")
@@ -422,6 +535,18 @@ class _Loader:
                     duration = b.get("criteria", {}).get("durationSeconds")
                     return None if duration is None else float(duration)
         return None
+
+
+def _covers(
+    outer: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    inner: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> bool:
+    """Whether `inner` lies within `outer` (False across IPv4 and IPv6)."""
+    return (
+        outer.version == inner.version
+        and int(outer.network_address) <= int(inner.network_address)
+        and int(inner.broadcast_address) <= int(outer.broadcast_address)
+    )
 
 
 def _custom_metrics_text(metrics: list[dict[str, Any]]) -> str:

@@ -23,13 +23,25 @@ Which events count:
   the entries name. The span starts at attack_start (so the warm-up is not judged), or
   for the benign scenario at `start` (None: every alarm up to end counts: each scenario
   has a fresh store). In the benign scenario every alarm is a false alarm.
+
+Blocking (a scenario whose [[mitigation.auto]] rules answer expected behaviors): the
+device's connect-probe (hw/actors.py) tries the forbidden address every 0.1 s and notes
+each attempt. The alarm is the earliest first alarm among the expected entries with an
+automatic response; it lasts until that violation's alarm-cleared or -invalidated
+event (else to the end). The block starts at the first of the failed attempts that run
+without a success to the alarm's end, when that is after the alarm less TOLERANCE_S
+(failures from earlier on are no block of this alarm: the address was out of reach);
+block_s is its start minus the alarm's time. The block's goal is one sampling interval + 1 s after
+the alarm. The scenario meets its goal only when it also blocks within that: a connect
+that still succeeds after the goal (or no block at all) is a miss. Attempts before the
+alarm, and after it ends (the automatic response is undone then), are not judged.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.core.profile import Behavior, parse_profile
@@ -40,6 +52,7 @@ from agent.core.profile import Behavior, parse_profile
 TOLERANCE_S = 0.5
 SLACK_S = 1.0  # the issue's goal: one sampling interval (or the window's end) + 1 s
 IN_ALARM = "in-alarm"
+ENDS = ("alarm-cleared", "alarm-invalidated")
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,14 @@ class ScenarioResult:
     benign: bool
     clock_offset_s: float  # device clock minus the rig's
     lead_s: float = 0.0  # counted into goal_s: after attack_start, before it can be seen
+    blocking: bool = False  # an automatic response answers an expected behavior
+    block_s: float | None = None  # after the alarm, when connects started failing for good
+    block_goal_s: float | None = None  # one interval + 1 s; None unless blocking
+    blocked_at: float | None = None  # the rig's clock: the block's start (None: no block)
+    attempts: list[tuple[float, bool]] = field(default_factory=list)  # (rig time, connected)
+    # The agent's mitigation action executions (AWS's shape), what the block did or why not
+    executions: list[dict[str, Any]] = field(default_factory=list)
+    blocked_left: list[str] = field(default_factory=list)  # still blocked at the end
 
 
 class _Expected(Protocol):
@@ -88,6 +109,40 @@ class ScenarioLike(Protocol):
     def benign(self) -> bool: ...
     @property
     def lead_s(self) -> float: ...
+    @property
+    def mitigation(self) -> Mapping[str, Any] | None: ...
+
+
+def parse_attempts(text: str, clock_offset_s: float = 0.0) -> list[tuple[float, bool]]:
+    """A connect-probe's result file (lines "<epoch start> ok" or "<epoch start> fail
+    <why>", on the device's clock) as (rig time, connected), in order. ValueError naming
+    the line for anything else."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split(maxsplit=2)
+        try:
+            if len(words) < 2 or words[1] not in ("ok", "fail"):
+                raise ValueError
+            out.append((float(words[0]) - clock_offset_s, words[1] == "ok"))
+        except ValueError:
+            raise ValueError(f"connect-probe result line {n}: {line!r}") from None
+    return out
+
+
+def block_start(
+    attempts: Sequence[tuple[float, bool]], alarm: float, alarm_end: float
+) -> float | None:
+    """When the block started (module docstring: Blocking): the first of the failed
+    attempts that run without a success up to alarm_end; None when the last attempt
+    before alarm_end succeeded, or there was none, or the failures began before
+    alarm - TOLERANCE_S (the connects failed already: not this alarm's block)."""
+    start = None
+    for t, connected in sorted(a for a in attempts if a[0] < alarm_end):
+        if connected:
+            start = None
+        elif start is None:
+            start = t
+    return start if start is not None and start >= alarm - TOLERANCE_S else None
 
 
 def window_end(t: float, duration_s: float) -> float:
@@ -173,11 +228,18 @@ def score(
     clock_offset_s: float = 0.0,
     start: float | None = None,
     lead_s: float = 0.0,
+    auto: Sequence[tuple[str, str]] = (),
+    attempts: Sequence[tuple[float, bool]] = (),
+    executions: Sequence[dict[str, Any]] = (),
+    blocked_left: Sequence[str] = (),
 ) -> ScenarioResult:
     """Judge one scenario's run (module docstring: which events count). `expected` are
     (profile, behavior) pairs or (profile, behavior, thing) triples (thing None: any
     thingName), each behavior in `profiles`; a benign scenario has none, no
-    attack_start and no lead_s."""
+    attack_start and no lead_s. `auto`: the (profile, behavior) pairs with an automatic
+    response; when one is expected, the block is judged from the connect-probe's
+    `attempts` (rig time, connected); `executions` (the agent's) and `blocked_left` (what
+    its firewall still blocked at the end) are kept for the report."""
     if benign != (attack_start is None) or benign == bool(expected):
         raise ValueError(
             f"scenario {name}: a benign scenario has no expected violation and no"
@@ -204,6 +266,7 @@ def score(
     )
     latency: float | None = None
     latencies: list[float | None] = []
+    answered: list[tuple[float, dict[str, Any]]] = []  # first alarms with an automatic response
     goal: float | None = None
     detected = False
     if attack_start is not None:
@@ -219,14 +282,16 @@ def score(
             goals.append(latency_goal_s(known[key], attack_start, interval_s, clock_offset_s))
             first = next(
                 (
-                    t
+                    (t, e)
                     for t, e in alarms
                     if matches(w, e)
                     and attack_start - TOLERANCE_S <= t <= attack_start + deadline_s
                 ),
                 None,
             )
-            latencies.append(None if first is None else first - attack_start)
+            latencies.append(None if first is None else first[0] - attack_start)
+            if first is not None and w[:2] in auto:
+                answered.append(first)
         goal = max(goals) + lead_s
         found = [x for x in latencies if x is not None]
         detected = len(found) == len(expected)
@@ -236,6 +301,23 @@ def score(
         if benign
         else (latency is not None and goal is not None and latency <= goal)
     )
+    blocking = any(w[:2] in auto for w in wanted)
+    block_s: float | None = None
+    blocked_at: float | None = None
+    block_goal_s = interval_s + SLACK_S if blocking else None
+    if blocking:
+        if answered:
+            alarm, event = min(answered, key=lambda a: a[0])
+            ends = [
+                float(e["violationEventTime"]) - clock_offset_s
+                for e in events
+                if e.get("violationId") == event.get("violationId")
+                and e.get("violationEventType") in ENDS
+            ]
+            end_of_alarm = min((t for t in ends if t >= alarm), default=math.inf)
+            blocked_at = block_start(attempts, alarm, end_of_alarm)
+            block_s = None if blocked_at is None else blocked_at - alarm
+        met = met and block_s is not None and block_goal_s is not None and block_s <= block_goal_s
     return ScenarioResult(
         name=name,
         expected=[
@@ -256,6 +338,13 @@ def score(
         benign=benign,
         clock_offset_s=clock_offset_s,
         lead_s=lead_s,
+        blocking=blocking,
+        block_s=block_s,
+        block_goal_s=block_goal_s,
+        blocked_at=blocked_at,
+        attempts=list(attempts),
+        executions=list(executions),
+        blocked_left=list(blocked_left),
     )
 
 
@@ -269,10 +358,15 @@ def score_scenario(
     clock_offset_s: float = 0.0,
     profiles: Sequence[dict[str, Any]] | None = None,
     start: float | None = None,
+    attempts: Sequence[tuple[float, bool]] = (),
+    executions: Sequence[dict[str, Any]] = (),
+    blocked_left: Sequence[str] = (),
 ) -> ScenarioResult:
     """`score` with the values read from a hw.scenario.Scenario. `profiles`: those the
     agent ran under when not the scenario's own (the benign scenario runs under every
-    scenario's; the report plots their metrics)."""
+    scenario's; the report plots their metrics); `attempts`: its connect-probe's, on the
+    rig's clock (parse_attempts)."""
+    mitigation = scenario.mitigation or {}
     return score(
         name=scenario.name,
         expected=[(e.profile, e.behavior, e.thing) for e in scenario.expected],
@@ -287,6 +381,10 @@ def score_scenario(
         clock_offset_s=clock_offset_s,
         start=start,
         lead_s=scenario.lead_s,
+        auto=[(r["profile"], r["behavior"]) for r in mitigation.get("auto", [])],
+        attempts=attempts,
+        executions=executions,
+        blocked_left=blocked_left,
     )
 
 
@@ -304,6 +402,7 @@ TABLE_HEADER = (
     "goal (s)",
     "met",
     "false alarms",
+    "blocked (s)",
 )
 
 
@@ -324,9 +423,18 @@ def table_rows(results: Sequence[ScenarioResult]) -> list[tuple[str, ...]]:
                 goal,
                 "yes" if r.met else "NO",
                 str(r.false_alarms),
+                _block_cell(r),
             )
         )
     return rows
+
+
+def _block_cell(r: ScenarioResult) -> str:
+    """How soon after the alarm the connects failed, against the block's goal."""
+    if not r.blocking or r.block_goal_s is None:
+        return "-"
+    block = "not blocked" if r.block_s is None else f"{r.block_s:.1f}"
+    return f"{block} (goal {r.block_goal_s:.1f})"
 
 
 def summary(results: Sequence[ScenarioResult]) -> list[str]:

@@ -172,6 +172,14 @@ SCENARIO = {
     "end": NUMBER,
     "clock_offset_s": NUMBER,
     "samples": int,
+    "block": Optional(
+        {
+            "block_s": (float, type(None)),
+            "goal_s": float,
+            "blocked_at": (float, type(None)),
+            "attempts": [{"t": float, "connected": bool}],
+        }
+    ),
 }
 EVENT_KEYS = {
     "violationId",

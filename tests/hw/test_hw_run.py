@@ -50,6 +50,17 @@ def test_the_benign_load_runs_under_every_profile_and_custom_metric_once():
     assert benign.capture is None  # its capture is the union's
 
 
+def test_the_benign_load_runs_with_mitigation_off_and_a_blocking_scenario_with_its_own():
+    by_name = {s.name: s for s in scenarios()}
+    union = _union(list(by_name.values()))
+    assert union.mitigation is None and union.mitigation_actions == []
+    assert "rig-lan-only" in [p["securityProfileName"] for p in union.profiles]
+    block = _own(by_name["c2-auto-block"])
+    assert block.mitigation is not None and block.mitigation["enabled"]
+    assert [a["name"] for a in block.mitigation_actions] == ["block-c2"]
+    assert _own(by_name["c2-connection"]).mitigation is None
+
+
 def test_a_scenario_runs_under_its_own_capture_only():
     by_name = {s.name: s for s in scenarios()}
     assert _own(by_name["c2-connection"]).capture is None

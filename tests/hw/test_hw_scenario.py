@@ -36,6 +36,7 @@ REQUIRED = {
     "backdoor-listener-udp",
     "c2-connection",
     "c2-connection-150th",
+    "c2-auto-block",
     "exfiltration-burst",
     "established-flood",
     "custom-metric-spike",

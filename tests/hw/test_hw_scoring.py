@@ -382,8 +382,9 @@ def test_summary_is_a_markdown_table() -> None:
     ]
     lines = summary(results)
     assert lines[0].startswith("| scenario | expected | detected | latency (s) | goal (s) | met")
-    assert lines[2] == "| s | listener/tcp-ports | yes | 1.2 | 2.0 | yes | 0 |"
-    assert lines[3] == "| s | none (benign) | - | - | no alarm | yes | 0 |"
+    assert lines[2] == "| s | listener/tcp-ports | yes | 1.2 | 2.0 | yes | 0 | - |"
+    assert lines[3] == "| s | none (benign) | - | - | no alarm | yes | 0 | - |"
     assert (
-        lines[4] == "| s | listener/tcp-ports for sensor2 | yes | 1.2 | 2.2 (lead 0.2) | yes | 0 |"
+        lines[4]
+        == "| s | listener/tcp-ports for sensor2 | yes | 1.2 | 2.2 (lead 0.2) | yes | 0 | - |"
     )
