@@ -18,8 +18,6 @@ import glob
 import json
 import logging
 import os
-import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -59,10 +57,23 @@ from agent.core.audit_model import (
 )
 from agent.core.profile import ProfileError
 from agent.logs import kv
-from agent.service.query import parse_time
-from agent.service.text import iso_time, table
+from agent.service.text import iso_time
+from agent.service.verbs import (
+    JSON_FORM,
+    add_output,
+    add_paging,
+    add_times,
+    check_task_or_times,
+    check_times,
+    exit_status,
+    json_param,
+    parse_time,
+    print_answer,
+    print_page,
+    verb_adder,
+    word_list,
+)
 from agent.store.audit import AuditStore, open_audit
-from agent.store.db import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -289,58 +300,16 @@ class Env:
 Verb = Callable[[AuditStore, argparse.Namespace, Env], None]
 
 
-def _json_param(param: str, text: str) -> Any:
-    """A JSON parameter as the AWS CLI takes it: inline, file://PATH, or - for stdin."""
-    if text == "-":
-        text = sys.stdin.read()
-    elif text.startswith("file://"):
-        path = text.removeprefix("file://")
-        try:
-            text = Path(path).read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InvalidRequest(
-                param, f"cannot read {path}: {getattr(e, 'strerror', e)}"
-            ) from None
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise InvalidRequest(param, f"not JSON: {e}") from None
-
-
 def _identifier(args: argparse.Namespace, required: bool = True) -> dict[str, Any] | None:
     if args.resource_identifier is None:
         if required:
             raise InvalidRequest("resourceIdentifier", "is required")
         return None
-    return check_resource_identifier(_json_param("resourceIdentifier", args.resource_identifier))
+    return check_resource_identifier(json_param("resourceIdentifier", args.resource_identifier))
 
 
 def _names(args: argparse.Namespace) -> list[Any]:
-    """--target-check-names as the AWS CLI takes a list: words, or one JSON list."""
-    values: list[Any] = args.target_check_names
-    if len(values) == 1 and values[0].lstrip().startswith("["):
-        parsed = _json_param("targetCheckNames", values[0])
-        return parsed if isinstance(parsed, list) else [parsed]
-    return values
-
-
-def _print(answer: Mapping[str, Any]) -> None:
-    print(json.dumps(answer, indent=4, ensure_ascii=False))
-
-
-def _print_page(
-    args: argparse.Namespace,
-    answer: Mapping[str, Any],
-    key: str,
-    headers: Sequence[str],
-    row: Callable[[Mapping[str, Any]], list[str]],
-) -> None:
-    if args.output == "json":
-        _print(answer)
-        return
-    print(table(headers, [row(item) for item in answer[key]]))
-    if "nextToken" in answer:
-        print(f"nextToken: {answer['nextToken']}")
+    return word_list("targetCheckNames", args.target_check_names)
 
 
 def _enabled(store: AuditStore, env: Env) -> list[str]:
@@ -354,21 +323,15 @@ def _start_on_demand_audit_task(store: AuditStore, args: argparse.Namespace, env
     task_id = run_audit_task(
         store, env.cfg, names, "ON_DEMAND_AUDIT_TASK", None, env.now, checks=env.checks
     )
-    _print({"taskId": task_id})
+    print_answer({"taskId": task_id})
 
 
 def _describe_audit_task(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
-    _print(store.describe_task(check_task_id(args.task_id)))
-
-
-def _times(args: argparse.Namespace) -> tuple[float, float]:
-    if args.end_time < args.start_time:
-        raise InvalidRequest("endTime", "is before startTime")
-    return args.start_time, args.end_time
+    print_answer(store.describe_task(check_task_id(args.task_id)))
 
 
 def _list_audit_tasks(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
-    start, end = _times(args)
+    start, end = check_times(args)
     if start < env.now - RETENTION_S:
         raise InvalidRequest(
             "startTime", f"is before {iso_time(env.now - RETENTION_S)}: tasks are kept 90 days"
@@ -381,7 +344,7 @@ def _list_audit_tasks(store: AuditStore, args: argparse.Namespace, env: Env) -> 
         max_results=args.max_results,
         next_token=args.next_token,
     )
-    _print_page(
+    print_page(
         args,
         answer,
         "tasks",
@@ -392,7 +355,7 @@ def _list_audit_tasks(store: AuditStore, args: argparse.Namespace, env: Env) -> 
 
 def _cancel_audit_task(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
     store.cancel_task(check_task_id(args.task_id))
-    _print({})
+    print_answer({})
 
 
 def _finding_row(f: Mapping[str, Any]) -> list[str]:
@@ -408,18 +371,7 @@ def _finding_row(f: Mapping[str, Any]) -> list[str]:
 
 
 def _list_audit_findings(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
-    times = (args.start_time, args.end_time)
-    if args.task_id is not None and times != (None, None):
-        raise InvalidRequest(
-            "taskId", "give --task-id or --start-time with --end-time, not both (as AWS)"
-        )
-    if args.task_id is None:
-        if None in times:
-            missing = "startTime" if args.start_time is None else "endTime"
-            raise InvalidRequest(
-                missing, "is required: give --task-id, or --start-time with --end-time"
-            )
-        _times(args)
+    check_task_or_times(args)
     answer = store.list_findings(
         task_id=None if args.task_id is None else check_task_id(args.task_id),
         start_time=args.start_time,
@@ -433,13 +385,13 @@ def _list_audit_findings(store: AuditStore, args: argparse.Namespace, env: Env) 
         next_token=args.next_token,
     )
     headers = ("FOUND", "CHECK", "SEVERITY", "TYPE", "RESOURCE", "REASON")
-    _print_page(args, answer, "findings", headers, _finding_row)
+    print_page(args, answer, "findings", headers, _finding_row)
 
 
 def _describe_account_audit_configuration(
     store: AuditStore, args: argparse.Namespace, env: Env
 ) -> None:
-    _print(describe_configuration(env.checks.defaults, store.account_configuration()))
+    print_answer(describe_configuration(env.checks.defaults, store.account_configuration()))
 
 
 def _scheduled_checks(store: AuditStore) -> dict[str, list[str]]:
@@ -453,12 +405,12 @@ def _update_account_audit_configuration(
         "role_arn": args.role_arn,
         "notification_targets": None
         if args.audit_notification_target_configurations is None
-        else _json_param(
+        else json_param(
             "auditNotificationTargetConfigurations", args.audit_notification_target_configurations
         ),
         "check_configurations": None
         if args.audit_check_configurations is None
-        else _json_param("auditCheckConfigurations", args.audit_check_configurations),
+        else json_param("auditCheckConfigurations", args.audit_check_configurations),
     }
     if all(value is None for value in given.values()):
         raise InvalidRequest(
@@ -473,7 +425,7 @@ def _update_account_audit_configuration(
         **given,
     )
     store.put_account_configuration(new)
-    _print({})
+    print_answer({})
 
 
 def _suppression_target(args: argparse.Namespace, env: Env | None) -> tuple[str, dict[str, Any]]:
@@ -492,12 +444,12 @@ def _create_audit_suppression(store: AuditStore, args: argparse.Namespace, env: 
     description = None if args.description is None else check_description(args.description)
     token = check_client_request_token(args.client_request_token or uuid.uuid4().hex)
     store.create_suppression(name, identifier, expiration, description, token, env.now)
-    _print({})
+    print_answer({})
 
 
 def _describe_audit_suppression(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
     name, identifier = _suppression_target(args, None)
-    _print(store.describe_suppression(name, identifier, env.now))
+    print_answer(store.describe_suppression(name, identifier, env.now))
 
 
 def _update_audit_suppression(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
@@ -521,13 +473,13 @@ def _update_audit_suppression(store: AuditStore, args: argparse.Namespace, env: 
         indefinitely=indefinitely,
         description=description,
     )
-    _print({})
+    print_answer({})
 
 
 def _delete_audit_suppression(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
     name, identifier = _suppression_target(args, None)
     store.delete_suppression(name, identifier)
-    _print({})
+    print_answer({})
 
 
 def _suppression_row(s: Mapping[str, Any]) -> list[str]:
@@ -551,7 +503,7 @@ def _list_audit_suppressions(store: AuditStore, args: argparse.Namespace, env: E
         next_token=args.next_token,
     )
     headers = ("CHECK", "RESOURCE", "EXPIRES", "DESCRIPTION")
-    _print_page(args, answer, "suppressions", headers, _suppression_row)
+    print_page(args, answer, "suppressions", headers, _suppression_row)
 
 
 def _arn(env: Env, name: str) -> str:
@@ -579,7 +531,7 @@ def _create_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: En
         "targetCheckNames": _names(args),
     }
     store.create_scheduled_audit(name, _schedule_body(store, env, schedule), env.now)
-    _print({"scheduledAuditArn": _arn(env, name)})
+    print_answer({"scheduledAuditArn": _arn(env, name)})
 
 
 _DAY_OF = {"WEEKLY": "dayOfWeek", "BIWEEKLY": "dayOfWeek", "MONTHLY": "dayOfMonth"}
@@ -608,18 +560,18 @@ def _update_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: En
             if day != wanted and given[day] is None:
                 schedule.pop(day, None)
     store.update_scheduled_audit(name, _schedule_body(store, env, schedule))
-    _print({"scheduledAuditArn": _arn(env, name)})
+    print_answer({"scheduledAuditArn": _arn(env, name)})
 
 
 def _describe_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
     name = check_scheduled_audit_name(args.scheduled_audit_name)
     body, _, _ = store.scheduled_audit(name)
-    _print({**body, "scheduledAuditName": name, "scheduledAuditArn": _arn(env, name)})
+    print_answer({**body, "scheduledAuditName": name, "scheduledAuditArn": _arn(env, name)})
 
 
 def _delete_scheduled_audit(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
     store.delete_scheduled_audit(check_scheduled_audit_name(args.scheduled_audit_name))
-    _print({})
+    print_answer({})
 
 
 def _list_scheduled_audits(store: AuditStore, args: argparse.Namespace, env: Env) -> None:
@@ -638,7 +590,7 @@ def _list_scheduled_audits(store: AuditStore, args: argparse.Namespace, env: Env
     }
     if token is not None:
         answer["nextToken"] = token
-    _print_page(
+    print_page(
         args,
         answer,
         "scheduledAudits",
@@ -651,55 +603,20 @@ def _list_scheduled_audits(store: AuditStore, args: argparse.Namespace, env: Env
     )
 
 
-def _flag(param: str) -> str:
-    """The flag of an AWS parameter path: auditCheckConfigurations.X.enabled ->
-    --audit-check-configurations: X.enabled."""
-    head = param.split(".", 1)[0].split("[", 1)[0]
-    rest = param[len(head) :].removeprefix(".")
-    flag = "--" + re.sub(r"[A-Z]", lambda m: "-" + m.group().lower(), head)
-    return f"{flag}: {rest}" if rest else flag
-
-
 def run(args: argparse.Namespace, cfg: Config, *, checks: Checks | None = None) -> int:
     """Run the verb the parser chose on the audit store of `cfg`. Exit status: 0 done,
     1 the store failed or the task, suppression or scheduled audit is unknown (or
     exists already), 2 a bad parameter."""
-    try:
+
+    def work() -> None:
         with open_audit(cfg.state_dir) as store:
             fail_abandoned_tasks(store)
             args.verb(store, args, Env(cfg, time.time(), checks))
-    except InvalidRequest as e:
-        print(f"edge-defender: {args.command}: {_flag(e.param)}: {e.message}", file=sys.stderr)
-        return 2
-    except StoreError as e:  # ResourceNotFound and ResourceAlreadyExists among them
-        print(f"edge-defender: {args.command}: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_status(args.command, work)
 
 
 # -- parsers -------------------------------------------------------------------------------
-
-_JSON_FORM = "JSON, file://PATH or - (stdin)"
-
-
-def _add_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--output",
-        choices=("json", "table"),
-        default="json",
-        help="json (default; times as epoch seconds) or table (times as ISO 8601 UTC)",
-    )
-
-
-def _add_paging(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--max-results",
-        type=int,
-        default=DEFAULT_MAX_RESULTS,
-        metavar="N",
-        help=f"results per page, 1-{MAX_RESULTS} (default {DEFAULT_MAX_RESULTS}, as AWS)",
-    )
-    p.add_argument("--next-token", metavar="TOKEN", help="the nextToken of the previous page")
 
 
 def _add_identifier(p: argparse.ArgumentParser, required: bool) -> None:
@@ -707,7 +624,7 @@ def _add_identifier(p: argparse.ArgumentParser, required: bool) -> None:
         "--resource-identifier",
         required=required,
         metavar="JSON",
-        help=f'AWS\'s ResourceIdentifier, e.g. \'{{"deviceCertificateId": "..."}}\'; {_JSON_FORM}',
+        help=f'AWS\'s ResourceIdentifier, e.g. \'{{"deviceCertificateId": "..."}}\'; {JSON_FORM}',
     )
 
 
@@ -729,27 +646,15 @@ def _add_schedule(p: argparse.ArgumentParser, required: bool) -> None:
     _add_target_checks(p, required)
 
 
-def _add_times(p: argparse.ArgumentParser, required: bool) -> None:
-    form = "ISO 8601 (UTC when it has no offset) or epoch seconds"
-    for flag, bound in (("--start-time", "from"), ("--end-time", "to, included")):
-        p.add_argument(
-            flag, type=parse_time, required=required, metavar="T", help=f"{bound}; {form}"
-        )
-
-
 def add_parsers(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     add_config_arg: Callable[[argparse.ArgumentParser], None],
     handler: Callable[[argparse.Namespace], int],
 ) -> None:
     """Register the audit verbs; `handler` loads the config and calls run()."""
-
-    def verb(name: str, help_text: str, fn: Verb) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_config_arg(p)
-        p.set_defaults(handler=handler, verb=fn)
-        return p
-
+    verb: Callable[[str, str, Verb], argparse.ArgumentParser] = verb_adder(
+        sub, add_config_arg, handler
+    )
     p = verb(
         "start-on-demand-audit-task",
         "run audit checks now (in this process) and record the task and its findings",
@@ -760,11 +665,11 @@ def add_parsers(
              _describe_audit_task)  # fmt: skip
     p.add_argument("--task-id", required=True, metavar="ID")
     p = verb("list-audit-tasks", "audit tasks started in a time range", _list_audit_tasks)
-    _add_times(p, True)
+    add_times(p, True)
     p.add_argument("--task-type", choices=TASK_TYPES)
     p.add_argument("--task-status", choices=TASK_STATUSES)
-    _add_paging(p)
-    _add_output(p)
+    add_paging(p, DEFAULT_MAX_RESULTS, MAX_RESULTS, ", as AWS")
+    add_output(p)
     p = verb("cancel-audit-task", "cancel an IN_PROGRESS audit task", _cancel_audit_task)
     p.add_argument("--task-id", required=True, metavar="ID")
 
@@ -775,7 +680,7 @@ def add_parsers(
         _list_audit_findings,
     )
     p.add_argument("--task-id", metavar="ID")
-    _add_times(p, False)
+    add_times(p, False)
     p.add_argument("--check-name", metavar="CHECK")
     _add_identifier(p, False)
     p.add_argument(
@@ -783,8 +688,8 @@ def add_parsers(
         action=argparse.BooleanOptionalAction,
         help="only suppressed (--list-...) or only unsuppressed (--no-...); default both, as AWS",
     )
-    _add_paging(p)
-    _add_output(p)
+    add_paging(p, DEFAULT_MAX_RESULTS, MAX_RESULTS, ", as AWS")
+    add_output(p)
 
     verb(
         "describe-account-audit-configuration",
@@ -799,14 +704,14 @@ def add_parsers(
     p.add_argument(
         "--audit-check-configurations",
         metavar="JSON",
-        help='{"CHECK": {"enabled": true, "configuration": {"KEY": "VALUE"}}}; ' + _JSON_FORM,
+        help='{"CHECK": {"enabled": true, "configuration": {"KEY": "VALUE"}}}; ' + JSON_FORM,
     )
     p.add_argument("--role-arn", metavar="ARN", help="stored as AWS does; not used on the device")
     p.add_argument(
         "--audit-notification-target-configurations",
         metavar="JSON",
         help=f'{{"SNS": {{"targetArn": ..., "roleArn": ..., "enabled": ...}}}}; stored, not used'
-        f" on the device; {_JSON_FORM}",
+        f" on the device; {JSON_FORM}",
     )
 
     p = verb("create-audit-suppression", "suppress a check's findings for one resource",
@@ -846,8 +751,8 @@ def add_parsers(
         default=True,
         help="by expiry, soonest first (default), or latest first",
     )
-    _add_paging(p)
-    _add_output(p)
+    add_paging(p, DEFAULT_MAX_RESULTS, MAX_RESULTS, ", as AWS")
+    add_output(p)
 
     p = verb("create-scheduled-audit", "an audit the daemon runs daily, weekly, ...",
              _create_scheduled_audit)  # fmt: skip
@@ -861,5 +766,5 @@ def add_parsers(
         p = verb(name, help_text, fn)
         p.add_argument("--scheduled-audit-name", required=True, metavar="NAME")
     p = verb("list-scheduled-audits", "the scheduled audits", _list_scheduled_audits)
-    _add_paging(p)
-    _add_output(p)
+    add_paging(p, DEFAULT_MAX_RESULTS, MAX_RESULTS, ", as AWS")
+    add_output(p)

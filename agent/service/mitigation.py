@@ -27,7 +27,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,10 +56,22 @@ from agent.core.mitigation_model import (
     violation_matches,
 )
 from agent.logs import kv
-from agent.service.audit import _flag, _json_param, _print, _print_page
-from agent.service.query import parse_time
 from agent.service.text import iso_time
-from agent.store.db import StoreError
+from agent.service.verbs import (
+    JSON_FORM,
+    add_output,
+    add_paging,
+    add_times,
+    check_task_or_times,
+    check_times,
+    exit_status,
+    json_param,
+    parse_time,
+    print_answer,
+    print_page,
+    verb_adder,
+    word_list,
+)
 from agent.store.history import History, history_path, open_history
 from agent.store.mitigation import (
     Claimed,
@@ -571,17 +582,17 @@ def _create_mitigation_action(
 ) -> None:
     name = check_action_name(args.action_name)
     role_arn = check_role_arn(args.role_arn)
-    _, params = check_action_params(_json_param("actionParams", args.action_params))
+    _, params = check_action_params(json_param("actionParams", args.action_params))
     action_id = str(uuid.uuid4())
     store.create_action(name, action_id, role_arn, params, now)
-    _print({"actionArn": action_arn(cfg.thing_name, name), "actionId": action_id})
+    print_answer({"actionArn": action_arn(cfg.thing_name, name), "actionId": action_id})
 
 
 def _describe_mitigation_action(
     store: MitigationStore, args: argparse.Namespace, cfg: Config, now: float
 ) -> None:
     action = store.action(check_action_name(args.action_name))
-    _print(
+    print_answer(
         {
             "actionName": action["actionName"],
             "actionType": action["actionType"],
@@ -600,16 +611,16 @@ def _update_mitigation_action(
     role_arn = None if args.role_arn is None else check_role_arn(args.role_arn)
     params = None
     if args.action_params is not None:
-        _, params = check_action_params(_json_param("actionParams", args.action_params))
+        _, params = check_action_params(json_param("actionParams", args.action_params))
     action_id = store.update_action(name, now, role_arn=role_arn, params=params)
-    _print({"actionArn": action_arn(cfg.thing_name, name), "actionId": action_id})
+    print_answer({"actionArn": action_arn(cfg.thing_name, name), "actionId": action_id})
 
 
 def _delete_mitigation_action(
     store: MitigationStore, args: argparse.Namespace, cfg: Config, now: float
 ) -> None:
     store.delete_action(check_action_name(args.action_name))
-    _print({})
+    print_answer({})
 
 
 def _list_mitigation_actions(
@@ -626,7 +637,7 @@ def _list_mitigation_actions(
     }
     if token is not None:
         answer["nextToken"] = token
-    _print_page(
+    print_page(
         args,
         answer,
         "actionIdentifiers",
@@ -645,28 +656,20 @@ def _time_value(param: str, value: object) -> object:
     return value
 
 
-def _names(values: list[str]) -> list[Any]:
-    """--actions as the AWS CLI takes a list: words, or one JSON list."""
-    if len(values) == 1 and values[0].lstrip().startswith("["):
-        parsed = _json_param("actions", values[0])
-        return parsed if isinstance(parsed, list) else [parsed]
-    return values
-
-
 def _start_detect_mitigation_actions_task(
     store: MitigationStore, args: argparse.Namespace, cfg: Config, now: float
 ) -> None:
     window = None
     if args.violation_event_occurrence_range is not None:
-        window = _json_param("violationEventOccurrenceRange", args.violation_event_occurrence_range)
+        window = json_param("violationEventOccurrenceRange", args.violation_event_occurrence_range)
         if isinstance(window, dict):
             window = {
                 k: _time_value(f"violationEventOccurrenceRange.{k}", v) for k, v in window.items()
             }
     request = check_task_request(
         task_id=args.task_id,
-        target=_json_param("target", args.target),
-        actions=_names(args.actions),
+        target=json_param("target", args.target),
+        actions=word_list("actions", args.actions),
         client_request_token=args.client_request_token or uuid.uuid4().hex,
         violation_event_occurrence_range=window,
         include_only_active_violations=args.include_only_active_violations,
@@ -675,27 +678,21 @@ def _start_detect_mitigation_actions_task(
     )
     with open_history(history_path(cfg.state_dir), create=False) as history:
         start_task(store, history, request, now)
-    _print({"taskId": request["taskId"]})
+    print_answer({"taskId": request["taskId"]})
 
 
 def _describe_detect_mitigation_actions_task(
     store: MitigationStore, args: argparse.Namespace, cfg: Config, now: float
 ) -> None:
-    _print(store.describe_task(check_task_id(args.task_id)))
-
-
-def _times(args: argparse.Namespace) -> tuple[float, float]:
-    if args.end_time < args.start_time:
-        raise InvalidRequest("endTime", "is before startTime")
-    return args.start_time, args.end_time
+    print_answer(store.describe_task(check_task_id(args.task_id)))
 
 
 def _list_detect_mitigation_actions_tasks(
     store: MitigationStore, args: argparse.Namespace, cfg: Config, now: float
 ) -> None:
-    start, end = _times(args)
+    start, end = check_times(args)
     answer = store.list_tasks(start, end, max_results=args.max_results, next_token=args.next_token)
-    _print_page(
+    print_page(
         args,
         answer,
         "tasks",
@@ -715,18 +712,7 @@ def _list_detect_mitigation_actions_tasks(
 def _list_detect_mitigation_actions_executions(
     store: MitigationStore, args: argparse.Namespace, cfg: Config, now: float
 ) -> None:
-    times = (args.start_time, args.end_time)
-    if args.task_id is not None and times != (None, None):
-        raise InvalidRequest(
-            "taskId", "give --task-id or --start-time with --end-time, not both (as AWS)"
-        )
-    if args.task_id is None:
-        if None in times:
-            missing = "startTime" if args.start_time is None else "endTime"
-            raise InvalidRequest(
-                missing, "is required: give --task-id, or --start-time with --end-time"
-            )
-        _times(args)
+    check_task_or_times(args)
     answer = store.list_executions(
         task_id=None if args.task_id is None else check_task_id(args.task_id),
         violation_id=None if args.violation_id is None else check_violation_id(args.violation_id),
@@ -736,7 +722,7 @@ def _list_detect_mitigation_actions_executions(
         max_results=args.max_results,
         next_token=args.next_token,
     )
-    _print_page(
+    print_page(
         args,
         answer,
         "actionsExecutions",
@@ -756,57 +742,22 @@ def _cancel_detect_mitigation_actions_task(
     store: MitigationStore, args: argparse.Namespace, cfg: Config, now: float
 ) -> None:
     store.cancel_task(check_task_id(args.task_id), now)
-    _print({})
+    print_answer({})
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     """Run the verb the parser chose on the mitigation store of `cfg`. Exit status: 0
     done, 1 the store failed or the action, task or violation is unknown (or exists
     already), 2 a bad parameter."""
-    try:
+
+    def work() -> None:
         with open_mitigation(cfg.state_dir) as store:
             args.verb(store, args, cfg, time.time())
-    except InvalidRequest as e:
-        print(f"edge-defender: {args.command}: {_flag(e.param)}: {e.message}", file=sys.stderr)
-        return 2
-    except StoreError as e:
-        print(f"edge-defender: {args.command}: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_status(args.command, work)
 
 
 # -- parsers -------------------------------------------------------------------------------
-
-_JSON_FORM = "JSON, file://PATH or - (stdin)"
-
-
-def _add_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--output",
-        choices=("json", "table"),
-        default="json",
-        help="json (default; times as epoch seconds) or table (times as ISO 8601 UTC)",
-    )
-
-
-def _add_paging(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--max-results",
-        type=int,
-        default=DEFAULT_MAX_RESULTS,
-        metavar="N",
-        help=f"results per page, 1-{MAX_RESULTS} (default {DEFAULT_MAX_RESULTS})",
-    )
-    p.add_argument("--next-token", metavar="TOKEN", help="the nextToken of the previous page")
-    _add_output(p)
-
-
-def _add_times(p: argparse.ArgumentParser, required: bool) -> None:
-    form = "ISO 8601 (UTC when it has no offset) or epoch seconds"
-    for flag, bound in (("--start-time", "from"), ("--end-time", "to, included")):
-        p.add_argument(
-            flag, type=parse_time, required=required, metavar="T", help=f"{bound}; {form}"
-        )
 
 
 def add_parsers(
@@ -815,17 +766,13 @@ def add_parsers(
     handler: Callable[[argparse.Namespace], int],
 ) -> None:
     """Register the mitigation verbs; `handler` loads the config and calls run()."""
-
-    def verb(name: str, help_text: str, fn: Verb) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_config_arg(p)
-        p.set_defaults(handler=handler, verb=fn)
-        return p
-
+    verb: Callable[[str, str, Verb], argparse.ArgumentParser] = verb_adder(
+        sub, add_config_arg, handler
+    )
     params_help = (
         "one member: AWS's (updateDeviceCertificateParams, ...; SKIPPED on the device) or the"
         " device's (blockRemoteAddressParams, blockListeningPortParams, isolateDeviceParams,"
-        f" runHookParams, publishToTopicParams; docs/mitigation.md); {_JSON_FORM}"
+        f" runHookParams, publishToTopicParams; docs/mitigation.md); {JSON_FORM}"
     )
     p = verb("create-mitigation-action", "define a mitigation action", _create_mitigation_action)
     p.add_argument("--action-name", required=True, metavar="NAME")
@@ -843,7 +790,8 @@ def add_parsers(
         p.add_argument("--action-name", required=True, metavar="NAME")
     p = verb("list-mitigation-actions", "the mitigation actions, by name", _list_mitigation_actions)
     p.add_argument("--action-type", choices=ACTION_TYPES)
-    _add_paging(p)
+    add_paging(p, DEFAULT_MAX_RESULTS, MAX_RESULTS)
+    add_output(p)
 
     p = verb(
         "start-detect-mitigation-actions-task",
@@ -856,7 +804,7 @@ def add_parsers(
         required=True,
         metavar="JSON",
         help='{"violationIds": [...]} or {"securityProfileName": ..., "behaviorName": ...}; '
-        + _JSON_FORM,
+        + JSON_FORM,
     )
     p.add_argument(
         "--actions",
@@ -868,7 +816,7 @@ def add_parsers(
     p.add_argument(
         "--violation-event-occurrence-range",
         metavar="JSON",
-        help=f'{{"startTime": T, "endTime": T}} (epoch seconds or ISO 8601); {_JSON_FORM}',
+        help=f'{{"startTime": T, "endTime": T}} (epoch seconds or ISO 8601); {JSON_FORM}',
     )
     p.add_argument("--include-only-active-violations", action=argparse.BooleanOptionalAction)
     p.add_argument("--include-suppressed-alerts", action=argparse.BooleanOptionalAction)
@@ -901,8 +849,9 @@ def add_parsers(
         "tasks started in a time range",
         _list_detect_mitigation_actions_tasks,
     )
-    _add_times(p, True)
-    _add_paging(p)
+    add_times(p, True)
+    add_paging(p, DEFAULT_MAX_RESULTS, MAX_RESULTS)
+    add_output(p)
     p = verb(
         "list-detect-mitigation-actions-executions",
         "executions of one task (--task-id) or started in a time range; by violation or thing",
@@ -911,5 +860,6 @@ def add_parsers(
     p.add_argument("--task-id", metavar="ID")
     p.add_argument("--violation-id", metavar="ID")
     p.add_argument("--thing-name", metavar="NAME")
-    _add_times(p, False)
-    _add_paging(p)
+    add_times(p, False)
+    add_paging(p, DEFAULT_MAX_RESULTS, MAX_RESULTS)
+    add_output(p)

@@ -9,12 +9,12 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.config import Config
-from agent.service.text import iso_time, metric_value_text, table, time_problem
+from agent.service.text import iso_time, metric_value_text
+from agent.service.verbs import add_output, add_paging, parse_time, print_page, verb_adder
 from agent.store.history import (
     CRITERIA_TYPES,
     MAX_RESULTS,
@@ -27,42 +27,6 @@ from agent.store.history import (
 )
 
 Verb = Callable[[History, argparse.Namespace], None]
-
-
-def parse_time(text: str) -> float:
-    """Epoch seconds from epoch seconds or ISO 8601; a time without offset is UTC, as the
-    AWS CLI reads it. Only years 1970 to 9999 are times here."""
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is neither ISO 8601 nor epoch seconds"
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        value = moment.timestamp()
-    problem = time_problem(value)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return value
-
-
-def _print_page(
-    args: argparse.Namespace,
-    answer: Mapping[str, Any],
-    key: str,
-    headers: Sequence[str],
-    row: Callable[[Mapping[str, Any]], list[str]],
-) -> None:
-    if args.output == "json":
-        print(json.dumps(answer, indent=4, ensure_ascii=False))
-        return
-    print(table(headers, [row(item) for item in answer[key]]))
-    if "nextToken" in answer:
-        print(f"nextToken: {answer['nextToken']}")
 
 
 def _behavior_text(record: Mapping[str, Any]) -> str:
@@ -113,13 +77,13 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 def _list_violation_events(store: History, args: argparse.Namespace) -> None:
     answer = store.list_violation_events(args.start_time, args.end_time, **_filters(args))
     headers = ("TIME", "TYPE", "THING", "PROFILE", "BEHAVIOR", "VALUE", "VERIFICATION", "ID")
-    _print_page(args, answer, "violationEvents", headers, _event_row)
+    print_page(args, answer, "violationEvents", headers, _event_row)
 
 
 def _list_active_violations(store: History, args: argparse.Namespace) -> None:
     answer = store.list_active_violations(**_filters(args))
     headers = ("STARTED", "LAST", "THING", "PROFILE", "BEHAVIOR", "VALUE", "VERIFICATION", "ID")
-    _print_page(args, answer, "activeViolations", headers, _active_row)
+    print_page(args, answer, "activeViolations", headers, _active_row)
 
 
 def _put_verification_state(store: History, args: argparse.Namespace) -> None:
@@ -157,15 +121,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _add_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--output",
-        choices=("json", "table"),
-        default="json",
-        help="json (default; times as epoch seconds) or table (times as ISO 8601 UTC)",
-    )
-
-
 def _add_time_range(p: argparse.ArgumentParser) -> None:
     form = "ISO 8601 (UTC when it has no offset) or epoch seconds"
     for flag, bound in (("--start-time", "included"), ("--end-time", "excluded")):
@@ -182,15 +137,8 @@ def _add_list_filters(p: argparse.ArgumentParser) -> None:
         help="only suppressed (--list-...) or only unsuppressed (--no-...); default both",
     )
     p.add_argument("--verification-state", choices=VERIFICATION_STATES)
-    p.add_argument(
-        "--max-results",
-        type=int,
-        default=MAX_RESULTS,
-        metavar="N",
-        help=f"results per page, 1-{MAX_RESULTS} (default {MAX_RESULTS})",
-    )
-    p.add_argument("--next-token", metavar="TOKEN", help="the nextToken of the previous page")
-    _add_output(p)
+    add_paging(p, MAX_RESULTS, MAX_RESULTS)
+    add_output(p)
 
 
 def add_parsers(
@@ -199,13 +147,9 @@ def add_parsers(
     handler: Callable[[argparse.Namespace], int],
 ) -> None:
     """Register the query verbs; `handler` loads the config and calls run()."""
-
-    def verb_parser(name: str, help_text: str, verb: Verb) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_config_arg(p)
-        p.set_defaults(handler=handler, verb=verb)
-        return p
-
+    verb_parser: Callable[[str, str, Verb], argparse.ArgumentParser] = verb_adder(
+        sub, add_config_arg, handler
+    )
     p = verb_parser(
         "list-violation-events",
         "violation events in a time range, oldest first (ties in recording order)",
@@ -229,7 +173,7 @@ def add_parsers(
     p.add_argument("--violation-id", required=True, metavar="ID")
     p.add_argument("--verification-state", required=True, choices=VERIFICATION_STATES)
     p.add_argument("--verification-state-description", metavar="TEXT")
-    _add_output(p)
+    add_output(p)
 
     p = verb_parser(
         "export-metrics",

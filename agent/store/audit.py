@@ -19,12 +19,8 @@ each check finishes, in the same transaction as that check's findings.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,17 +34,21 @@ from agent.core.audit_model import (
     check_max_results,
     final_status,
     identifier_key,
-    shown,
     suppression_shape,
     task_statistics,
 )
 from agent.logs import kv
-from agent.store.db import Store, StoreError, counted, side_files
+from agent.store.db import (
+    Store,
+    StoreError,
+    counted,
+    decode_token,
+    encode_token,
+    give_to_dir_owner,
+)
 from agent.store.paths import audit_path
 
 log = logging.getLogger(__name__)
-
-MAX_TOKEN = 4096
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -103,43 +103,8 @@ class ResourceAlreadyExists(StoreError):
     """AWS's ResourceAlreadyExistsException."""
 
 
-
-
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _encode_token(kind: str, key: Sequence[object]) -> str:
-    raw = _dumps([kind, *key]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(kind: str, token: object, types: tuple[type, ...]) -> list[Any]:
-    """The keyset a token of this listing carries; anything it could not have returned
-    is InvalidRequest naming nextToken."""
-    if not isinstance(token, str) or len(token) > MAX_TOKEN:
-        raise InvalidRequest("nextToken", f"{shown(token)} is not a token of this listing")
-    try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-        decoded = json.loads(raw)
-    except (binascii.Error, ValueError, RecursionError):
-        decoded = None
-    ok = (
-        isinstance(decoded, list)
-        and len(decoded) == len(types) + 1
-        and decoded[0] == kind
-        and all(
-            isinstance(v, tp) and not isinstance(v, bool)
-            for v, tp in zip(decoded[1:], types, strict=True)
-        )
-    )
-    try:
-        same = ok and _encode_token(kind, decoded[1:]) == token
-    except ValueError:  # NaN or an infinity smuggled in
-        same = False
-    if not same:
-        raise InvalidRequest("nextToken", f"{shown(token)} is not a token returned by this listing")
-    return decoded[1:]
 
 
 class AuditStore(Store):
@@ -308,7 +273,7 @@ class AuditStore(Store):
                 params.append(value)
         if next_token is not None:
             clauses.append("(start_time, task_id) > (?, ?)")
-            params += _decode_token("tasks", next_token, (float, str))
+            params += decode_token("tasks", next_token, (float, str))
         with self._guard("listing audit tasks"):
             rows = self._conn.execute(
                 "SELECT start_time, task_id, status, task_type FROM tasks"
@@ -320,7 +285,7 @@ class AuditStore(Store):
             "tasks": [{"taskId": t, "taskStatus": s, "taskType": k} for _, t, s, k in page]
         }
         if len(rows) > max_results:
-            answer["nextToken"] = _encode_token("tasks", page[-1][:2])
+            answer["nextToken"] = encode_token("tasks", page[-1][:2])
         return answer
 
     # -- findings ---------------------------------------------------------------------
@@ -361,7 +326,7 @@ class AuditStore(Store):
                 params.append(value)
         if next_token is not None:
             clauses.append("id > ?")
-            params += _decode_token("findings", next_token, (int,))
+            params += decode_token("findings", next_token, (int,))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._guard("listing audit findings"):
             rows = self._conn.execute(
@@ -371,7 +336,7 @@ class AuditStore(Store):
         page = rows[:max_results]
         answer: dict[str, Any] = {"findings": [json.loads(body) for _, body in page]}
         if len(rows) > max_results:
-            answer["nextToken"] = _encode_token("findings", [page[-1][0]])
+            answer["nextToken"] = encode_token("findings", [page[-1][0]])
         return answer
 
     def task_findings(self, task_id: str) -> list[dict[str, Any]]:
@@ -511,7 +476,7 @@ class AuditStore(Store):
             clauses.append(
                 f"({key}, check_name, resource) {'>' if ascending_order else '<'} (?, ?, ?)"
             )
-            params += _decode_token("suppressions", next_token, (float, str, str))
+            params += decode_token("suppressions", next_token, (float, str, str))
         with self._guard("listing suppressions"):
             rows = self._conn.execute(
                 f"SELECT {key}, check_name, resource, expiration, description FROM suppressions"
@@ -524,9 +489,7 @@ class AuditStore(Store):
             "suppressions": [_suppression_answer(c, r, e, d) for _, c, r, e, d in page]
         }
         if len(rows) > max_results:
-            answer["nextToken"] = _encode_token(
-                "suppressions", [float(page[-1][0]), *page[-1][1:3]]
-            )
+            answer["nextToken"] = encode_token("suppressions", [float(page[-1][0]), *page[-1][1:3]])
         return answer
 
     def suppressed_resources(self, now: float) -> set[tuple[str, str]]:
@@ -607,14 +570,14 @@ class AuditStore(Store):
         clauses, params = "", []
         if next_token is not None:
             clauses = "WHERE name > ?"
-            params = _decode_token("scheduled", next_token, (str,))
+            params = decode_token("scheduled", next_token, (str,))
         with self._guard("listing scheduled audits"):
             rows = self._conn.execute(
                 f"SELECT name, body FROM scheduled_audits {clauses} ORDER BY name LIMIT ?",
                 [*params, max_results + 1],
             ).fetchall()
         page = [(n, json.loads(b)) for n, b in rows[:max_results]]
-        token = _encode_token("scheduled", [page[-1][0]]) if len(rows) > max_results else None
+        token = encode_token("scheduled", [page[-1][0]]) if len(rows) > max_results else None
         return page, token
 
     # -- retention ----------------------------------------------------------------------
@@ -658,11 +621,5 @@ def open_audit(state_dir: str | Path) -> AuditStore:
     or the daemon could not write it."""
     path = audit_path(state_dir)
     store = AuditStore(path)
-    if os.geteuid() == 0:
-        with contextlib.suppress(OSError):
-            owner = path.parent.stat()
-            if path.stat().st_uid != owner.st_uid:
-                for file in (path, *side_files(path)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.chown(file, owner.st_uid, owner.st_gid)
+    give_to_dir_owner(path)
     return store

@@ -8,8 +8,11 @@ for a damaged file) naming the file, what is wrong and what was being done, e.g.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import quote
 
 from agent.logs import kv
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o700  # the state dir and any directory the stores create
 FILE_MODE = 0o600  # a store file; SQLite gives its -wal, -shm and -journal the same mode
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+MAX_TOKEN = 4096  # characters of a nextToken the audit and mitigation listings read
 BUSY_TIMEOUT_S = 10.0
 # SQLite's page cache per connection, in KiB when negative. The default (2 MB) fills as
 # the open-time quick_check reads the file: ~2 MiB of the daemon's RSS on a 14-day store,
@@ -145,6 +149,57 @@ def make_private_dir(path: Path) -> None:
 
 def side_files(path: Path) -> list[Path]:
     return [path.with_name(path.name + suffix) for suffix in SIDE_SUFFIXES]
+
+
+def give_to_dir_owner(path: Path) -> None:
+    """Root creating a store in a state dir owned by the service user gives the file
+    (and its side files) to that user, or the daemon could not write it."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        owner = path.parent.stat()
+        if path.stat().st_uid != owner.st_uid:
+            for file in (path, *side_files(path)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(file, owner.st_uid, owner.st_gid)
+
+
+def encode_token(kind: str, key: Sequence[object]) -> str:
+    """The nextToken of listing `kind` resuming after `key`: JSON in unpadded base64url."""
+    raw = json.dumps([kind, *key], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(kind: str, token: object, types: tuple[type, ...]) -> list[Any]:
+    """The keyset a token of this listing carries; anything it could not have returned
+    is InvalidRequest naming nextToken."""
+    # Imported here: the daemon's history opens through this module and need not load
+    # the audit model (~280 KiB); only the audit and mitigation listings take tokens here.
+    from agent.core.audit_model import InvalidRequest, shown
+
+    if not isinstance(token, str) or len(token) > MAX_TOKEN:
+        raise InvalidRequest("nextToken", f"{shown(token)} is not a token of this listing")
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        decoded = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
+        decoded = None
+    ok = (
+        isinstance(decoded, list)
+        and len(decoded) == len(types) + 1
+        and decoded[0] == kind
+        and all(
+            isinstance(v, tp) and not isinstance(v, bool)
+            for v, tp in zip(decoded[1:], types, strict=True)
+        )
+    )
+    try:
+        same = ok and encode_token(kind, decoded[1:]) == token
+    except ValueError:  # NaN or an infinity smuggled in
+        same = False
+    if not same:
+        raise InvalidRequest("nextToken", f"{shown(token)} is not a token returned by this listing")
+    return decoded[1:]
 
 
 def open_db(

@@ -16,9 +16,7 @@ never run the same one, and one left IN_PROGRESS by a dead runner can be told ap
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +33,7 @@ from agent.core.mitigation_model import (
     same_request,
     task_statistics,
 )
-from agent.store.audit import _decode_token, _encode_token  # the audit listings' tokens
-from agent.store.db import Store, StoreError, side_files
+from agent.store.db import Store, StoreError, decode_token, encode_token, give_to_dir_owner
 from agent.store.paths import mitigation_path
 
 RETENTION_S = 90 * 86400.0  # ended tasks and their executions, as audit tasks are kept
@@ -119,8 +116,6 @@ class Publication:
     id: int
     topic: str
     payload: dict[str, Any]
-
-
 
 
 def _dumps(value: object) -> str:
@@ -236,7 +231,7 @@ class MitigationStore(Store):
         clauses, params = [], []
         if next_token is not None:
             clauses.append("name > ?")
-            params += _decode_token("mitigation-actions", next_token, (str,))
+            params += decode_token("mitigation-actions", next_token, (str,))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         page: list[tuple[str, float]] = []
         last = None
@@ -253,7 +248,7 @@ class MitigationStore(Store):
                     break
                 page.append((name, created))
                 last = name
-        return page, _encode_token("mitigation-actions", [last]) if more else None
+        return page, encode_token("mitigation-actions", [last]) if more else None
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -365,7 +360,7 @@ class MitigationStore(Store):
         params: list[Any] = [start_time, end_time]
         if next_token is not None:
             clauses.append("(start_time, task_id) > (?, ?)")
-            params += _decode_token("mitigation-tasks", next_token, (float, str))
+            params += decode_token("mitigation-tasks", next_token, (float, str))
         with self._guard("listing mitigation tasks"):
             rows = self._conn.execute(
                 f"SELECT start_time, task_id FROM tasks WHERE {' AND '.join(clauses)}"
@@ -375,7 +370,7 @@ class MitigationStore(Store):
             page = rows[:max_results]
             answer: dict[str, Any] = {"tasks": [self._summary(self._conn, t) for _, t in page]}
         if len(rows) > max_results:
-            answer["nextToken"] = _encode_token("mitigation-tasks", list(page[-1]))
+            answer["nextToken"] = encode_token("mitigation-tasks", list(page[-1]))
         return answer
 
     def cancel_task(self, task_id: str, now: float) -> None:
@@ -429,7 +424,7 @@ class MitigationStore(Store):
             params += [start_time, end_time]
         if next_token is not None:
             clauses.append("id > ?")
-            params += _decode_token("mitigation-executions", next_token, (int,))
+            params += decode_token("mitigation-executions", next_token, (int,))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._guard("listing mitigation executions"):
             rows = self._conn.execute(
@@ -440,7 +435,7 @@ class MitigationStore(Store):
         page = rows[:max_results]
         answer: dict[str, Any] = {"actionsExecutions": [_execution(r[1:]) for r in page]}
         if len(rows) > max_results:
-            answer["nextToken"] = _encode_token("mitigation-executions", [page[-1][0]])
+            answer["nextToken"] = encode_token("mitigation-executions", [page[-1][0]])
         return answer
 
     def execution_detail(
@@ -585,11 +580,5 @@ def open_mitigation(state_dir: str | Path) -> MitigationStore:
     user, or the daemon could not write it."""
     path = mitigation_path(state_dir)
     store = MitigationStore(path)
-    if os.geteuid() == 0:
-        with contextlib.suppress(OSError):
-            owner = path.parent.stat()
-            if path.stat().st_uid != owner.st_uid:
-                for file in (path, *side_files(path)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.chown(file, owner.st_uid, owner.st_gid)
+    give_to_dir_owner(path)
     return store
