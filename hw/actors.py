@@ -285,12 +285,15 @@ def connect_probe(
     every_s: float = 0.1,
     timeout_s: float = 0.2,
     result_file: str | None = None,
+    hold: bool = True,
 ) -> None:
     """Try a TCP connection to host:port every `every_s` s, each given `timeout_s`, until
-    stopped: when the path to it is cut (a firewall's block), from when on. The latest
-    connection that succeeded stays open until the next one does, so the device always
-    holds one, as a beacon would, for a sampler to see. `result_file` gets one line per
-    attempt, "<epoch seconds at its start> ok" or "... fail <why>", flushed at once."""
+    stopped: when the path to it is cut (a firewall's block), from when on. With `hold`
+    the latest connection that succeeded stays open until the next one does, so the
+    device always holds one, as a beacon would, for a sampler to see; without it a
+    connection is closed when an attempt fails (a beacon that reconnects: once blocked,
+    no connection is left to see). `result_file` gets one line per attempt, "<epoch
+    seconds at its start> ok" or "... fail <why>", flushed at once."""
     if every_s <= 0 or timeout_s <= 0:
         raise ValueError(f"every_s and timeout_s must be above 0, got {every_s!r}, {timeout_s!r}")
     held: socket.socket | None = None
@@ -301,6 +304,9 @@ def connect_probe(
                 conn = socket.create_connection((host, port), timeout=timeout_s)
             except OSError as e:
                 out.write(f"{start:.6f} fail {type(e).__name__}: {e}\n")
+                if not hold and held is not None:
+                    held.close()
+                    held = None
                 continue
             if held is not None:
                 held.close()

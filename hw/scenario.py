@@ -74,6 +74,7 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 # The annotations of the actors' parameters (strings, from `from __future__ import
 # annotations`) and the TOML values that fit them.
 _PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
     "int": (int,),
     "float": (int, float),
     "str": (str,),
@@ -486,7 +487,8 @@ class _Loader:
                     f"{key}.{name}", f"not a parameter of {kind}; it takes {', '.join(accepted)}"
                 )
             annotation = str(accepted[name].annotation)
-            if isinstance(value, bool) or not isinstance(value, _PARAM_TYPES[annotation]):
+            wrong_bool = isinstance(value, bool) != (annotation == "bool")  # bool is an int
+            if wrong_bool or not isinstance(value, _PARAM_TYPES[annotation]):
                 raise self.error(f"{key}.{name}", f"must be {annotation}, got {value!r}")
         for name, p in accepted.items():
             if p.default is inspect.Parameter.empty and name not in params.keys() | RIG_PARAMS:

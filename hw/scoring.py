@@ -25,16 +25,17 @@ Which events count:
   has a fresh store). In the benign scenario every alarm is a false alarm.
 
 Blocking (a scenario whose [[mitigation.auto]] rules answer expected behaviors): the
-device's connect-probe (hw/actors.py) tries the forbidden address every 0.1 s and notes
-each attempt. The alarm is the earliest first alarm among the expected entries with an
-automatic response; it lasts until that violation's alarm-cleared or -invalidated
-event (else to the end). The block starts at the first of the failed attempts that run
-without a success to the alarm's end, when that is after the alarm less TOLERANCE_S
-(failures from earlier on are no block of this alarm: the address was out of reach);
-block_s is its start minus the alarm's time. The block's goal is one sampling interval + 1 s after
-the alarm. The scenario meets its goal only when it also blocks within that: a connect
-that still succeeds after the goal (or no block at all) is a miss. Attempts before the
-alarm, and after it ends (the automatic response is undone then), are not judged.
+device's connect-probe (hw/actors.py) tries the forbidden address every 0.1 s while the
+attack runs and notes each attempt. The alarm is the earliest first alarm among the
+expected entries with an automatic response. The block starts at the first of the
+failed attempts that run without a success to the probe's last attempt, when that is
+after the alarm less TOLERANCE_S (failures from earlier on are no block of this alarm:
+the address was out of reach); block_s is its start minus the alarm's time. The
+block's goal is one sampling interval + 1 s after the alarm. The scenario meets its goal
+only when it also blocks within that: a connect that still succeeds after the goal, for
+as long as the attack runs (also after an unblock, when the alarm cleared because the
+block hid the connection), or no block at all, is a miss. Attempts before the alarm are
+not judged.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ from agent.core.profile import Behavior, parse_profile
 TOLERANCE_S = 0.5
 SLACK_S = 1.0  # the issue's goal: one sampling interval (or the window's end) + 1 s
 IN_ALARM = "in-alarm"
-ENDS = ("alarm-cleared", "alarm-invalidated")
 
 
 @dataclass(frozen=True)
@@ -129,15 +129,13 @@ def parse_attempts(text: str, clock_offset_s: float = 0.0) -> list[tuple[float, 
     return out
 
 
-def block_start(
-    attempts: Sequence[tuple[float, bool]], alarm: float, alarm_end: float
-) -> float | None:
+def block_start(attempts: Sequence[tuple[float, bool]], alarm: float) -> float | None:
     """When the block started (module docstring: Blocking): the first of the failed
-    attempts that run without a success up to alarm_end; None when the last attempt
-    before alarm_end succeeded, or there was none, or the failures began before
-    alarm - TOLERANCE_S (the connects failed already: not this alarm's block)."""
+    attempts that run without a success to the last one; None when the last attempt
+    succeeded, or there was none, or the failures began before alarm - TOLERANCE_S
+    (the connects failed already: not this alarm's block)."""
     start = None
-    for t, connected in sorted(a for a in attempts if a[0] < alarm_end):
+    for t, connected in sorted(attempts):
         if connected:
             start = None
         elif start is None:
@@ -266,7 +264,7 @@ def score(
     )
     latency: float | None = None
     latencies: list[float | None] = []
-    answered: list[tuple[float, dict[str, Any]]] = []  # first alarms with an automatic response
+    answered: list[float] = []  # the first alarms of entries with an automatic response
     goal: float | None = None
     detected = False
     if attack_start is not None:
@@ -291,7 +289,7 @@ def score(
             )
             latencies.append(None if first is None else first[0] - attack_start)
             if first is not None and w[:2] in auto:
-                answered.append(first)
+                answered.append(first[0])
         goal = max(goals) + lead_s
         found = [x for x in latencies if x is not None]
         detected = len(found) == len(expected)
@@ -307,15 +305,8 @@ def score(
     block_goal_s = interval_s + SLACK_S if blocking else None
     if blocking:
         if answered:
-            alarm, event = min(answered, key=lambda a: a[0])
-            ends = [
-                float(e["violationEventTime"]) - clock_offset_s
-                for e in events
-                if e.get("violationId") == event.get("violationId")
-                and e.get("violationEventType") in ENDS
-            ]
-            end_of_alarm = min((t for t in ends if t >= alarm), default=math.inf)
-            blocked_at = block_start(attempts, alarm, end_of_alarm)
+            alarm = min(answered)
+            blocked_at = block_start(attempts, alarm)
             block_s = None if blocked_at is None else blocked_at - alarm
         met = met and block_s is not None and block_goal_s is not None and block_s <= block_goal_s
     return ScenarioResult(

@@ -134,6 +134,9 @@ BAD = [
     ("mitigation_actions", _sub("[[mitigation_actions]]", "mitigation_actions = 3\n[[x]]")),
     ("attack", _sub('kind = "connect-probe"', 'kind = "connect"')),
     ("attack[0].every_s", _sub("port = 443", 'port = 443\nevery_s = "fast"')),
+    ("attack[0].hold", _sub("port = 443", 'port = 443\nhold = "no"')),
+    ("attack[0].hold", _sub("port = 443", "port = 443\nhold = 0")),
+    ("attack[0].port", _sub("port = 443", "port = true")),
 ]
 
 
@@ -161,6 +164,12 @@ def test_actions_without_mitigation_and_mitigation_in_the_benign_load_are_refuse
         ScenarioError, match=rf"{path}: mitigation: the benign load runs with mitigation off"
     ):
         load_scenario(path, EXAMPLE_ADDRESSES, quick=False)
+
+
+def test_a_probe_may_let_go_of_its_connection(tmp_path: Path) -> None:
+    text = VALID.replace("port = 443", "port = 443\nhold = false")
+    s = load_scenario(write(tmp_path, text), EXAMPLE_ADDRESSES, quick=False)
+    assert s.attack[0].params["hold"] is False
 
 
 def test_the_tables_reach_the_agents_config_whole(tmp_path: Path) -> None:
@@ -305,20 +314,17 @@ def test_the_block_starts_after_the_last_success_during_the_alarm() -> None:
     assert r.block_s == pytest.approx(0.8, abs=0.05) and r.met
 
 
-def test_attempts_after_the_alarm_ends_are_not_judged() -> None:
-    # The automatic response is undone when the alarm clears: connects may succeed again.
-    cleared = ALARM + 4.0
-    r = judged(
-        [event(ALARM), event(cleared, "alarm-cleared")],
-        probe(T0, T0 + 9, lambda t: t < ALARM + 0.5 or t >= cleared + 0.3),
+def test_connects_that_succeed_again_while_the_attack_runs_are_a_miss() -> None:
+    # The block hid the connection, the alarm cleared, the response was undone: the C2
+    # is reachable again while the attack goes on. The block did not hold.
+    cleared = ALARM + 1.0
+    events = [event(ALARM), event(cleared, "alarm-cleared"), event(ALARM + 2.0, vid="v2")]
+    flapping = judged(events, probe(T0, T0 + 6, lambda t: not ALARM + 0.1 <= t < cleared + 0.1))
+    assert flapping.detected and flapping.block_s is None and not flapping.met
+    blocked_again = judged(
+        events, probe(T0, T0 + 6, lambda t: t < ALARM + 0.1 or cleared + 0.1 <= t < ALARM + 2.1)
     )
-    assert r.block_s == pytest.approx(0.5, abs=0.05) and r.met
-    # The same successes while another violation's alarm ended do count.
-    other = judged(
-        [event(ALARM), event(cleared, "alarm-cleared", vid="v2")],
-        probe(T0, T0 + 9, lambda t: t < ALARM + 0.5 or t >= cleared + 0.3),
-    )
-    assert other.block_s is None and not other.met
+    assert blocked_again.block_s == pytest.approx(2.1, abs=0.05) and not blocked_again.met
 
 
 def test_a_block_just_before_the_alarm_counts_within_the_tolerance() -> None:
@@ -617,3 +623,26 @@ def test_lan_on_a_real_device_is_its_network_that_holds_the_rigs_address(
 ) -> None:
     assert _device_network(pair["dut"], DUT) == "10.89.0.0/24"
     assert _device_network(pair["dut"], "192.0.2.9") == "192.0.2.9/32"  # none of its own
+
+
+@real
+def test_a_probe_that_does_not_hold_leaves_no_connection_once_blocked(
+    pair: dict[str, Node], tmp_path: Path
+) -> None:
+    result = tmp_path / "probe.txt"
+    sink = Action("peer1", "sink", {"port": 443})
+    params = {"host": PEER, "port": 443, "result_file": str(result), "hold": False}
+    running = start_actions(
+        [sink, Action("dut", "connect-probe", params)], pair, tls=None, broker=PEER
+    )
+    dut = pair["dut"]
+    established = ["ss", "-Htn", "state", "established", f"dst {PEER}:443"]
+    try:
+        wait_for(lambda: sum(ok for _, ok in attempts_in(result)) >= 5, "5 connects")
+        assert len(dut.exec(established).stdout.splitlines()) == 1
+        dut.exec([NFT, "-f", "-"], stdin=DROP.encode())
+        after = time.time()
+        wait_for(lambda: attempts_in(result)[-1][0] > after + 0.5, "attempts while blocked")
+        assert dut.exec(established).stdout == b""  # nothing left for a sampler to see
+    finally:
+        stop_actions(running)
