@@ -207,6 +207,7 @@ class Daemon:
         """The mitigation thread, when [mitigation] is on (its code only then)."""
         if not cfg.mitigation.enabled:
             return None
+        from agent.service.mitigator import Mitigator
 
         return Mitigator(lambda: self.cfg)
 
