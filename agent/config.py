@@ -239,6 +239,10 @@ class AutoResponseConfig:
     profile: str  # security profile name
     behavior: str  # behavior name in it
     actions: list[str]  # 1-5 mitigation action names (create-mitigation-action)
+    # Undo when the alarm ends, not only at the action's own timeout. Off by default: a
+    # block that works ends its own alarm (the blocked connection goes), and undoing it
+    # then lets a beacon that reconnects through again, once a cycle.
+    undo_on_clear: bool = False
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,8 @@ def test_the_example_config_names_every_key_and_its_values_load() -> None:
     for section in sections:
         keys.discard(section)
     # Documented in comments: a custom metric's source keys, an automatic response rule.
-    assert keys - written == {"path", "command", "timeout_s", "profile", "behavior", "actions"}
+    auto_rule = {"profile", "behavior", "actions", "undo_on_clear"}
+    assert keys - written == {"path", "command", "timeout_s", *auto_rule}
 
 
 def write(path: Path, data: bytes, mode: int = 0o600) -> Path:

@@ -1,7 +1,8 @@
 """The daemon's mitigation, in a thread of its own (nft, hooks and the store must not
 delay a sample): it runs the executions the mitigation verbs record (only the daemon
 drives the firewall, with the config's allowlist), the automatic response of
-[[mitigation.auto]] (actions on in-alarm, undone when the alarm ends), and hands the
+[[mitigation.auto]] (actions on in-alarm; undone when the alarm ends with
+undo_on_clear, else at their own timeout in the kernel), and hands the
 messages of PUBLISH_TO_TOPIC executions to the daemon to publish."""
 
 from __future__ import annotations
@@ -126,17 +127,16 @@ class Mitigator:
     def _respond(self, store: MitigationStore, cfg: Config, event: Mapping[str, Any]) -> None:
         violation_id = event["violationId"]
         task_id = auto_task_id(violation_id)
+        key = (event["securityProfileName"], event["behavior"]["name"])
+        rule = next((r for r in cfg.mitigation.auto if (r.profile, r.behavior) == key), None)
+        if rule is None:
+            return  # a reload took the rule away meanwhile
         if event["violationEventType"] in ENDED:
-            if store.task_for_token(task_id) is None:
-                return  # none was made (rate limit, or the alarm began before the rule)
+            if not rule.undo_on_clear or store.task_for_token(task_id) is None:
+                return  # kept until its timeout, or none was made (rate limit...)
             for line in undo_task(store, task_id, self._firewall(cfg)(False)):
                 log.info(kv("mitigation_undone", task_id=task_id, what=line))
             return
-        rule = next(
-            r
-            for r in cfg.mitigation.auto
-            if (r.profile, r.behavior) == (event["securityProfileName"], event["behavior"]["name"])
-        )
         now = time.time()
         while self._auto_times and self._auto_times[0] < now - 60:
             self._auto_times.popleft()

@@ -39,10 +39,10 @@ assert main(["create-mitigation-action", "--config", config, "--action-name", "b
 cfg = load_config(config)
 firewall = Firewall(allow=Allowlist())
 
-def event(kind, vid, cidrs):
+def event(kind, vid, cidrs, behavior="no-c2"):
     return {
         "violationId": vid, "thingName": "pi-1", "securityProfileName": "p",
-        "behavior": {"name": "no-c2", "metric": "aws:destination-ip-addresses",
+        "behavior": {"name": behavior, "metric": "aws:destination-ip-addresses",
                      "criteria": {"comparisonOperator": "in-cidr-set",
                                   "value": {"cidrs": ["10.0.0.0/8"]}}},
         "metricValue": {"cidrs": cidrs}, "violationEventType": kind,
@@ -74,6 +74,12 @@ try:
     mitigator.respond([event("in-alarm", "v2", ["192.0.2.7"])])
     time.sleep(1.0)
     out["allowlisted"] = blocked()
+    # Without undo_on_clear a block outlives its alarm (until its own timeout).
+    mitigator.respond([event("in-alarm", "v3", ["203.0.113.5"], "keep")])
+    until(lambda: blocked() == ["203.0.113.5/32"], "the kept block")
+    mitigator.respond([event("alarm-cleared", "v3", [], "keep")])
+    time.sleep(1.0)
+    out["kept"] = blocked()
 finally:
     mitigator.close()
 print(json.dumps(out))
@@ -86,6 +92,8 @@ def test_automatic_response_blocks_and_unblocks_and_keeps_the_allowlist(tmp_path
         f'state_dir = "{tmp_path / "state"}"\nthing_name = "pi-1"\n'
         "[mitigation]\nenabled = true\nallow_cidrs = ['192.0.2.0/24']\n"
         "[[mitigation.auto]]\nprofile = 'p'\nbehavior = 'no-c2'\nactions = ['block']\n"
+        "undo_on_clear = true\n"
+        "[[mitigation.auto]]\nprofile = 'p'\nbehavior = 'keep'\nactions = ['block']\n"
     )
     config.chmod(0o600)
     ns = f"mitig-{os.getpid()}"
@@ -104,6 +112,7 @@ def test_automatic_response_blocks_and_unblocks_and_keeps_the_allowlist(tmp_path
         subprocess.run(["ip", "netns", "del", ns], check=True)
     assert out["block_s"] < 2.0  # the thread's poll is 0.05 s here; nft takes ~20 ms
     assert out["allowlisted"] == []
+    assert out["kept"] == ["203.0.113.5/32"]
     verb = ["list-detect-mitigation-actions-executions", "--config", str(config)]
     executions = subprocess.run(
         [sys.executable, "-m", "agent", *verb, "--task-id", "auto-v2"],
