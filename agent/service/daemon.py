@@ -698,6 +698,12 @@ class Daemon:
                 "unjudged_clients": detector.unjudged_clients,
                 "counts": counts,
             }
+        if self.mitigator is not None:
+            status["mitigation"] = {
+                "auto_rules": len(self.cfg.mitigation.auto),
+                "dry_run": self.cfg.mitigation.dry_run,
+                "rate_limited": self.mitigator.rate_limited,
+            }
         if self.reload_verdict is not None:
             status["reload"] = self.reload_verdict
         try:

@@ -60,6 +60,12 @@ class CaptureStatus(TypedDict):
     counts: dict[str, int]  # the features' own counters (flows, decode errors, gaps...)
 
 
+class MitigationStatus(TypedDict):
+    auto_rules: int  # [[mitigation.auto]] rules in force
+    dry_run: bool  # the automatic response records what it would do, does nothing
+    rate_limited: int  # automatic responses not made: over max_auto_tasks_per_minute
+
+
 class Reload(TypedDict):
     at: float
     ok: bool
@@ -87,6 +93,7 @@ class AgentStatus(TypedDict):
     quarantined: NotRequired[int]  # messages that cannot be sent, kept aside
     reload: NotRequired[Reload]  # the verdict of the last reload
     capture: NotRequired[CaptureStatus]  # when [capture] is on
+    mitigation: NotRequired[MitigationStatus]  # when [mitigation] is on
 
 
 def write_status(state_dir: Path, status: AgentStatus) -> None:
@@ -328,6 +335,15 @@ def _table(answer: dict[str, Any], now: float) -> str:
     else:
         row("active_violations", "active violations", str)
     row("capture", "capture", _capture_text)
+    row(
+        "mitigation",
+        "mitigation",
+        lambda m: (
+            f"on, {m.get('auto_rules', '?')} automatic response rules"
+            + (" (dry run)" if m.get("dry_run") else "")
+            + (f", {m['rate_limited']} over the rate limit" if m.get("rate_limited") else "")
+        ),
+    )
     row("profiles", "profiles", lambda names: ", ".join(names) or "none")
     row("reload", "last reload", lambda r: _reload_text(r, now))
     row("inactive_behaviors", "inactive behaviors", lambda items: str(len(items)))

@@ -392,3 +392,18 @@ def test_capture_is_shown_with_its_drops_and_clients(
     write_status(tmp_path, sample_status(capture=blind))
     _, out, _ = status_cli(tmp_path, capsys)
     assert "capture             not running: no CAP_NET_RAW" in out.splitlines()
+
+
+def test_mitigation_is_shown_when_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_status(
+        tmp_path,
+        sample_status(mitigation={"auto_rules": 2, "dry_run": True, "rate_limited": 3}),
+    )
+    _, out, _ = status_cli(tmp_path, capsys)
+    assert (
+        "mitigation          on, 2 automatic response rules (dry run), 3 over the rate limit"
+        in out.splitlines()
+    )
+    write_status(tmp_path, sample_status())
+    _, out, _ = status_cli(tmp_path, capsys)
+    assert "mitigation" not in out

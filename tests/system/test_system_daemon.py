@@ -651,3 +651,50 @@ format = "json"
         "CERTIFICATE_APPROACHING_EXPIRATION"
     }
     assert all(f["taskId"] == findings[0]["taskId"] for f in findings)
+
+
+def test_with_mitigation_on_an_alarm_gets_its_automatic_response(tmp_path: Path) -> None:
+    agent = Agent(
+        tmp_path,
+        extra="""
+[mitigation]
+enabled = true
+dry_run = true
+[[mitigation.auto]]
+profile = "test-profile"
+behavior = "level-high"
+actions = ["run-hook"]
+""",
+    )
+    hook = {"runHookParams": {"argv": ["/bin/true"], "timeoutSeconds": 5}}
+    config = ["--config", str(agent.config)]
+    create = ["create-mitigation-action", *config, "--action-name", "run-hook"]
+    role = ["--role-arn", "arn:aws:iam::123456789012:role/device"]
+    assert main([*create, *role, "--action-params", json.dumps(hook)]) == 0
+    try:
+        agent.start()
+        status = wait_until(lambda: agent.status().get("mitigation"), "the mitigation status")
+        assert status == {"auto_rules": 1, "dry_run": True, "rate_limited": 0}
+        agent.set_level(50)
+
+        def executions() -> list[dict[str, Any]]:
+            span = ["--start-time", "0", "--end-time", str(time.time() + 60)]
+            verb = ["list-detect-mitigation-actions-executions", *config, *span]
+            out = subprocess.run(
+                [sys.executable, "-m", "agent", *verb],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            done = json.loads(out)["actionsExecutions"]
+            return [e for e in done if e["status"] != "PENDING"]
+
+        (execution,) = wait_until(executions, "the automatic response")
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    assert execution["taskId"] == f"auto-{execution['violationId']}"
+    assert (execution["status"], execution["message"]) == (
+        "SUCCESSFUL",
+        "dry run: would run /bin/true",
+    )
