@@ -74,8 +74,15 @@ def _at(param: str, key: object) -> str:
     return f"{param}[{shown(key)}]"
 
 
-def _string(param: str, value: object, *, pattern: re.Pattern[str] | None = None,
-            low: int = 1, high: int = 2048) -> str:  # fmt: skip
+def check_string(
+    param: str,
+    value: object,
+    *,
+    pattern: re.Pattern[str] | None = None,
+    low: int = 1,
+    high: int = 2048,
+) -> str:
+    """A string parameter as AWS checks one: type, length, UTF-8, an optional pattern."""
     if not isinstance(value, str):
         raise InvalidRequest(param, f"must be a string, got {shown(value)}")
     if not low <= len(value) <= high:
@@ -90,19 +97,19 @@ def _string(param: str, value: object, *, pattern: re.Pattern[str] | None = None
 
 
 def check_task_id(value: object) -> str:
-    return _string("taskId", value, pattern=_TASK_ID, high=40)
+    return check_string("taskId", value, pattern=_TASK_ID, high=40)
 
 
 def check_scheduled_audit_name(value: object) -> str:
-    return _string("scheduledAuditName", value, pattern=_SCHEDULED_NAME, high=128)
+    return check_string("scheduledAuditName", value, pattern=_SCHEDULED_NAME, high=128)
 
 
 def check_client_request_token(value: object) -> str:
-    return _string("clientRequestToken", value, pattern=_TOKEN, high=64)
+    return check_string("clientRequestToken", value, pattern=_TOKEN, high=64)
 
 
 def check_description(value: object) -> str:
-    text = _string("description", value, low=0, high=MAX_DESCRIPTION)
+    text = check_string("description", value, low=0, high=MAX_DESCRIPTION)
     if _CONTROL.search(text):
         raise InvalidRequest("description", "must hold no control characters")
     return text
@@ -138,7 +145,7 @@ def check_bool(param: str, value: object) -> bool:
 def check_check_name(param: str, value: object, known: Iterable[str] | None = None) -> str:
     """A check name in AWS's form; one of `known` when given (a filter or a delete may
     name a check this version no longer has)."""
-    name = _string(param, value, pattern=_CHECK_NAME, high=128)
+    name = check_string(param, value, pattern=_CHECK_NAME, high=128)
     if known is not None:
         names = list(known)
         if name not in names:
@@ -206,7 +213,7 @@ def _fields(
         if key not in rules:
             raise InvalidRequest(_at(param, key), f"unknown key; the keys: {', '.join(rules)}")
         low, high, pattern = rules[key]
-        out[key] = _string(_at(param, key), item, pattern=pattern, low=low, high=high)
+        out[key] = check_string(_at(param, key), item, pattern=pattern, low=low, high=high)
     return out
 
 
@@ -237,7 +244,7 @@ def check_resource_identifier(value: object, param: str = "resourceIdentifier") 
                 else "unknown key; AWS's keys or a device check's lowerCamelCase key",
             )
         else:
-            out[key] = _string(where, item)
+            out[key] = check_string(where, item)
     return out
 
 
@@ -414,7 +421,7 @@ def _config_value(param: str, key: str, text: object, default: object) -> object
         if not math.isfinite(number):
             raise InvalidRequest(param, f"must be a finite number, got {shown(text)}")
         return number
-    return _string(param, text, low=0)
+    return check_string(param, text, low=0)
 
 
 def describe_configuration(
@@ -479,9 +486,9 @@ def _notification_targets(value: object) -> dict[str, Any]:
         entry: dict[str, Any] = {}
         for key, item in target.items():
             if key == "targetArn":
-                entry[key] = _string(f"{where}.targetArn", item, low=0)
+                entry[key] = check_string(f"{where}.targetArn", item, low=0)
             elif key == "roleArn":
-                entry[key] = _string(f"{where}.roleArn", item, low=20)
+                entry[key] = check_string(f"{where}.roleArn", item, low=20)
             elif key == "enabled":
                 entry[key] = check_bool(f"{where}.enabled", item)
             else:
@@ -504,7 +511,7 @@ def update_configuration(
     (name -> its checks) runs cannot be disabled, as AWS says."""
     new: dict[str, Any] = json.loads(json.dumps(stored))
     if role_arn is not None:
-        new["roleArn"] = _string("roleArn", role_arn, low=20)
+        new["roleArn"] = check_string("roleArn", role_arn, low=20)
     if notification_targets is not None:
         new["auditNotificationTargetConfigurations"] = _notification_targets(notification_targets)
     if check_configurations is not None:

@@ -22,6 +22,7 @@ from agent.core.audit_model import (
     InvalidRequest,
     check_bool,
     check_client_request_token,
+    check_string,
     check_time,
     shown,
 )
@@ -67,21 +68,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
-def _string(param: str, value: object, *, pattern: re.Pattern[str] | None = None,
-            low: int = 1, high: int = 2048) -> str:  # fmt: skip
-    if not isinstance(value, str):
-        raise InvalidRequest(param, f"must be a string, got {shown(value)}")
-    if not low <= len(value) <= high:
-        raise InvalidRequest(param, f"must be {low}-{high} characters, got {len(value)}")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise InvalidRequest(param, "must be UTF-8 (it holds a lone surrogate)") from None
-    if pattern is not None and not pattern.fullmatch(value):
-        raise InvalidRequest(param, f"{shown(value)} does not match {pattern.pattern}")
-    return value
-
-
 def _object(param: str, value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidRequest(param, f"must be a JSON object, got {shown(value)}")
@@ -125,23 +111,23 @@ def _enum(param: str, value: object, allowed: Sequence[str]) -> str:
 
 
 def check_action_name(value: object, param: str = "actionName") -> str:
-    return _string(param, value, pattern=_NAME, high=128)
+    return check_string(param, value, pattern=_NAME, high=128)
 
 
 def check_task_id(value: object) -> str:
-    return _string("taskId", value, pattern=_NAME, high=128)
+    return check_string("taskId", value, pattern=_NAME, high=128)
 
 
 def check_role_arn(value: object, param: str = "roleArn") -> str:
-    return _string(param, value, low=20, high=2048)
+    return check_string(param, value, low=20, high=2048)
 
 
 def check_violation_id(value: object, param: str = "violationId") -> str:
-    return _string(param, value, pattern=_VIOLATION_ID, high=128)
+    return check_string(param, value, pattern=_VIOLATION_ID, high=128)
 
 
 def check_thing_name(value: object) -> str:
-    return _string("thingName", value, high=128)
+    return check_string("thingName", value, high=128)
 
 
 def check_action_type(value: object) -> str:
@@ -158,7 +144,7 @@ def check_max_results(value: object) -> int:
 def check_cidr(param: str, value: object) -> str:
     """An IPv4/IPv6 address or CIDR as the firewall takes it (no host bits, no zone id);
     its canonical text (an IPv4-mapped address as IPv4)."""
-    text = _string(param, value, high=64)
+    text = check_string(param, value, high=64)
     if "%" in text:
         raise InvalidRequest(param, f"{text!r}: zone ids are not accepted")
     try:
@@ -189,7 +175,7 @@ def _cidr_list(param: str, value: object) -> list[str]:
 def check_topic(param: str, value: object) -> str:
     """An MQTT topic to publish on ({thing_name} is filled in): no wildcards, not $...,
     at most 256 bytes, printable."""
-    topic = _string(param, value, high=256)
+    topic = check_string(param, value, high=256)
     if _CONTROL.search(topic) or len(topic.replace("{thing_name}", "x" * 128).encode()) > 256:
         raise InvalidRequest(
             param, "must be at most 256 bytes of printable characters once {thing_name} is in"
@@ -210,7 +196,7 @@ def _cloud_params(param: str, key: str, value: Mapping[str, Any]) -> dict[str, A
         names = _list(f"{param}.thingGroupNames", value["thingGroupNames"], 1, 10)
         out: dict[str, Any] = {
             "thingGroupNames": [
-                _string(f"{param}.thingGroupNames[{i}]", n, pattern=_THING_GROUP, high=128)
+                check_string(f"{param}.thingGroupNames[{i}]", n, pattern=_THING_GROUP, high=128)
                 for i, n in enumerate(names)
             ]
         }
@@ -233,7 +219,7 @@ def _cloud_params(param: str, key: str, value: Mapping[str, Any]) -> dict[str, A
                               ("DEBUG", "INFO", "ERROR", "WARN", "DISABLED")),
         }  # fmt: skip
     _members(param, value, ("topicArn",), ("topicArn",))
-    return {"topicArn": _string(f"{param}.topicArn", value["topicArn"], low=0, high=350)}
+    return {"topicArn": check_string(f"{param}.topicArn", value["topicArn"], low=0, high=350)}
 
 
 def _device_params(param: str, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,7 +258,7 @@ def _device_params(param: str, key: str, value: Mapping[str, Any]) -> dict[str, 
     elif key == "runHookParams":
         _members(param, value, ("argv", "timeoutSeconds"), ("argv", "timeoutSeconds"))
         argv = _list(f"{param}.argv", value["argv"], 1, MAX_LIST)
-        out["argv"] = [_string(f"{param}.argv[{i}]", a, high=4096) for i, a in enumerate(argv)]
+        out["argv"] = [check_string(f"{param}.argv[{i}]", a, high=4096) for i, a in enumerate(argv)]
         if any("\0" in a for a in out["argv"]):
             raise InvalidRequest(f"{param}.argv", "must hold no NUL character")
         if not out["argv"][0].startswith("/"):
@@ -334,7 +320,7 @@ def check_target(value: object) -> dict[str, Any]:
             raise InvalidRequest("target.violationIds", "names a violation twice")
     for key in ("securityProfileName", "behaviorName"):
         if target.get(key) is not None:
-            out[key] = _string(f"target.{key}", target[key], pattern=_PROFILE_NAME, high=128)
+            out[key] = check_string(f"target.{key}", target[key], pattern=_PROFILE_NAME, high=128)
     if "violationIds" in out and len(out) > 1:
         raise InvalidRequest(
             "target", "give violationIds, or securityProfileName (and behaviorName), not both"
