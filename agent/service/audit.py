@@ -70,6 +70,7 @@ from agent.service.verbs import (
     parse_time,
     print_answer,
     print_page,
+    runner_gone,
     verb_adder,
     word_list,
 )
@@ -185,22 +186,12 @@ def audit_context(
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
 def fail_abandoned_tasks(store: AuditStore) -> list[str]:
     """Mark FAILED the IN_PROGRESS tasks whose process is gone (killed, a power cut);
     their ids."""
     failed = []
     for task_id, pid in store.in_progress_tasks():
-        if pid is None or (pid != os.getpid() and not _alive(pid)):
+        if runner_gone(pid):
             store.fail_task(task_id, f"interrupted: the process running it (pid {pid}) ended")
             log.warning(kv("audit_task_abandoned", task_id=task_id, pid=pid))
             failed.append(task_id)

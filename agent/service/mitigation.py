@@ -69,6 +69,7 @@ from agent.service.verbs import (
     parse_time,
     print_answer,
     print_page,
+    runner_gone,
     verb_adder,
     word_list,
 )
@@ -445,21 +446,11 @@ def execute(
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
 def fail_abandoned(store: MitigationStore, now: float) -> int:
     """FAILED for executions left IN_PROGRESS by a runner that is gone; how many."""
     failed = 0
     for execution_id, pid in store.running():
-        if pid is None or (pid != os.getpid() and not _alive(pid)):
+        if runner_gone(pid):
             store.finish(
                 execution_id,
                 "FAILED",

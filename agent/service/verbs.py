@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -179,3 +180,19 @@ def add_times(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument(
             name, type=parse_time, required=required, metavar="T", help=f"{bound}; {form}"
         )
+
+
+def runner_gone(pid: int | None) -> bool:
+    """Whether the process that took a task (an audit task, a mitigation execution) is
+    gone, so that the task can be failed: killed, or a power cut."""
+    if pid is None:
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process
+    return False
