@@ -207,7 +207,10 @@ def test_the_shipped_scenario_blocks_the_c2_and_the_benign_load_does_not() -> No
     assert [(a.kind, a.params["host"]) for a in s.attack] == [("connect-probe", "198.51.100.66")]
     assert "10.77.0.0/24" in s.mitigation["allow_cidrs"]
     assert scenarios["benign"].mitigation is None
-    assert not any(blocks(x) for name, x in scenarios.items() if name != "c2-auto-block")
+    blocking = {name for name, x in scenarios.items() if blocks(x)}
+    assert blocking == {"c2-auto-block", "c2-auto-block-beacon"}
+    beacon = scenarios["c2-auto-block-beacon"]
+    assert [a.params.get("hold") for a in beacon.attack] == [False]  # it reconnects
 
 
 def test_each_probe_gets_a_result_file_of_its_own() -> None:
