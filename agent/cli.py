@@ -106,6 +106,18 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     add_parsers(sub, _add_config_arg, _run_audit)
 
 
+def _run_manage(args: argparse.Namespace) -> int:
+    from agent.service.manage import run
+
+    return run(args, _config(args))
+
+
+def _register_manage(sub: argparse._SubParsersAction) -> None:
+    from agent.service.manage import add_parsers
+
+    add_parsers(sub, _add_config_arg, _run_manage)
+
+
 def _run_mitigation(args: argparse.Namespace) -> int:
     from agent.service.mitigation import run
 
@@ -219,6 +231,7 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     _register_query(sub)
     _register_audit(sub)
     _register_mitigation(sub)
+    _register_manage(sub)
     _register_operations(sub)
     _register_reload(sub)
     return parser
