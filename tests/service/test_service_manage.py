@@ -433,3 +433,17 @@ def test_a_running_agent_takes_a_change_at_once_and_a_refusal_is_rolled_back(
     assert read_status(state)["profiles"] == ["live"]  # type: ignore[index]
     assert process.poll() is None
     assert os.stat(cli.dir / "later.json").st_mode & 0o022 == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_files_are_owned_like_their_directory(cli: Cli) -> None:
+    os.chown(cli.dir, 65534, 65534)
+    assert (
+        cli("create-dimension", "--name", "d", "--type", "TOPIC_FILTER", "--string-values", "a")[0]
+        == 0
+    )
+    assert cli("create-security-profile", "--security-profile-name", "p")[0] == 0
+    for name in ("d.dimension.json", "p.json"):
+        st = (cli.dir / name).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o644)
+    assert sorted(cli.files()) == ["d.dimension.json", "p.json"]  # no temporary file left
