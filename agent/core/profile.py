@@ -51,6 +51,23 @@ MAX_DIMENSION_FILTERS = 100
 STATISTICS = ("p0", "p0.1", "p0.01", "p1", "p10", "p50", "p90", "p99", "p99.9", "p99.99", "p100")
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
 DIMENSION_OPERATORS = ("IN", "NOT_IN")
+# AWS IoT documents "Duration: ... Valid values are 300, 600, 900, 1800, or 3600 seconds"
+# for the metrics counted over a period: bytes and packets in and out
+# (https://docs.aws.amazon.com/iot-device-defender/latest/devguide/detect-device-side-metrics.html)
+# and messages sent and received, authorization failures, connection attempts and
+# disconnects (https://docs.aws.amazon.com/iot-device-defender/latest/devguide/detect-cloud-side-metrics.html),
+# i.e. the counters. Other windows on them load on the device as an on-device extension
+# (`aws_differences`); for the other metrics AWS documents no durations.
+AWS_DURATIONS = (300, 600, 900, 1800, 3600)
+AWS_DURATION_METRICS = frozenset(m for m, k in AWS_METRICS.items() if k is Kind.COUNTER)
+# AWS allows a TOPIC_FILTER dimension on aws:source-ip-address too; on the device it narrows
+# nothing (a client's source address belongs to its connection, not to a topic).
+BEHAVIOR_DIMENSION_METRICS = DIMENSION_METRICS | {"aws:source-ip-address"}
+# The Cidr shape of the AWS API: 2-43 characters of hex digits, ':', '.' and '/' (no zone
+# ids such as %eth0, no padded prefixes).
+_AWS_CIDR = re.compile(r"[a-fA-F0-9:./]{2,43}")
+METRIC_TO_RETAIN_KEYS = ("metric", "metricDimension", "exportMetric")
+COUNT_KINDS = frozenset({Kind.COUNTER, Kind.GAUGE})  # the aws: numeric metrics count
 # The members of the AWS shapes; anything else in a behavior is most likely a typo that
 # would silently disable it, so it is refused.
 BEHAVIOR_KEYS = ("name", "metric", "metricDimension", "criteria", "suppressAlerts", "exportMetric")
@@ -349,6 +366,8 @@ def _check_value(value: object, kind: Kind, op: str, metric: str, err: ErrorSink
     if key == "number":
         if not _is_double(v):
             err(path, f"{_show(v)} must be a finite number")
+        elif kind in COUNT_KINDS and v < 0:
+            err(path, f"{_show(v)} is negative; {metric} counts, its threshold must be >= 0")
         return
     if not isinstance(v, list):
         err(path, f"must be a list, got {_show(v)}")
@@ -356,12 +375,21 @@ def _check_value(value: object, kind: Kind, op: str, metric: str, err: ErrorSink
     for j, item in enumerate(v):
         if key == "ports" and not _int_in(item, 0, 65535):
             err(f"{path}[{j}]", f"{_show(item)} is not a port; ports are integers 0-65535")
-        elif key == "cidrs" and (problem := cidr_problem(item)):
+        elif key == "cidrs" and (problem := _cidr_problem(item)):
             err(f"{path}[{j}]", problem)
         elif key == "numbers" and not _is_double(item):
             err(f"{path}[{j}]", f"{_show(item)} must be a finite number")
         elif key == "strings" and not isinstance(item, str):
             err(f"{path}[{j}]", f"{_show(item)} must be a string")
+
+
+def _cidr_problem(item: object) -> str | None:
+    if isinstance(item, str) and not _AWS_CIDR.fullmatch(item):
+        return (
+            f"{_show(item)} is not a CIDR AWS IoT takes: 2-43 characters of hex digits, "
+            "':', '.' and '/' (no zone id); write e.g. 192.0.2.0/24 or 2001:db8::/32"
+        )
+    return cidr_problem(item)
 
 
 def _check_criteria(
@@ -475,10 +503,46 @@ def _check_dimension(d: object, metric: str, err: ErrorSink) -> MetricDimension 
         err("metricDimension.dimensionName", f"{_show(name)} must be {_NAME_RULE}")
     if operator not in DIMENSION_OPERATORS:
         err("metricDimension.operator", f"{_show(operator)} must be IN or NOT_IN")
-    if metric not in DIMENSION_METRICS:
-        takes = ", ".join(sorted(DIMENSION_METRICS))
+    if metric not in BEHAVIOR_DIMENSION_METRICS:
+        takes = ", ".join(sorted(BEHAVIOR_DIMENSION_METRICS))
         err("metricDimension", f"only {takes} take a dimension; remove it from {metric}")
     return MetricDimension(name, operator)
+
+
+def _check_metric(metric: object, err: ErrorSink) -> str:
+    """The metric named, or '?' when there is none."""
+    if not isinstance(metric, str):
+        err("metric", "missing; name an aws: metric or a custom metric (without prefix)")
+        return "?"
+    if metric.startswith("aws:"):
+        if metric not in AWS_METRICS:
+            err("metric", f"unknown AWS metric {_show(metric)}; known: {', '.join(AWS_METRICS)}")
+    elif not _NAME.fullmatch(metric):
+        err("metric", f"custom metric name {_show(metric)} must be {_NAME_RULE}")
+    return metric
+
+
+def _check_metrics_to_retain(doc: Mapping[str, Any], errors: list[str]) -> None:
+    """additionalMetricsToRetainV2: MetricToRetain objects, as the AWS API takes them."""
+    retained = doc.get("additionalMetricsToRetainV2", [])
+    if not isinstance(retained, list):
+        errors.append('additionalMetricsToRetainV2: must be a list of {"metric": ...} objects')
+        return
+    for i, item in enumerate(retained):
+        label = f"additionalMetricsToRetainV2[{i}]"
+        if not isinstance(item, Mapping):
+            errors.append(f"{label}: must be an object with a metric")
+            continue
+
+        def err(path: str, message: str, label: str = label) -> None:
+            errors.append(f"{label}: {path}: {message}")
+
+        _unknown_keys(item, METRIC_TO_RETAIN_KEYS, "", err)
+        metric = _check_metric(item.get("metric"), err)
+        if "metricDimension" in item:
+            _check_dimension(item["metricDimension"], metric, err)
+        if "exportMetric" in item and not isinstance(item["exportMetric"], bool):
+            err("exportMetric", f"{_show(item['exportMetric'])} must be true or false")
 
 
 def _check_behavior(
@@ -510,17 +574,8 @@ def _check_behavior(
         err("name", f"duplicate of behaviors[{seen[name]}]; names must be unique in a profile")
     else:
         seen[name] = i
-    metric = doc.get("metric")
-    kind: Kind | None = None
-    if not isinstance(metric, str):
-        err("metric", "missing; name an aws: metric or a custom metric (without prefix)")
-        metric = "?"
-    elif metric.startswith("aws:"):
-        if metric not in AWS_METRICS:
-            err("metric", f"unknown AWS metric {_show(metric)}; known: {', '.join(AWS_METRICS)}")
-        kind = AWS_METRICS.get(metric)
-    elif not _NAME.fullmatch(metric):
-        err("metric", f"custom metric name {_show(metric)} must be {_NAME_RULE}")
+    metric = _check_metric(doc.get("metric"), err)
+    kind = AWS_METRICS.get(metric)
     dimension = None
     if "metricDimension" in doc:
         dimension = _check_dimension(doc["metricDimension"], metric, err)
@@ -558,27 +613,62 @@ def _check_behaviors(behaviors: object, errors: list[str]) -> list[Behavior]:
     return [b for b in built if b is not None]
 
 
-def validate_behaviors(doc: object) -> list[str]:
-    """Every problem with the behaviors of `doc`, as ValidateSecurityProfileBehaviors
-    lists them; [] when they are valid. `doc` is a bare list of behaviors, its request
-    body {"behaviors": [...]}, or a whole profile, checked as `parse_profile` checks it
-    so that what passes here loads."""
+def _extensions(i: int, doc: Mapping[str, Any]) -> list[str]:
+    """What AWS IoT refuses in behavior `i` but the device judges: windows other than
+    AWS_DURATIONS on the metrics AWS fixes them for."""
+    criteria = doc.get("criteria")
+    duration = criteria.get("durationSeconds") if isinstance(criteria, Mapping) else None
+    metric = doc.get("metric")
+    if not isinstance(metric, str) or metric not in AWS_DURATION_METRICS:
+        return []
+    if not _int_in(duration, 1, MAX_DURATION_S) or duration in AWS_DURATIONS:
+        return []
+    allowed = ", ".join(map(str, AWS_DURATIONS))
+    return [
+        f"{_behavior_label(i, doc)}: criteria.durationSeconds: {duration} is not valid for "
+        f"{metric}; valid values are {allowed}"
+    ]
+
+
+def aws_differences(profile: SecurityProfile) -> list[str]:
+    """What AWS IoT would refuse in a profile the device loads (on-device extensions such
+    as windows shorter than 300 s), each naming the behavior and the field; [] when AWS
+    would take the profile as it is."""
+    return [m for i, b in enumerate(profile.behaviors) for m in _extensions(i, b.doc)]
+
+
+def check_behaviors(doc: object) -> tuple[list[str], list[str]]:
+    """The problems with the behaviors of `doc` the device refuses too, and the on-device
+    extensions in them that AWS IoT refuses. `doc` is a bare list of behaviors, its
+    request body {"behaviors": [...]}, or a whole profile, checked as `parse_profile`
+    checks it so that what the device accepts here loads."""
+    behaviors = doc.get("behaviors", []) if isinstance(doc, Mapping) else doc
+    errors: list[str] = []
+    more = 0
     if isinstance(doc, Mapping) and "securityProfileName" in doc:
         try:
             parse_profile(doc)
         except ProfileError as e:
-            return _capped(e.errors, e.more)
-        return []
-    if isinstance(doc, list):
-        behaviors = doc
-    elif isinstance(doc, Mapping) and "behaviors" in doc:
-        behaviors = doc["behaviors"]
+            errors, more = e.errors, e.more
+    elif isinstance(doc, list) or (isinstance(doc, Mapping) and "behaviors" in doc):
+        errors, more = _literal_errors(doc)
+        if not errors:
+            _check_behaviors(behaviors, errors)
     else:
-        return ["expected a security profile (with 'behaviors') or a list of behaviors"]
-    errors, more = _literal_errors(doc)
-    if not errors:
-        _check_behaviors(behaviors, errors)
-    return _capped(errors, more)
+        return ["expected a security profile (with 'behaviors') or a list of behaviors"], []
+    extensions = []
+    if isinstance(behaviors, list) and len(behaviors) <= MAX_BEHAVIORS:
+        for i, item in enumerate(behaviors):
+            if isinstance(item, Mapping):
+                extensions.extend(_extensions(i, item))
+    return _capped(errors, more), extensions
+
+
+def validate_behaviors(doc: object) -> list[str]:
+    """Every problem with the behaviors of `doc` as ValidateSecurityProfileBehaviors of AWS
+    IoT lists them, on-device extensions included; [] when they are valid in AWS."""
+    errors, extensions = check_behaviors(doc)
+    return [*errors, *extensions]
 
 
 def parse_profile(doc: object, source: str = "") -> SecurityProfile:
@@ -594,6 +684,7 @@ def parse_profile(doc: object, source: str = "") -> SecurityProfile:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         errors.append(f"securityProfileName: {_show(name)} must be {_NAME_RULE}")
     behaviors = _check_behaviors(doc.get("behaviors", []), errors)
+    _check_metrics_to_retain(doc, errors)
     if errors or not isinstance(name, str):
         raise ProfileError(errors, source)
     return SecurityProfile(name=name, behaviors=tuple(behaviors), doc=doc, source=source)

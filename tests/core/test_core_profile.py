@@ -1,16 +1,24 @@
 """Parsing and validating security profiles, behaviors and dimensions."""
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import botocore.session
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.core.metrics import Kind
 from agent.core.profile import (
+    AWS_DURATION_METRICS,
+    AWS_DURATIONS,
+    DIMENSION_OPERATORS,
+    METRIC_TO_RETAIN_KEYS,
     ProfileError,
+    aws_differences,
+    check_behaviors,
     is_dimension_doc,
     parse_detect_document,
     parse_dimension,
@@ -178,6 +186,45 @@ INVALID = [
         ["ML detection needs a numeric metric"],
     ),
     ([{**b(), "criteria": []}], ["criteria: must be an object"]),
+    # What AWS IoT refuses and the device refuses too.
+    (
+        [b(comparisonOperator="less-than", value={"number": -1})],
+        ["criteria.value.number", "-1 is negative", "aws:all-bytes-out counts", ">= 0"],
+    ),
+    (
+        [
+            b(
+                metric="aws:num-listening-tcp-ports",
+                comparisonOperator="less-than",
+                value={"number": -0.5},
+            )
+        ],
+        ["criteria.value.number", "negative"],
+    ),
+    (
+        [
+            b(
+                metric="aws:destination-ip-addresses",
+                comparisonOperator="in-cidr-set",
+                value={"cidrs": ["192.0.2.0/24", "fe80::1%eth0/64"]},
+            )
+        ],
+        ["criteria.value.cidrs[1]", "'fe80::1%eth0/64'", "no zone id"],
+    ),
+    (
+        [
+            b(
+                metric="aws:source-ip-address",
+                comparisonOperator="not-in-cidr-set",
+                value={"cidrs": ["0000:0000:0000:0000:0000:0000:0000:0000/000128"]},
+            )
+        ],
+        ["criteria.value.cidrs[0]", "2-43 characters"],
+    ),
+    (
+        [{**b(metric="cpu", **LT), "metricDimension": {"dimensionName": "t"}}],
+        ["metricDimension:", "remove it from cpu"],
+    ),
     (["not an object"], ["behaviors[0]: must be an object"]),
     ([b(f"b{i}", **LT) for i in range(101)], ["behaviors: 101 behaviors", "at most 100"]),
 ]
@@ -228,6 +275,24 @@ VALID = [
         ),
         "exportMetric": True,
     },
+    # AWS allows a dimension on the source address too.
+    {
+        **b(
+            "srcdim", "aws:source-ip-address", comparisonOperator="in-cidr-set", value={"cidrs": []}
+        ),
+        "metricDimension": {"dimensionName": "t", "operator": "NOT_IN"},
+    },
+    b("neg", "temperature", comparisonOperator="greater-than", value={"number": -40}),
+    b("zero", "aws:all-packets-in", comparisonOperator="greater-than", value={"number": 0}),
+    b(
+        "longest",
+        "peers",
+        comparisonOperator="in-cidr-set",
+        value={"cidrs": ["ffff:" * 7 + "ffff/128"]},
+    ),
+    *[b(f"d{d}", "aws:num-messages-sent", **LT, durationSeconds=d) for d in (300, 3600)],
+    b("gauge", "aws:num-established-tcp-connections", **LT, durationSeconds=10),
+    b("custom", "cpu", **LT, durationSeconds=10),
 ]
 
 
@@ -531,3 +596,143 @@ def test_a_flood_of_problems_is_listed_up_to_100_with_the_true_count():
     assert errors[-1] == "p.json: ... and 4900 more problems"
     (error,) = refusal(b"[" + b"{}," * 1000 + b"{}]")
     assert error == "p.json: 1001 documents; a file holds at most 1000"
+
+
+MODEL = botocore.session.get_session().get_service_model("iot")
+
+
+@pytest.mark.parametrize(
+    "cidr",
+    [
+        "192.0.2.0/24",
+        "2001:db8::/32",
+        "ffff:" * 7 + "ffff/128",
+        "fe80::1%eth0",
+        "fe80::1%eth0/64",
+        "0000:0000:0000:0000:0000:0000:0000:0000/000128",
+        "::ffff:192.0.2.1/128",
+        "1",
+    ],
+)
+def test_cidrs_are_valid_exactly_when_the_aws_shape_takes_them(cidr):
+    shape = MODEL.shape_for("Cidr").metadata
+    aws_takes = shape["min"] <= len(cidr) <= shape["max"] and re.fullmatch(shape["pattern"], cidr)
+    behavior = b(metric="peers", comparisonOperator="in-cidr-set", value={"cidrs": [cidr]})
+    errors = validate_behaviors([behavior])
+    # "1" fits the shape but is no address: AWS's shape is a floor, not all it checks
+    assert (errors == []) == bool(aws_takes and cidr != "1"), errors
+
+
+def test_metric_to_retain_fields_are_the_aws_shapes():
+    assert set(METRIC_TO_RETAIN_KEYS) == set(MODEL.shape_for("MetricToRetain").members)
+    assert set(DIMENSION_OPERATORS) == set(MODEL.shape_for("DimensionValueOperator").enum)
+
+
+def retained(*items: Any) -> dict[str, Any]:
+    return {"securityProfileName": "p", "behaviors": [], "additionalMetricsToRetainV2": list(items)}
+
+
+def test_metrics_to_retain_are_checked():
+    doc = retained(
+        {"metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "t"}},
+        {
+            "metric": "aws:source-ip-address",
+            "metricDimension": {"dimensionName": "t", "operator": "NOT_IN"},
+        },
+        {"metric": "cpu", "exportMetric": True},
+    )
+    assert (
+        parse_profile(doc).doc["additionalMetricsToRetainV2"] == doc["additionalMetricsToRetainV2"]
+    )
+    assert validate_behaviors(doc) == []
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ([{"metric": "aws:all-bytes-sideways"}], ["[0]: metric:", "unknown AWS metric"]),
+        (
+            [
+                {
+                    "metric": "aws:num-messages-sent",
+                    "metricDimension": {"dimensionName": "t", "operator": "OVER"},
+                }
+            ],
+            ["[0]: metricDimension.operator", "'OVER' must be IN or NOT_IN"],
+        ),
+        (
+            [
+                {"metric": "aws:all-bytes-out"},
+                {"metric": "cpu", "metricDimension": {"dimensionName": "t"}},
+            ],
+            ["[1]: metricDimension:", "remove it from cpu"],
+        ),
+        ([{"metric": "cpu", "exportMetric": "yes"}], ["[0]: exportMetric", "true or false"]),
+        ([{"metric": "cpu", "metricDimensions": {}}], ["[0]: metricDimensions: unknown field"]),
+        ([{}], ["[0]: metric: missing"]),
+        (["aws:all-bytes-out"], ["[0]: must be an object"]),
+    ],
+)
+def test_bogus_metrics_to_retain_are_refused_by_both_verdicts(items, expected):
+    doc = retained(*items)
+    with pytest.raises(ProfileError) as info:
+        parse_profile(doc)
+    (error,) = info.value.errors
+    assert error.startswith("additionalMetricsToRetainV2[")
+    for part in expected:
+        assert part in error
+    assert validate_behaviors(doc) == [error]
+
+
+def test_metrics_to_retain_must_be_a_list():
+    (error,) = validate_behaviors({**retained(), "additionalMetricsToRetainV2": {"metric": "x"}})
+    assert error.startswith("additionalMetricsToRetainV2: must be a list")
+
+
+@pytest.mark.parametrize("metric", sorted(AWS_DURATION_METRICS))
+def test_aws_durations_on_counted_metrics(metric):
+    for d in AWS_DURATIONS:
+        assert validate_behaviors([b(metric=metric, **LT, durationSeconds=d)]) == []
+    # the device's own windows: AWS says no, the device loads them
+    behaviors = [
+        b("ok", metric, **LT, durationSeconds=600),
+        b("short", metric, **LT, durationSeconds=10),
+    ]
+    doc = {"securityProfileName": "p", "behaviors": behaviors}
+    profile = parse_profile(doc)
+    (difference,) = aws_differences(profile)
+    assert difference == (
+        f"behaviors[1] 'short': criteria.durationSeconds: 10 is not valid for {metric}; "
+        "valid values are 300, 600, 900, 1800, 3600"
+    )
+    assert check_behaviors(doc) == ([], [difference])
+    assert check_behaviors(behaviors) == ([], [difference])
+    assert validate_behaviors(doc) == [difference] == validate_behaviors(behaviors)
+
+
+def test_the_counted_metrics_are_those_aws_documents_durations_for():
+    assert {
+        "aws:all-bytes-in",
+        "aws:all-bytes-out",
+        "aws:all-packets-in",
+        "aws:all-packets-out",
+        "aws:num-messages-sent",
+        "aws:num-messages-received",
+        "aws:num-authorization-failures",
+        "aws:num-connection-attempts",
+        "aws:num-disconnects",
+    } == AWS_DURATION_METRICS
+
+
+def test_extensions_are_listed_beside_what_the_device_refuses_too():
+    behaviors = [b("w", **LT, durationSeconds=1799), b("bad", metric="aws:nope", **LT)]
+    errors, extensions = check_behaviors(behaviors)
+    assert len(errors) == 1 and "unknown AWS metric" in errors[0]
+    assert extensions == [
+        "behaviors[0] 'w': criteria.durationSeconds: 1799 is not valid for aws:all-bytes-out; "
+        "valid values are 300, 600, 900, 1800, 3600"
+    ]
+    assert validate_behaviors(behaviors) == errors + extensions
+    # a window that is no window at all is the device's error, not an extension
+    assert check_behaviors([b(**LT, durationSeconds=0)])[1] == []
+    assert aws_differences(parse_profile({"securityProfileName": "p", "behaviors": VALID})) == []

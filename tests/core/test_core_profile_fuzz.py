@@ -23,6 +23,8 @@ from agent.core.profile import (
     Behavior,
     ProfileError,
     SecurityProfile,
+    aws_differences,
+    check_behaviors,
     parse_detect_document,
 )
 from agent.publish.codec import encode
@@ -178,6 +180,9 @@ VOCABULARY: list[object] = [
     {"statistic": "p50"},
     {"confidenceLevel": "HIGH"},
     {"dimensionName": "sensor-topics", "operator": "IN"},
+    10,
+    ["fe80::1%eth0/64"],
+    [{"metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "t"}}],
 ]
 KEYS = [
     "name",
@@ -195,6 +200,7 @@ KEYS = [
     "behaviors",
     "securityProfileName",
     "stringValues",
+    "additionalMetricsToRetainV2",
     "extra",
 ]
 
@@ -283,7 +289,11 @@ def validate(data: bytes) -> list[SecurityProfile] | None:
             assert len(line) < 1000
             line.encode("utf-8")  # no lone surrogate reaches a terminal or a log
         return None
-    return [p for p in items if isinstance(p, SecurityProfile)]
+    profiles = [p for p in items if isinstance(p, SecurityProfile)]
+    for profile in profiles:  # what loads has no device error; AWS's verdict adds extensions
+        differences = aws_differences(profile)
+        assert check_behaviors(profile.doc) == ([], differences)
+    return profiles
 
 
 # --- Making a behavior alarm ---------------------------------------------------------

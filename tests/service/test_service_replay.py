@@ -200,6 +200,41 @@ def test_validate_valid_and_invalid(capsys):
     assert any("'in-cidr-set' does not fit aws:all-bytes-in" in m for m in messages)
 
 
+def test_validate_gives_aws_verdict_on_device_extensions(tmp_path, capsys):
+    short = {
+        "name": "burst",
+        "metric": "aws:all-bytes-out",
+        "criteria": {
+            "comparisonOperator": "less-than",
+            "value": {"count": 10**6},
+            "durationSeconds": 10,
+        },
+    }
+    path = tmp_path / "short.json"
+    path.write_text(json.dumps({"securityProfileName": "fast", "behaviors": [short]}))
+    code = main(["validate-security-profile-behaviors", "--behaviors", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert json.loads(out) == {
+        "valid": False,
+        "validationErrors": [
+            {
+                "errorMessage": "behaviors[0] 'burst': criteria.durationSeconds: 10 is not valid "
+                "for aws:all-bytes-out; valid values are 300, 600, 900, 1800, 3600"
+            }
+        ],
+    }
+    assert "not valid in AWS IoT, but the device loads it" in err
+    assert "1 on-device extension" in err
+    # with a problem the device refuses too, no word of loading
+    path.write_text(json.dumps([short, {**short, "name": "bad name"}]))
+    code, response = validate(capsys, path)
+    assert code == 1 and len(response["validationErrors"]) == 3
+    path.write_text(json.dumps([short, {**short, "name": "bad name"}]))
+    main(["validate-security-profile-behaviors", "--behaviors", str(path)])
+    assert "device loads it" not in capsys.readouterr().err
+
+
 def test_validate_unreadable_input_exits_2(tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text("{")
