@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.config import Config, ConfigError, MqttConfig, load_config
-from agent.core.profile import ProfileError
+from agent.core.profile import ProfileError, aws_differences
 from agent.core.x509 import validity
 from agent.logs import kv
 from agent.service.detect import detector_from_config
@@ -113,17 +113,29 @@ def check_config(path: str | None) -> list[Finding]:
     return findings + state_findings(cfg)
 
 
+_EXTENSION = "not valid in AWS IoT; the device loads it"
+
+
 def _inactive_findings(cfg: Config, files: DetectFiles) -> list[Finding]:
-    """A warning per behavior the agent would load and not judge, and why."""
+    """A warning per behavior the agent would load and not judge, and why, and per
+    on-device extension AWS IoT would refuse (a 10 s window, say)."""
     try:
         judge = detector_from_config(cfg, files.profiles, files.dimensions)
     except ValueError as e:  # a profile name given twice
         return [Finding(cfg.config_file, str(e))]
     sources = {p.name: p.source or cfg.config_file for p in files.profiles}
-    return [
+    findings = [
         Finding(sources[i.profile], f"{i.profile}/{i.behavior}: not judged: {i.reason}", True)
         for i in judge.inactive_behaviors()
     ]
+    for p in files.profiles:
+        findings += [
+            Finding(
+                sources[p.name], f"{p.name}: {d} (not valid in AWS IoT; the device loads it)", True
+            )
+            for d in aws_differences(p)
+        ]
+    return findings
 
 
 def state_findings(cfg: Config) -> list[Finding]:

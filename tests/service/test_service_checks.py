@@ -543,3 +543,22 @@ def test_behaviors_without_a_source_are_warned_of_with_the_reason(
     code, lines = check_config(config, capsys)
     assert [line for line in lines if "not judged" in line] == [lines[0]]
     assert "gw/temp" in lines[0]
+
+
+def test_on_device_extensions_are_flagged_as_not_valid_in_aws(
+    tmp_path: Path, device: Device, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "short"
+    folder.mkdir()
+    burst = {
+        "name": "burst",
+        "metric": "aws:all-bytes-out",
+        "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}},
+    }
+    burst["criteria"]["durationSeconds"] = 10  # type: ignore[index]
+    (folder / "p.json").write_text(json.dumps({"securityProfileName": "p", "behaviors": [burst]}))
+    code, lines = check_config(write_config(tmp_path, device, str(folder / "*.json")), capsys)
+    assert code == 0  # the device loads it: a warning
+    (line,) = [line for line in lines if "not valid in AWS IoT" in line]
+    assert line.startswith(f"{folder / 'p.json'}: warning: p: behaviors[0] 'burst':")
+    assert "durationSeconds: 10" in line
