@@ -257,11 +257,11 @@ def _firewall_results(
     items: Sequence[str],
     act: Callable[[str], Plan],
     dry_run: bool,
-    undo: str,
+    undo: dict[str, Any],
 ) -> Outcome:
     """Apply `act` to each item; FAILED naming the refused ones (allowlist, nft,
-    capability), the others still done. What was done is kept as `undo` ({"kind":
-    undo, "items": [...]}), for undo_task."""
+    capability), the others still done. What was done is kept as the detail's "undo"
+    (`undo` plus the items done: kind, until, ...), for undo_task and reapply."""
     plans, done, refused = [], [], []
     for item in items:
         try:
@@ -275,7 +275,7 @@ def _firewall_results(
     words += [f"refused {item}: {why}" for item, why in refused]
     detail: dict[str, Any] = {"plans": plans}
     if done and not dry_run:
-        detail["undo"] = {"kind": undo, "items": done}
+        detail["undo"] = {**undo, "items": done}
     if not refused:
         return _outcome(claimed, "SUCCESSFUL", None, "; ".join(words), detail)
     allowlisted = all("is allowlisted" in why for _, why in refused)
@@ -360,10 +360,12 @@ def execute(
     firewall: Callable[[], Firewall],
     thing_name: str,
     resolvers: Callable[[], list[str]],
+    now: float,
 ) -> Outcome:
-    """Carry out one claimed execution; its outcome (nothing stored here)."""
+    """Carry out one claimed execution at `now`; its outcome (nothing stored here)."""
     params_key, params = next(iter(claimed.action["actionParams"].items()))
     dry = claimed.dry_run
+    until = now + params.get("timeoutSeconds", 0)  # when the kernel drops a change
     if params_key in CLOUD_ACTION_TYPES:
         return _outcome(claimed, "SKIPPED", None, CLOUD_SKIP_REASON)
     if params_key == "blockRemoteAddressParams":
@@ -382,7 +384,7 @@ def execute(
             cidrs,
             lambda c: fw.block_address(c, params["timeoutSeconds"]),
             dry,
-            "addresses",
+            {"kind": "addresses", "until": until},
         )
     if params_key == "blockListeningPortParams":
         ports = [f"{p['protocol']}/{p['port']}" for p in params.get("ports", [])] or [
@@ -407,7 +409,7 @@ def execute(
             ports,
             block,
             dry,
-            "ports",
+            {"kind": "ports", "until": until},
         )
     if params_key == "isolateDeviceParams":
         keep = list(params.get("keepCidrs", []))
@@ -421,7 +423,7 @@ def execute(
             [f"the device for {params['timeoutSeconds']} s, keeping {kept}"],
             lambda _: fw.isolate(keep, params["timeoutSeconds"]),
             dry,
-            "isolation",
+            {"kind": "isolation", "until": until, "keep": keep},
         )
     if params_key == "runHookParams":
         return _run_hook(claimed, params, dry)
@@ -491,7 +493,7 @@ def run_pending(
 
         try:
             outcome = execute(
-                claimed, firewall, cfg.thing_name, lambda: read_resolvers(resolv_conf)
+                claimed, firewall, cfg.thing_name, lambda: read_resolvers(resolv_conf), clock()
             )
         except Exception as e:  # a bug fails this execution, not the daemon's thread
             log.exception(kv("mitigation_execution_crashed", task_id=claimed.task_id))
@@ -528,29 +530,48 @@ def undo_task(store: MitigationStore, task_id: str, firewall: Firewall) -> list[
     item, saying what was undone or why it could not be. Hooks and messages stay done;
     a block that already expired in the kernel is gone either way."""
     lines = []
-    page: str | None = None
-    while True:
-        answer = store.list_executions(task_id=task_id, next_token=page)
-        for ex in answer["actionsExecutions"]:
-            detail = store.execution_detail(task_id, ex["violationId"], ex["actionName"])
-            undo = (detail or {}).get("undo")
-            if not isinstance(undo, dict):
-                continue
-            for item in undo.get("items", []):
-                try:
-                    if undo["kind"] == "addresses":
-                        firewall.unblock_address(item)
-                    elif undo["kind"] == "ports":
-                        proto, _, port = item.partition("/")
-                        firewall.unblock_port(check_proto(proto), int(port))
-                    else:
-                        firewall.release_isolation()
-                    lines.append(f"undone: {undo['kind']} {item}")
-                except (FirewallError, ValueError) as e:
-                    lines.append(f"not undone: {undo['kind']} {item}: {e}")
-        page = answer.get("nextToken")
-        if page is None:
-            return lines
+    for execution_id, detail in store.in_force(task_id):
+        undo = detail["undo"]
+        for item in undo.get("items", []):
+            try:
+                if undo["kind"] == "addresses":
+                    firewall.unblock_address(item)
+                elif undo["kind"] == "ports":
+                    proto, _, port = item.partition("/")
+                    firewall.unblock_port(check_proto(proto), int(port))
+                else:
+                    firewall.release_isolation()
+                lines.append(f"undone: {undo['kind']} {item}")
+            except (FirewallError, ValueError) as e:
+                lines.append(f"not undone: {undo['kind']} {item}: {e}")
+        store.mark_undone(execution_id)
+    return lines
+
+
+def reapply(store: MitigationStore, firewall: Firewall, now: float) -> list[str]:
+    """Put back the firewall changes still due (not undone, not expired) with the time
+    they have left: the kernel forgets its tables at a reboot, while the alarms and
+    their automatic tasks come back from the store and would not be made again. One
+    line per item. Adding an element that is there only sets its timeout again."""
+    lines = []
+    for _execution_id, detail in store.in_force():
+        undo = detail["undo"]
+        left = int(undo.get("until", 0) - now)
+        if left < 1:
+            continue
+        for item in undo.get("items", []):
+            try:
+                if undo["kind"] == "addresses":
+                    firewall.block_address(item, left)
+                elif undo["kind"] == "ports":
+                    proto, _, port = item.partition("/")
+                    firewall.block_port(check_proto(proto), int(port), left)
+                else:
+                    firewall.isolate(undo.get("keep", []), left)
+                lines.append(f"reapplied for {left} s: {undo['kind']} {item}")
+            except (FirewallError, ValueError) as e:
+                lines.append(f"not reapplied: {undo['kind']} {item}: {e}")
+    return lines
 
 
 def publications(store: MitigationStore, limit: int = 100) -> list[Publication]:

@@ -1,6 +1,7 @@
 """The daemon's mitigation, in a thread of its own (nft, hooks and the store must not
 delay a sample): it runs the executions the mitigation verbs record (only the daemon
-drives the firewall, with the config's allowlist), the automatic response of
+drives the firewall, with the config's allowlist; at its start it puts back the blocks
+still due, which a reboot took out of the kernel), the automatic response of
 [[mitigation.auto]] (actions on in-alarm; undone when the alarm ends with
 undo_on_clear, else at their own timeout in the kernel), and hands the
 messages of PUBLISH_TO_TOPIC executions to the daemon to publish."""
@@ -20,7 +21,14 @@ from agent.collect.firewall import Allowlist, Firewall
 from agent.config import Config
 from agent.core.mitigation_model import check_task_request
 from agent.logs import kv
-from agent.service.mitigation import publications, published, record_task, run_pending, undo_task
+from agent.service.mitigation import (
+    publications,
+    published,
+    reapply,
+    record_task,
+    run_pending,
+    undo_task,
+)
 from agent.store.db import StoreError
 from agent.store.mitigation import (
     MitigationStore,
@@ -99,6 +107,8 @@ class Mitigator:
             try:
                 if store is None:
                     store = open_mitigation(cfg.state_dir)  # this thread's connection
+                    for line in reapply(store, self._firewall(cfg)(False), time.time()):
+                        log.info(kv("mitigation_reapplied", what=line))
                 self._round(store, cfg)
             except StoreError as e:
                 log.error(kv("mitigation_unavailable", error=e))

@@ -522,6 +522,39 @@ class MitigationStore(Store):
                 )
             return self._maybe_end(conn, row[0], now)
 
+    def in_force(self, task_id: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """(execution id, detail) of the executions (of one task, or all) whose firewall
+        changes may still be in force: done (not a dry run), not undone; the detail's
+        "undo" says what and until when."""
+        task = "" if task_id is None else " AND task_id = ?"
+        with self._guard("reading the firewall changes in force"):
+            rows = self._conn.execute(
+                "SELECT id, detail FROM executions WHERE status IN ('SUCCESSFUL', 'FAILED')"
+                f" AND detail LIKE '%\"undo\"%'{task} ORDER BY id",
+                () if task_id is None else (task_id,),
+            ).fetchall()
+        out = []
+        for execution_id, text in rows:
+            detail = json.loads(text)
+            undo = detail.get("undo")
+            if isinstance(undo, dict) and not undo.get("undone"):
+                out.append((execution_id, detail))
+        return out
+
+    def mark_undone(self, execution_id: int) -> None:
+        """The firewall changes of an execution were taken back: not to be re-applied."""
+        with self._transaction("marking a mitigation execution undone") as conn:
+            row = conn.execute(
+                "SELECT detail FROM executions WHERE id = ?", (execution_id,)
+            ).fetchone()
+            if row is None or row[0] is None:
+                return
+            detail = json.loads(row[0])
+            detail.setdefault("undo", {})["undone"] = True
+            conn.execute(
+                "UPDATE executions SET detail = ? WHERE id = ?", (_dumps(detail), execution_id)
+            )
+
     def _maybe_end(self, conn: sqlite3.Connection, task_id: str, now: float) -> str | None:
         if self._task(conn, task_id)[3] != "IN_PROGRESS":
             return None

@@ -29,7 +29,9 @@ from pathlib import Path
 from agent.cli import main
 from agent.collect.firewall import Allowlist, Firewall
 from agent.config import load_config
+from agent.service.mitigation import reapply
 from agent.service.mitigator import Mitigator
+from agent.store.mitigation import open_mitigation
 
 config = sys.argv[1]
 params = {"blockRemoteAddressParams": {"timeoutSeconds": 600}}
@@ -80,6 +82,19 @@ try:
     mitigator.respond([event("alarm-cleared", "v3", [], "keep")])
     time.sleep(1.0)
     out["kept"] = blocked()
+    # A reboot: the kernel forgets the table. A new mitigation thread puts back what is
+    # still due (the kept block, with the time it has left), not what was undone.
+    mitigator.close()
+    firewall.remove()
+    assert blocked() == []
+    store = open_mitigation(cfg.state_dir)
+    reapply(store, firewall, time.time() + 300)  # as if the reboot took 300 s
+    store.close()
+    out["left_later_s"] = [e["expires_s"] for e in firewall.state()["blocked"]]
+    firewall.remove()
+    mitigator = Mitigator(lambda: cfg, poll_s=0.05)
+    until(lambda: blocked() == ["203.0.113.5/32"], "the block put back")
+    out["left_s"] = [e["expires_s"] for e in firewall.state()["blocked"]]
 finally:
     mitigator.close()
 print(json.dumps(out))
@@ -113,6 +128,10 @@ def test_automatic_response_blocks_and_unblocks_and_keeps_the_allowlist(tmp_path
     assert out["block_s"] < 2.0  # the thread's poll is 0.05 s here; nft takes ~20 ms
     assert out["allowlisted"] == []
     assert out["kept"] == ["203.0.113.5/32"]
+    (left,) = out["left_s"]
+    assert 590 <= left <= 600
+    (later,) = out["left_later_s"]
+    assert 290 <= later <= 300  # the time it has left, not a fresh 600 s
     verb = ["list-detect-mitigation-actions-executions", "--config", str(config)]
     executions = subprocess.run(
         [sys.executable, "-m", "agent", *verb, "--task-id", "auto-v2"],
