@@ -8,7 +8,6 @@ import re
 from datetime import UTC, date, datetime
 from typing import Any
 
-import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
@@ -35,69 +34,10 @@ from agent.core.audit_model import (
     task_statistics,
     update_configuration,
 )
+from tests.shapes import MODEL, shape_problems
 
-MODEL = botocore.session.get_session().get_service_model("iot")
 CERT_ID = "ab" * 32
 T0 = datetime(2026, 3, 4, 12, tzinfo=UTC).timestamp()  # a Wednesday
-
-
-def shape_problems(
-    value: Any, shape: Any, path: str = "$", *, extensions: bool = False
-) -> list[str]:
-    """What in `value` breaks botocore's `shape` (a name or a Shape): members, required,
-    types, enums, lengths, patterns. With `extensions`, a device check's resource type
-    and identifier keys (outside AWS's enum and members) are allowed, nothing else."""
-    if isinstance(shape, str):
-        shape = MODEL.shape_for(shape)
-    kind, meta = shape.type_name, shape.metadata
-
-    def sub(v: Any, s: Any, p: str) -> list[str]:
-        return shape_problems(v, s, p, extensions=extensions)
-
-    if kind == "structure":
-        if not isinstance(value, dict):
-            return [f"{path}: not an object"]
-        extra = [k for k in value if k not in shape.members]
-        if extensions and shape.name == "ResourceIdentifier":
-            extra = [
-                k
-                for k in extra
-                if not (re.fullmatch(r"[a-z][a-zA-Z0-9]*", k) and isinstance(value[k], str))
-            ]
-        out = [f"{path}.{k}: not a member of {shape.name}" for k in extra]
-        out += [f"{path}.{k}: required" for k in shape.required_members if k not in value]
-        for k, v in value.items():
-            if k in shape.members:
-                out += sub(v, shape.members[k], f"{path}.{k}")
-        return out
-    if kind == "list":
-        if not isinstance(value, list):
-            return [f"{path}: not a list"]
-        return [p for i, v in enumerate(value) for p in sub(v, shape.member, f"{path}[{i}]")]
-    if kind == "map":
-        if not isinstance(value, dict):
-            return [f"{path}: not a map"]
-        out = [p for k in value for p in sub(k, shape.key, f"{path} key {k!r}")]
-        return out + [p for k, v in value.items() for p in sub(v, shape.value, f"{path}.{k}")]
-    if kind == "string":
-        if not isinstance(value, str):
-            return [f"{path}: not a string"]
-        extension_type = extensions and shape.name == "ResourceType"
-        if shape.enum and value not in shape.enum and not extension_type:
-            return [f"{path}: {value!r} not in {shape.enum}"]
-        if not meta.get("min", 0) <= len(value) <= meta.get("max", 10**9):
-            return [f"{path}: length out of range"]
-        pattern = meta.get("pattern")
-        if pattern and "\\p" not in pattern and not re.fullmatch(pattern, value):
-            return [f"{path}: {value!r} does not match {pattern}"]
-        return []
-    if kind in ("integer", "long"):
-        return [] if type(value) is int else [f"{path}: not an integer"]
-    if kind == "timestamp":
-        return [] if type(value) in (int, float) else [f"{path}: not epoch seconds"]
-    if kind == "boolean":
-        return [] if type(value) is bool else [f"{path}: not a boolean"]
-    return [f"{path}: unchecked shape type {kind}"]
 
 
 def output_member(operation: str, member: str) -> Any:
@@ -150,7 +90,7 @@ def test_a_finding_is_aws_audit_finding() -> None:
 def test_a_device_finding_is_aws_shaped_but_for_its_resource() -> None:
     finding = _finding(FILE, suppressed=True)
     assert "additionalInfo" not in finding["nonCompliantResource"]
-    assert shape_problems(finding, "AuditFinding", extensions=True) == []
+    assert shape_problems(finding, "AuditFinding", open_identifiers=True) == []
     problems = shape_problems(finding, "AuditFinding")
     assert len(problems) == 2  # the resource type and the identifier key, nothing else
     assert all("nonCompliantResource" in p for p in problems)
@@ -221,7 +161,7 @@ GOOD_IDENTIFIERS = [
 @pytest.mark.parametrize("identifier", GOOD_IDENTIFIERS)
 def test_resource_identifiers_accepted(identifier: dict[str, Any]) -> None:
     assert check_resource_identifier(identifier) == identifier
-    assert shape_problems(identifier, "ResourceIdentifier", extensions=True) == []
+    assert shape_problems(identifier, "ResourceIdentifier", open_identifiers=True) == []
 
 
 def test_identifier_key_ignores_key_order() -> None:

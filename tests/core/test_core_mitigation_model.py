@@ -4,10 +4,8 @@ targets and requests, the offenders a violation names, statistics and final stat
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
@@ -25,8 +23,9 @@ from agent.core.mitigation_model import (
     task_statistics,
     violation_matches,
 )
+from tests import shapes
+from tests.shapes import MODEL
 
-MODEL = botocore.session.get_session().get_service_model("iot")
 ROLE = "arn:aws:iam::123456789012:role/mitigation"
 # The device's extensions of AWS's shapes, nothing else: actionParams members, action
 # types and execution statuses outside AWS's enums.
@@ -38,56 +37,10 @@ EXTRA_ENUM = {
 
 
 def shape_problems(value: Any, shape: Any, path: str = "$") -> list[str]:
-    """What in `value` breaks botocore's `shape` (a name or a Shape): members, required,
-    types, enums, lengths, patterns; the device's extensions allowed."""
-    if isinstance(shape, str):
-        shape = MODEL.shape_for(shape)
-    kind, meta = shape.type_name, shape.metadata
-    if kind == "structure":
-        if not isinstance(value, dict):
-            return [f"{path}: not an object"]
-        extra = EXTRA_MEMBERS.get(shape.name, set())
-        out = [
-            f"{path}.{k}: not a member of {shape.name}"
-            for k in value
-            if k not in shape.members and k not in extra
-        ]
-        out += [f"{path}.{k}: required" for k in shape.required_members if k not in value]
-        for k, v in value.items():
-            if k in shape.members:
-                out += shape_problems(v, shape.members[k], f"{path}.{k}")
-        return out
-    if kind == "list":
-        if not isinstance(value, list):
-            return [f"{path}: not a list"]
-        out = [f"{path}: fewer than {meta['min']}" for _ in [0] if len(value) < meta.get("min", 0)]
-        out += [
-            f"{path}: more than {meta['max']}" for _ in [0] if len(value) > meta.get("max", 1e9)
-        ]
-        return out + [
-            p for i, v in enumerate(value) for p in shape_problems(v, shape.member, f"{path}[{i}]")
-        ]
-    if kind == "string":
-        if not isinstance(value, str):
-            return [f"{path}: not a string"]
-        out = []
-        if shape.enum and value not in shape.enum and value not in EXTRA_ENUM.get(shape.name, ()):
-            out.append(f"{path}: {value!r} not in {shape.name}")
-        if not meta.get("min", 0) <= len(value) <= meta.get("max", 10**9):
-            out.append(f"{path}: length {len(value)}")
-        pattern = meta.get("pattern")
-        if pattern and not re.fullmatch(pattern.strip("^$"), value):
-            out.append(f"{path}: {value!r} does not match {pattern}")
-        return out
-    if kind == "boolean":
-        return [] if isinstance(value, bool) else [f"{path}: not a boolean"]
-    if kind in ("integer", "long"):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return [] if ok else [f"{path}: not an integer"]
-    if kind == "timestamp":
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return [] if ok else [f"{path}: not epoch seconds"]
-    return [f"{path}: unhandled kind {kind}"]
+    """botocore's verdict with the mitigation extensions above allowed."""
+    return shapes.shape_problems(
+        value, shape, path, extra_members=EXTRA_MEMBERS, extra_enum=EXTRA_ENUM
+    )
 
 
 def test_the_shape_judge_catches_what_it_should() -> None:

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import botocore.session
 import pytest
 
 from agent.core.evaluator import Detector
@@ -19,53 +18,9 @@ from agent.core.profile import (
     parse_dimension,
     parse_profile,
 )
+from tests.shapes import MODEL, shape_problems
 
-MODEL = botocore.session.get_session().get_service_model("iot")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "detect"
-
-
-def problems(value: Any, shape: Any, path: str = "$") -> list[str]:
-    kind = shape.type_name
-    meta = shape.metadata
-    if kind == "structure":
-        if not isinstance(value, dict):
-            return [f"{path}: not an object"]
-        out = [f"{path}.{k}: not a member of {shape.name}" for k in value if k not in shape.members]
-        out += [f"{path}.{k}: required" for k in shape.required_members if k not in value]
-        for k, v in value.items():
-            if k in shape.members:
-                out += problems(v, shape.members[k], f"{path}.{k}")
-        return out
-    if kind == "list":
-        if not isinstance(value, list):
-            return [f"{path}: not a list"]
-        return [p for i, v in enumerate(value) for p in problems(v, shape.member, f"{path}[{i}]")]
-    if kind == "map":
-        if not isinstance(value, dict):
-            return [f"{path}: not a map"]
-        return [p for k, v in value.items() for p in problems(v, shape.value, f"{path}.{k}")]
-    if kind == "string":
-        if not isinstance(value, str):
-            return [f"{path}: not a string"]
-        if shape.enum and value not in shape.enum:
-            return [f"{path}: {value!r} not in {shape.enum}"]
-        if not meta.get("min", 0) <= len(value) <= meta.get("max", 10**9):
-            return [f"{path}: length out of range"]
-        pattern = meta.get("pattern")
-        if pattern and "\\p" not in pattern and not re.fullmatch(pattern, value):
-            return [f"{path}: {value!r} does not match {pattern}"]
-        return []
-    if kind in ("integer", "long"):
-        if type(value) is not int:
-            return [f"{path}: not an integer"]
-        if not meta.get("min", -(2**63)) <= value <= meta.get("max", 2**63):
-            return [f"{path}: out of range"]
-        return []
-    if kind in ("double", "float", "timestamp"):
-        return [] if type(value) in (int, float) else [f"{path}: not a number"]
-    if kind == "boolean":
-        return [] if type(value) is bool else [f"{path}: not a boolean"]
-    return [f"{path}: unchecked shape type {kind}"]
 
 
 def emitted() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -122,16 +77,16 @@ def test_events_and_active_violations_match_the_aws_shapes():
     assert {v for _, v in kinds} == {"count", "number", "ports", "cidrs", "strings", "numbers"}
     assert active
     for event in events:
-        assert problems(event, MODEL.shape_for("ViolationEvent")) == []
+        assert shape_problems(event, MODEL.shape_for("ViolationEvent")) == []
     for violation in active:
-        assert problems(violation, MODEL.shape_for("ActiveViolation")) == []
+        assert shape_problems(violation, MODEL.shape_for("ActiveViolation")) == []
 
 
 def test_behaviors_match_the_aws_shape():
     events, _ = emitted()
     behaviors = json.loads((FIXTURES / "profile-baseline.json").read_text())["behaviors"]
     for behavior in behaviors + [e["behavior"] for e in events]:
-        assert problems(behavior, MODEL.shape_for("Behavior")) == []
+        assert shape_problems(behavior, MODEL.shape_for("Behavior")) == []
 
 
 def test_our_field_lists_are_the_aws_members():
@@ -149,5 +104,5 @@ def test_the_checker_itself_catches_a_wrong_type(shape):
     events, active = emitted()
     doc = (events if shape == "ViolationEvent" else active)[0]
     time_key = "violationEventTime" if shape == "ViolationEvent" else "lastViolationTime"
-    assert problems({**doc, time_key: "2024-10-27T00:00:00Z"}, MODEL.shape_for(shape))
-    assert problems({**doc, "extra": 1}, MODEL.shape_for(shape))
+    assert shape_problems({**doc, time_key: "2024-10-27T00:00:00Z"}, MODEL.shape_for(shape))
+    assert shape_problems({**doc, "extra": 1}, MODEL.shape_for(shape))

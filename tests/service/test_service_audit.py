@@ -34,7 +34,7 @@ from agent.service.audit import (
     task_findings,
 )
 from agent.store.audit import audit_path, open_audit
-from tests.core.test_core_audit_model import shape_problems
+from tests.shapes import shape_problems
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = botocore.session.get_session().get_service_model("iot")
@@ -195,7 +195,7 @@ def response(operation: str) -> Any:
 
 
 def valid(answer: Any, operation: str) -> Any:
-    assert shape_problems(answer, response(operation), extensions=True) == []
+    assert shape_problems(answer, response(operation), open_identifiers=True) == []
     return answer
 
 
@@ -1153,7 +1153,7 @@ def test_with_the_device_checks(device: Device) -> None:
     (finding,) = json.loads(cli(device, "list-audit-findings", "--task-id", task).stdout)[
         "findings"
     ]
-    assert shape_problems(finding, "AuditFinding", extensions=True) == []
+    assert shape_problems(finding, "AuditFinding", open_identifiers=True) == []
     assert finding["nonCompliantResource"]["resourceIdentifier"] == {"path": str(device.key)}
     assert (finding["checkName"], finding["severity"]) == (check, "HIGH")
     device.key.chmod(0o600)

@@ -20,7 +20,7 @@ import pytest
 
 from agent.cli import main
 from agent.service.status import read_status
-from tests.core.test_core_audit_model import MODEL, shape_problems
+from tests.shapes import MODEL, shape_problems
 
 THING = "manage-test"
 TIMEOUT_S = 15.0
