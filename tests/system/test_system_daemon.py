@@ -53,6 +53,20 @@ def profile(threshold: float = 10, name: str = "level-high") -> dict[str, Any]:
     }
 
 
+def mqtt_block(broker: Broker) -> str:
+    """The [mqtt] table of an agent reporting to the test broker, in JSON."""
+    pki = broker.pki
+    return f"""
+[mqtt]
+endpoint = "{broker.host}"
+port = {broker.port}
+ca_file = "{pki.ca_cert}"
+cert_file = "{pki.client_cert}"
+key_file = "{pki.client_key}"
+format = "json"
+"""
+
+
 class Agent:
     """One test's agent: its config, state, level file and process."""
 
@@ -309,20 +323,7 @@ def test_wall_clock_jumps_neither_stall_nor_burst(agent: Agent, tmp_path: Path) 
 def test_reports_and_violations_reach_a_mutual_tls_broker(
     tmp_path: Path, broker: Broker, mqtt_client: Callable[..., MqttTestClient]
 ) -> None:
-    pki = broker.pki
-    agent = Agent(
-        tmp_path,
-        extra=f"""
-[mqtt]
-endpoint = "{broker.host}"
-port = {broker.port}
-ca_file = "{pki.ca_cert}"
-cert_file = "{pki.client_cert}"
-key_file = "{pki.client_key}"
-format = "json"
-short_names = true
-""",
-    )
+    agent = Agent(tmp_path, extra=mqtt_block(broker) + "short_names = true\n")
     agent.config.write_text(
         agent.config.read_text().replace(
             "interval_s = 0.2", "interval_s = 0.2\nreport_interval_s = 1"
@@ -619,19 +620,7 @@ def test_under_systemd_the_per_cycle_files_live_in_the_runtime_directory(
 def test_a_scheduled_audits_findings_reach_the_broker(
     tmp_path: Path, broker: Broker, mqtt_client: Callable[..., MqttTestClient]
 ) -> None:
-    pki = broker.pki
-    agent = Agent(
-        tmp_path,
-        extra=f"""
-[mqtt]
-endpoint = "{broker.host}"
-port = {broker.port}
-ca_file = "{pki.ca_cert}"
-cert_file = "{pki.client_cert}"
-key_file = "{pki.client_key}"
-format = "json"
-""",
-    )
+    agent = Agent(tmp_path, extra=mqtt_block(broker))
     check = "DEVICE_CERTIFICATE_EXPIRING_CHECK"  # the test certificates last two days
     create = ["create-scheduled-audit", "--config", str(agent.config)]
     create += ["--scheduled-audit-name", "daily", "--frequency", "DAILY"]
