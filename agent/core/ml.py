@@ -1,0 +1,349 @@
+"""ML Detect on the device: a per-metric model of normal behavior, trained from the
+metric's own history and judging each new datapoint at a confidence level.
+
+The model is a seasonal baseline: 48 buckets, one per local hour of the day for weekdays
+and one for weekend days (Saturday, Sunday). Values are compared on y = log2(1 + value),
+so traffic that varies by a factor is judged by the factor, and counts near zero by the
+count. Each bucket keeps its median of y and an upper spread: (p99 - median) / 2.326,
+the standard deviation a normal distribution with that p99 would have, floored at
+SPREAD_FLOOR so a constant metric still has a scale. A datapoint's score is
+
+    score = max(0, y - expected) / spread
+
+with expected and spread interpolated between the centres of the two nearest hour
+buckets, so the baseline has no step on the hour. Only values above normal score:
+an anomaly is more of something (bytes out, connections, listening ports, failures);
+less of it is not judged (docs/ml-model.md says why).
+
+A confidence level alarms above its threshold: the level's base (LOW 3, MEDIUM 4.5,
+HIGH 6 spreads) or, if higher, the share of the training datapoints' own scores that
+the level lets pass (99.9%, 99.99%, all of them): LOW alarms most, HIGH least, and no
+level alarms on more than its share of the data it was trained on.
+
+Training streams datapoints into a fixed array of counts, 48 buckets of 768 bins of
+1/16 on y (a bin is 4.4% wide in value; values up to 2**48 - 1, larger ones are counted
+in the top bin), so its state is about 150 KiB however many datapoints it sees. Pure:
+time comes in as arguments, as does the device's UTC offset that makes "night" local.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.core.profile import CONFIDENCE_LEVELS as CONFIDENCE_LEVELS
+
+MIN_TRAINING_DAYS = 14  # AWS: a model needs 14 days ...
+MIN_DATAPOINTS = 25_000  # ... and at least 25,000 datapoints before it is active
+RETRAIN_S = 86_400.0  # retrained daily
+
+HOURS = 24
+BUCKETS = 2 * HOURS  # weekday hours, then weekend hours
+BINS_PER_UNIT = 16  # bins per unit of y = log2(1 + value)
+MAX_Y = 48
+BINS = MAX_Y * BINS_PER_UNIT
+MIN_BUCKET_DATAPOINTS = 50  # fewer: the bucket borrows the hour's other day type, or all
+SPREAD_FLOOR = 0.05  # on y: about 3.5% of a large value; a 0 -> 1 step scores 20
+P99_Z = 2.326  # the standard normal's 99th percentile
+# Per level: the base threshold (in spreads) and the share of training scores it passes.
+LEVEL_BASE = {"LOW": 3.0, "MEDIUM": 4.5, "HIGH": 6.0}
+LEVEL_QUANTILE = {"LOW": 0.999, "MEDIUM": 0.9999, "HIGH": 1.0}
+FORMAT = 1  # of to_json
+
+
+def _y(value: float) -> float:
+    return math.log2(1.0 + value)
+
+
+def _value(y: float) -> float:
+    return math.exp2(y) - 1.0
+
+
+def _finite(x: object) -> float | None:
+    """x as a float if it is a finite int or float (not a bool), else None."""
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def check_value(value: object) -> float:
+    """A datapoint's value as a float; ValueError naming it unless finite and >= 0."""
+    v = _finite(value)
+    if v is None or v < 0:
+        raise ValueError(f"ML datapoint value {value!r} is not a finite number >= 0")
+    return v
+
+
+def check_time(t: object) -> float:
+    """A time as a float; ValueError naming it unless finite."""
+    x = _finite(t)
+    if x is None:
+        raise ValueError(f"ML datapoint time {t!r} is not a finite number")
+    return x
+
+
+def _hour_index(local_t: float) -> int:
+    """Hours since the epoch in local time."""
+    return math.floor(local_t / 3600.0)
+
+
+def _bucket(hour: int) -> int:
+    """The bucket of a local hour since the epoch: 1970-01-01 was a Thursday (weekday 3
+    counting Monday as 0), so Saturday and Sunday are weekdays 5 and 6."""
+    weekend = (hour // HOURS + 3) % 7 >= 5
+    return hour % HOURS + (HOURS if weekend else 0)
+
+
+class Trainer:
+    """Streams (t, value) datapoints of one metric into bounded state (a fixed array of
+    counts, whatever the number of points), then builds a Model. Feed in any order of t;
+    datapoints before `start` (the start of the training window) are refused."""
+
+    __slots__ = ("_counts", "_first_t", "_high", "_n", "_offset", "_start")
+
+    def __init__(self, start: float, utc_offset_s: int = 0) -> None:
+        self._start = check_time(start)
+        if type(utc_offset_s) is not int or abs(utc_offset_s) > 18 * 3600:
+            raise ValueError(f"utc_offset_s {utc_offset_s!r} is not an integer within ±18 h")
+        self._offset = utc_offset_s
+        self._counts = array("I", bytes(4 * BUCKETS * BINS))
+        self._high = [0.0] * BUCKETS  # each bucket's largest value, exact
+        self._n = 0
+        self._first_t: float | None = None
+
+    @property
+    def start(self) -> float:
+        return self._start
+
+    @property
+    def utc_offset_s(self) -> int:
+        return self._offset
+
+    @property
+    def datapoints(self) -> int:
+        return self._n
+
+    @property
+    def first_t(self) -> float | None:
+        return self._first_t
+
+    def add(self, t: float, value: float) -> None:
+        t = check_time(t)
+        v = check_value(value)
+        if t < self._start:
+            raise ValueError(
+                f"ML datapoint time {t!r} is before the training start {self._start!r}"
+            )
+        b = _bucket(_hour_index(t + self._offset))
+        y = math.log2(1.0 + v)
+        i = int(y * BINS_PER_UNIT)
+        self._counts[b * BINS + (i if i < BINS else BINS - 1)] += 1
+        if v > self._high[b]:
+            self._high[b] = v
+        self._n += 1
+        if self._first_t is None or t < self._first_t:
+            self._first_t = t
+
+    def build(self, now: float) -> Model | None:
+        """The model, or None until the data spans MIN_TRAINING_DAYS before `now` and
+        holds MIN_DATAPOINTS."""
+        now = check_time(now)
+        first = self._first_t
+        if first is None or self._n < MIN_DATAPOINTS or now - first < MIN_TRAINING_DAYS * 86400:
+            return None
+        pooled = [self._pool(b) for b in range(BUCKETS)]
+        expected: list[float] = []
+        spread: list[float] = []
+        for b in range(BUCKETS):
+            bins, high = pooled[b]
+            med = _quantile(bins, 0.5, high)
+            p99 = _quantile(bins, 0.99, high)
+            expected.append(med)
+            spread.append(max((p99 - med) / P99_Z, SPREAD_FLOOR))
+        thresholds = _calibrate(pooled, expected, spread)
+        return Model(
+            trained_at=now,
+            datapoints=self._n,
+            first_t=first,
+            utc_offset_s=self._offset,
+            expected=tuple(expected),
+            spread=tuple(spread),
+            thresholds=thresholds,
+        )
+
+    def _pool(self, b: int) -> tuple[list[int], float]:
+        """A bucket's bin counts and largest y; a thin bucket takes in the same hour of
+        the other day type, and if still thin, every bucket."""
+        groups = [[b], [b % HOURS, b % HOURS + HOURS], list(range(BUCKETS))]
+        for group in groups:
+            bins = [0] * BINS
+            for g in group:
+                row = self._counts[g * BINS : (g + 1) * BINS]
+                for i, c in enumerate(row):
+                    if c:
+                        bins[i] += c
+            if sum(bins) >= MIN_BUCKET_DATAPOINTS or group is groups[-1]:
+                return bins, _y(max(self._high[g] for g in group))
+        raise AssertionError("unreachable")
+
+
+def _quantile(bins: list[int], q: float, high: float) -> float:
+    """The q-quantile of y from bin counts, linear within its bin, at most `high`."""
+    total = sum(bins)
+    if total == 0:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, c in enumerate(bins):
+        if c and seen + c >= rank:
+            y = (i + (rank - seen) / c) / BINS_PER_UNIT
+            return min(y, high)
+        seen += c
+    return high
+
+
+def _calibrate(
+    pooled: list[tuple[list[int], float]], expected: list[float], spread: list[float]
+) -> tuple[float, float, float]:
+    """Each level's threshold: its base, or the score its quantile of the training
+    datapoints reaches (a bin scored at its middle, the top one at the bucket's max)."""
+    scores: dict[float, int] = {}
+    total = 0
+    for b, (bins, high) in enumerate(pooled):
+        for i, c in enumerate(bins):
+            if c:
+                y = min((i + 0.5) / BINS_PER_UNIT, high)
+                s = max(0.0, y - expected[b]) / spread[b]
+                scores[s] = scores.get(s, 0) + c
+                total += c
+    ordered = sorted(scores.items())
+    out: list[float] = []
+    for level in CONFIDENCE_LEVELS:
+        rank = LEVEL_QUANTILE[level] * total
+        seen = 0
+        q = ordered[-1][0] if ordered else 0.0
+        for s, c in ordered:
+            seen += c
+            if seen >= rank:
+                q = s
+                break
+        out.append(max(LEVEL_BASE[level], q))
+    return out[0], out[1], out[2]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A trained model of one metric. `expected` and `spread` are per bucket on y =
+    log2(1 + value); `thresholds` are scores, one per level of CONFIDENCE_LEVELS."""
+
+    trained_at: float
+    datapoints: int
+    first_t: float
+    utc_offset_s: int
+    expected: tuple[float, ...]
+    spread: tuple[float, ...]
+    thresholds: tuple[float, float, float]
+
+    def _baseline(self, t: float) -> tuple[float, float]:
+        """Expected y and spread at t: linear between the two nearest hour centres."""
+        pos = (t + self.utc_offset_s) / 3600.0 - 0.5
+        hour = math.floor(pos)
+        w = pos - hour
+        b0, b1 = _bucket(hour), _bucket(hour + 1)
+        e, s = self.expected, self.spread
+        return e[b0] + (e[b1] - e[b0]) * w, s[b0] + (s[b1] - s[b0]) * w
+
+    def score(self, t: float, value: float) -> float:
+        """How far above normal the value is, in spreads (>= 0; 0 at or below normal)."""
+        y = math.log2(1.0 + check_value(value))
+        e, s = self._baseline(check_time(t))
+        return 0.0 if y <= e else (y - e) / s
+
+    def anomalous(self, t: float, value: float, confidence: str) -> bool:
+        return self.score(t, value) > self.threshold(confidence)
+
+    def threshold(self, confidence: str) -> float:
+        """The score above which `confidence` alarms."""
+        if confidence not in CONFIDENCE_LEVELS:
+            raise ValueError(f"confidence level {confidence!r} is not one of {CONFIDENCE_LEVELS}")
+        return self.thresholds[CONFIDENCE_LEVELS.index(confidence)]
+
+    def explain(self, t: float, value: float) -> dict[str, float]:
+        """The expected value at t, the spread (on log2(1 + value)), the score and, per
+        level, the smallest value that level alarms above."""
+        e, s = self._baseline(check_time(t))
+        out = {
+            "value": check_value(value),
+            "expected": _value(e),
+            "spread": s,
+            "score": self.score(t, value),
+        }
+        for level in CONFIDENCE_LEVELS:
+            out[f"limit_{level}"] = _value(e + self.threshold(level) * s)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "trainedAt": self.trained_at,
+            "datapoints": self.datapoints,
+            "firstT": self.first_t,
+            "utcOffsetS": self.utc_offset_s,
+            "expected": list(self.expected),
+            "spread": list(self.spread),
+            "thresholds": dict(zip(CONFIDENCE_LEVELS, self.thresholds, strict=True)),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Model:
+        """Raises ValueError naming the field that is missing or wrong."""
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"ML model {doc!r} is not an object")
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"ML model format: {doc.get('format')!r} is not {FORMAT}")
+        datapoints = doc.get("datapoints")
+        if type(datapoints) is not int or datapoints < 0:
+            raise ValueError(f"ML model datapoints: {datapoints!r} is not a count")
+        offset = doc.get("utcOffsetS")
+        if type(offset) is not int or abs(offset) > 18 * 3600:
+            raise ValueError(f"ML model utcOffsetS: {offset!r} is not an integer within ±18 h")
+        thresholds = doc.get("thresholds")
+        if not isinstance(thresholds, Mapping) or set(thresholds) != set(CONFIDENCE_LEVELS):
+            raise ValueError(
+                f"ML model thresholds: {thresholds!r} must map each of {CONFIDENCE_LEVELS}"
+            )
+        levels = tuple(_number(thresholds, k, "thresholds.") for k in CONFIDENCE_LEVELS)
+        if not 0 <= levels[0] <= levels[1] <= levels[2]:
+            raise ValueError(
+                f"ML model thresholds: {thresholds!r} must be >= 0 and LOW <= MEDIUM <= HIGH"
+            )
+        return cls(
+            trained_at=_number(doc, "trainedAt"),
+            datapoints=datapoints,
+            first_t=_number(doc, "firstT"),
+            utc_offset_s=offset,
+            expected=_numbers(doc, "expected", 0.0),
+            spread=_numbers(doc, "spread", SPREAD_FLOOR),
+            thresholds=(levels[0], levels[1], levels[2]),
+        )
+
+
+def _number(doc: Mapping[str, Any], key: str, where: str = "") -> float:
+    x = _finite(doc.get(key))
+    if x is None:
+        raise ValueError(f"ML model {where}{key}: {doc.get(key)!r} is not a finite number")
+    return x
+
+
+def _numbers(doc: Mapping[str, Any], key: str, low: float) -> tuple[float, ...]:
+    xs = doc.get(key)
+    if (
+        not isinstance(xs, list)
+        or len(xs) != BUCKETS
+        or not all(type(x) in (int, float) and math.isfinite(x) and x >= low for x in xs)
+    ):
+        raise ValueError(f"ML model {key}: must be {BUCKETS} finite numbers >= {low}")
+    return tuple(float(x) for x in xs)
