@@ -9,7 +9,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from agent.core.baseline import Baseline, raw_entries
 from agent.core.criteria import (
@@ -62,6 +62,15 @@ class InactiveBehavior(NamedTuple):
     reason: str
 
 
+class Scorer(Protocol):
+    """What the rule core needs of an ML model (agent.core.ml.Model)."""
+
+    def anomalous(self, t: float, value: float, confidence: str) -> bool: ...
+
+
+NO_MODEL = "no model trained yet (PENDING_BUILD)"
+
+
 class _Mismatch(Exception):
     """A sample value whose shape does not fit the behaviors on its metric."""
 
@@ -112,6 +121,8 @@ class _Rule:
         "last_dp",
         "last_time",
         "last_value",
+        "ml",
+        "model",
         "order",
         "percent",
         "profile",
@@ -135,7 +146,7 @@ class _Rule:
     ) -> None:
         criteria = behavior.criteria
         kind = behavior.kind
-        assert criteria is not None and criteria.operator is not None and kind is not None
+        assert criteria is not None and kind is not None
         self.profile = profile
         self.order = order  # (profile index, behavior index): event order of one instant
         self.behavior = behavior
@@ -151,10 +162,12 @@ class _Rule:
         self.check: Check | None = None
         self.compare: Compare | None = None
         self.percent: float | None = None
-        if criteria.statistic is not None:
+        self.ml = criteria.ml_confidence  # an ML behavior's confidence level
+        self.model: Scorer | None = None  # judged only while it holds an active model
+        if criteria.statistic is not None and criteria.operator is not None:
             self.compare = COMPARE[criteria.operator]
             self.percent = statistic_percent(criteria.statistic)
-        else:
+        elif self.ml is None:
             self.check = static_check(criteria, kind)
         self.fleet: float | None = None  # a fleet-published threshold overrides the local one
         # Outside an alarm `run` counts consecutive violating datapoints, inside it
@@ -177,6 +190,10 @@ class _Rule:
 
     def metric_value(self, value: Any) -> dict[str, Any]:
         return {self.event_key: list(value) if self.is_list else value}
+
+    @property
+    def additional_info(self) -> dict[str, Any] | None:
+        return None if self.ml is None else {"confidenceLevel": self.ml}
 
 
 def rule_key(profile: str, behavior: str, signature: str) -> str:
@@ -203,8 +220,6 @@ def _inactive_reason(
 ) -> str | None:
     if behavior.metric in unsourced:
         return f"{behavior.metric}: {unsourced[behavior.metric]}"
-    if behavior.criteria is not None and behavior.criteria.ml_confidence is not None:
-        return "mlDetectionConfig: on-device ML detection is not available yet"
     if behavior.dimension is not None and behavior.dimension.name not in dimensions:
         return f"metricDimension: dimension {behavior.dimension.name!r} is not loaded"
     return None
@@ -292,6 +307,9 @@ class Detector:
         self._exported_all = False
         self._stale_rules: set[str] = set()
         self._stale_buckets: set[str] = set()
+        # The ML models by metric, and why a metric has none (status and progress).
+        self._models: dict[str, Scorer] = {}
+        self._no_model: dict[str, str] = {}
         self._install(list(profiles), {d.name: d for d in dimensions}, {})
 
     # --- configuration -------------------------------------------------------------
@@ -330,6 +348,8 @@ class Detector:
                     if behavior.criteria.statistic is not None:
                         baseline = self._new_baseline()
                     rule = _Rule(profile.name, (p_idx, b_idx), behavior, signature, baseline)
+                    if rule.ml is not None:
+                        rule.model = self._models.get(behavior.metric)
                 rules.append(rule)
         for gone in keep.values():  # what a store holds of its baseline goes with it
             if gone.baseline is not None:
@@ -372,12 +392,40 @@ class Detector:
                 return
         raise KeyError(f"no judged behavior {behavior!r} in profile {profile!r}")
 
+    def set_models(
+        self, models: Mapping[str, Scorer | None], reasons: Mapping[str, str] | None = None
+    ) -> None:
+        """The active ML models by metric name (None or absent: none); one model serves
+        every ML behavior on its metric at each confidence level. `reasons` says why a
+        metric has no active model (its status and training progress), for
+        `inactive_behaviors`. Without a model an ML behavior makes no judgement: an
+        alarm it is in goes on until its datapoints clear it or it goes stale."""
+        self._models = {m: model for m, model in models.items() if model is not None}
+        self._no_model = dict(reasons or {})
+        for rule in self._rules:
+            if rule.ml is not None:
+                rule.model = self._models.get(rule.behavior.metric)
+
+    def ml_metrics(self) -> list[str]:
+        """The metrics the judged ML behaviors need a model of."""
+        return sorted({r.behavior.metric for r in self._rules if r.ml is not None})
+
     # --- queries --------------------------------------------------------------------
 
     def inactive_behaviors(self) -> list[InactiveBehavior]:
-        """Loaded behaviors that are not judged (ML detection, a missing dimension, a
-        metric without a source)."""
-        return list(self._inactive)
+        """Loaded behaviors that are not judged (ML detection without an active model,
+        a missing dimension, a metric without a source)."""
+        waiting = [
+            InactiveBehavior(
+                r.profile,
+                r.behavior.name,
+                f"mlDetectionConfig: no active model of {r.behavior.metric}: "
+                + self._no_model.get(r.behavior.metric, NO_MODEL),
+            )
+            for r in self._rules
+            if r.ml is not None and r.model is None
+        ]
+        return [*self._inactive, *waiting]
 
     def mismatches(self) -> list[InactiveBehavior]:
         """Behaviors that got a sample value of the wrong shape (a number for a list
@@ -672,6 +720,7 @@ class Detector:
                 o.last_violation_value,
                 EventType.ALARM_INVALIDATED,
                 now,
+                o.additional_info,
             )
             events.append(((now, (-1, -1)), event))  # before the profiles now loaded
         self._orphans = {}
@@ -700,6 +749,10 @@ class Detector:
         self.datapoints += 1
         if rule.check is not None:
             ok = rule.check(v)
+        elif rule.ml is not None:
+            if rule.model is None:
+                return  # not judged: no event, counters untouched, staleness runs on
+            ok = not rule.model.anomalous(t, v, rule.ml)
         else:
             baseline = rule.baseline
             assert baseline is not None and rule.compare is not None and rule.percent is not None
@@ -747,7 +800,15 @@ class Detector:
 
     def _keyed(self, rule: _Rule, t: float, kind: EventType, value: Mapping[str, Any]) -> _Keyed:
         assert rule.violation_id is not None
-        event = self._event(rule.violation_id, rule.profile, rule.behavior.doc, value, kind, t)
+        event = self._event(
+            rule.violation_id,
+            rule.profile,
+            rule.behavior.doc,
+            value,
+            kind,
+            t,
+            rule.additional_info,
+        )
         return (t, rule.order), event
 
     def _event(
@@ -758,6 +819,7 @@ class Detector:
         value: Mapping[str, Any],
         kind: EventType,
         t: float,
+        info: Mapping[str, Any] | None = None,
     ) -> ViolationEvent:
         return ViolationEvent(
             violation_id=violation_id,
@@ -767,6 +829,7 @@ class Detector:
             metric_value=value,
             violation_event_type=kind,
             violation_event_time=t,
+            additional_info=info,
         )
 
     def _active(self, rule: _Rule) -> ActiveViolation:
@@ -779,6 +842,7 @@ class Detector:
             last_violation_value=rule.last_value,
             last_violation_time=rule.last_time,
             violation_start_time=rule.start_time,
+            additional_info=rule.additional_info,
         )
 
     def _mismatch(self, group: _Group, reason: str) -> None:
@@ -811,6 +875,9 @@ def _count(x: object) -> int:
 def _violation_from_json(doc: Mapping[str, Any]) -> ActiveViolation:
     if not isinstance(doc["lastViolationValue"], dict) or not doc["violationId"]:
         raise ValueError(f"violation {doc!r} lacks an id or a value")
+    info = doc.get("violationEventAdditionalInfo")
+    if info is not None and not isinstance(info, dict):
+        raise ValueError(f"violation {doc!r}: violationEventAdditionalInfo is not an object")
     return ActiveViolation(
         violation_id=str(doc["violationId"]),
         thing_name=doc["thingName"],
@@ -819,4 +886,5 @@ def _violation_from_json(doc: Mapping[str, Any]) -> ActiveViolation:
         last_violation_value=doc["lastViolationValue"],
         last_violation_time=_number(doc["lastViolationTime"]),
         violation_start_time=_number(doc["violationStartTime"]),
+        additional_info=info,
     )

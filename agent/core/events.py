@@ -29,6 +29,8 @@ class ViolationEvent:
     violation_event_type: EventType
     violation_event_time: float
     verification_state: str = UNKNOWN
+    # violationEventAdditionalInfo: {"confidenceLevel": ...} for ML behaviors
+    additional_info: Mapping[str, Any] | None = None
 
     @property
     def suppressed(self) -> bool:
@@ -41,6 +43,7 @@ class ViolationEvent:
             "securityProfileName": self.security_profile_name,
             "behavior": copy.deepcopy(dict(self.behavior)),
             "metricValue": copy.deepcopy(dict(self.metric_value)),
+            **_additional(self.additional_info),
             "violationEventType": self.violation_event_type.value,
             "verificationState": self.verification_state,
             "violationEventTime": self.violation_event_time,
@@ -57,6 +60,7 @@ class ActiveViolation:
     last_violation_time: float
     violation_start_time: float
     verification_state: str = UNKNOWN
+    additional_info: Mapping[str, Any] | None = None
 
     @property
     def suppressed(self) -> bool:
@@ -69,7 +73,12 @@ class ActiveViolation:
             "securityProfileName": self.security_profile_name,
             "behavior": copy.deepcopy(dict(self.behavior)),
             "lastViolationValue": copy.deepcopy(dict(self.last_violation_value)),
+            **_additional(self.additional_info),
             "lastViolationTime": self.last_violation_time,
             "violationStartTime": self.violation_start_time,
             "verificationState": self.verification_state,
         }
+
+
+def _additional(info: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {} if info is None else {"violationEventAdditionalInfo": dict(info)}

@@ -5,6 +5,12 @@ per thing from the broker's view; a gateway's broker sees its clients the same w
 so behaviors on those metrics are judged per client id, and their events carry the
 client id as `thingName`. Pure, like the Detector: time comes in as an argument.
 
+ML behaviors are judged on the device's own metrics only. A client's ML behaviors stay
+inactive (CLIENT_ML_REASON): a model per client and metric, trained on that client's
+history, would cost up to max_clients times the memory and training time of the
+device's models, and a client's history is too sparse and short-lived (clients come
+and go, and are evicted) to reach the 14 days and 25,000 datapoints a model needs.
+
 Saved state: the device's keys as the Detector gives them; a client's keys prefixed
 with `~<16 hex digits of the client id's SHA-256>~` (profile and behavior names cannot
 hold '~'), plus a `~<hex>~client` row holding the client id itself."""
@@ -15,26 +21,40 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from agent.core.evaluator import Detector, InactiveBehavior, StateChanges
+from agent.core.evaluator import Detector, InactiveBehavior, Scorer, StateChanges
 from agent.core.events import ActiveViolation, ViolationEvent
 from agent.core.hashing import sha256
 from agent.core.metrics import CLOUD_METRICS
-from agent.core.profile import Dimension, SecurityProfile
+from agent.core.profile import Behavior, Dimension, SecurityProfile
 
 # (thing name, profiles, unsourced metrics) -> a Detector with the [detect] settings
 MakeDetector = Callable[[str, list[SecurityProfile], Mapping[str, str]], Detector]
 DEFAULT_MAX_CLIENTS = 1000
 _CLIENT_ROW = "client"
+CLIENT_ML_REASON = (
+    "mlDetectionConfig: ML detection is not available per MQTT client of the watched"
+    " broker (models are trained on the device's own metrics only)"
+)
 
 
 def _split(profiles: Iterable[SecurityProfile], cloud: bool) -> list[SecurityProfile]:
-    """The profiles with only the behaviors on cloud-side metrics (cloud) or the rest."""
+    """The profiles with only the behaviors on cloud-side metrics (cloud) or the rest;
+    the cloud side without ML behaviors (CLIENT_ML_REASON)."""
     return [
         dataclasses.replace(
-            p, behaviors=tuple(b for b in p.behaviors if (b.metric in CLOUD_METRICS) == cloud)
+            p,
+            behaviors=tuple(
+                b
+                for b in p.behaviors
+                if (b.metric in CLOUD_METRICS) == cloud and not (cloud and _is_ml(b))
+            ),
         )
         for p in profiles
     ]
+
+
+def _is_ml(behavior: Behavior) -> bool:
+    return behavior.criteria is not None and behavior.criteria.ml_confidence is not None
 
 
 def client_prefix(client_id: str) -> str:
@@ -105,7 +125,24 @@ class Judge:
 
     def inactive_behaviors(self) -> list[InactiveBehavior]:
         extra = self._template.inactive_behaviors() if self._on else []
+        if self._on:
+            extra += [
+                InactiveBehavior(p.name, b.name, CLIENT_ML_REASON)
+                for p in self._profiles
+                for b in p.behaviors
+                if b.metric in CLOUD_METRICS and _is_ml(b)
+            ]
         return [*self.device.inactive_behaviors(), *extra]
+
+    def set_models(
+        self, models: Mapping[str, Scorer | None], reasons: Mapping[str, str] | None = None
+    ) -> None:
+        """The device's ML models by metric (Detector.set_models); clients get none."""
+        self.device.set_models(models, reasons)
+
+    def ml_metrics(self) -> list[str]:
+        """The metrics the device's judged ML behaviors need a model of."""
+        return self.device.ml_metrics()
 
     def mismatches(self) -> list[InactiveBehavior]:
         seen = {(m.profile, m.behavior): m for m in self.device.mismatches()}
