@@ -258,6 +258,21 @@ class MitigationConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """Remote control (docs/control.md): requests over MQTT 5 and a named shadow."""
+
+    enabled: bool = False
+    # Requests come in on <prefix>/request; answers go to the request's response topic,
+    # which must be under the prefix too (default <prefix>/response).
+    topic_prefix: str = "things/{thing_name}/defender/control"
+    shadow: bool = True  # follow the named shadow below (AWS IoT, or a broker that speaks it)
+    shadow_name: str = "edge-defender"
+    max_request_bytes: int = _ranged(65536, 256, 131072)  # AWS IoT's limit is 128 KiB
+    max_requests_per_minute: int = _ranged(60, 1, 6000)
+    journal_days: float = _ranged(90.0, 1, 3650)
+
+
+@dataclass(frozen=True)
 class Config:
     thing_name: str = field(default_factory=_short_host_name)
     state_dir: str = field(default_factory=_default_state_dir)
@@ -269,7 +284,25 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     mitigation: MitigationConfig = field(default_factory=MitigationConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     config_file: str = "<built-in defaults>"  # where it was read from, for messages
+
+    @property
+    def remote_dir(self) -> Path:
+        """Where remote control keeps the profiles, dimensions and settings it was sent:
+        the service may write only its state directory."""
+        return Path(self.state_dir) / "remote"
+
+    @property
+    def control_prefix(self) -> str:
+        """`control.topic_prefix` with the thing name filled in."""
+        return self.control.topic_prefix.replace("{thing_name}", self.thing_name)
+
+    @property
+    def profile_patterns(self) -> list[str]:
+        """The profile files to load: `[detect] profiles`, then those sent by remote
+        control (kept while control is off: they were installed on purpose)."""
+        return [*self.detect.profiles, str(self.remote_dir / "*.json")]
 
 
 def _type_name(tp: Any) -> str:
@@ -364,6 +397,11 @@ def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
 
 def _check(cfg: Config) -> None:
     """The rules that span keys or need more than a type and a range."""
+    if not _AWS_NAME.fullmatch(cfg.control.shadow_name) or len(cfg.control.shadow_name) > 64:
+        raise ConfigError(
+            "control.shadow_name: must be 1-64 of a-z A-Z 0-9 : _ - (an AWS IoT shadow"
+            f" name), got {_shown.repr(cfg.control.shadow_name)}"
+        )
     if not _AWS_NAME.fullmatch(cfg.thing_name):
         raise ConfigError(
             f"thing_name: must be 1-128 of a-z A-Z 0-9 : _ - (an AWS IoT thing name; it goes"
@@ -385,6 +423,7 @@ def _check(cfg: Config) -> None:
     for path, topic in (
         ("detect.violations_topic", cfg.detect.violations_topic),
         ("audit.findings_topic", cfg.audit.findings_topic),
+        ("control.topic_prefix", cfg.control.topic_prefix + "/request"),
     ):
         problem = _topic_problem(topic.replace("{thing_name}", cfg.thing_name))
         if problem:
@@ -483,6 +522,61 @@ def _topic_problem(topic: str) -> str | None:
     if "" in topic.split("/"):
         return "must not have empty levels (a leading, trailing or double /)"
     return None
+
+
+# What remote control may change (docs/control.md): no setting that could cut the agent
+# off its broker, run a command, read another file or touch the firewall.
+REMOTE_SETTINGS = (
+    "sampling.interval_s",
+    "sampling.report_interval_s",
+    "sampling.max_list",
+    "capture.enabled",
+    "capture.scan.enabled",
+    "capture.dns.enabled",
+    "capture.broker.enabled",
+    "audit.scheduled",
+    "store.retention_days",
+    "store.metrics_retention_days",
+)
+REMOTE_SETTINGS_FILE = "settings.json"
+
+
+def with_settings(cfg: Config, settings: Any) -> Config:
+    """`cfg` with remote `settings` ({"sampling.interval_s": 30.0, ...}) applied and checked
+    as the file's own keys are; ConfigError names the setting."""
+    if not isinstance(settings, dict):
+        raise ConfigError("settings: must be an object of setting names and values")
+    for name, value in settings.items():
+        if name not in REMOTE_SETTINGS:
+            raise ConfigError(
+                f"{_shown.repr(name)}: not a setting remote control may change; those are "
+                + ", ".join(REMOTE_SETTINGS)
+            )
+        *blocks, key = name.split(".")
+        chain = [cfg]
+        for block in blocks:
+            chain.append(getattr(chain[-1], block))
+        checked = getattr(_build(type(chain[-1]), {key: value}, ".".join(blocks)), key)
+        new: Any = dataclasses.replace(chain[-1], **{key: checked})
+        for parent, block in zip(reversed(chain[:-1]), reversed(blocks), strict=True):
+            new = dataclasses.replace(parent, **{block: new})
+        cfg = new
+    _check(cfg)
+    return cfg
+
+
+def remote_settings(cfg: Config) -> tuple[Config, str | None]:
+    """`cfg` with the settings remote control stored (none: `cfg` itself), and the
+    problem with that file if it cannot be used (then `cfg` unchanged)."""
+    path = cfg.remote_dir / REMOTE_SETTINGS_FILE
+    try:
+        with path.open("rb") as f:
+            settings = json.loads(f.read(MAX_CONFIG_BYTES))
+        return with_settings(cfg, settings), None
+    except FileNotFoundError:
+        return cfg, None
+    except (OSError, ValueError) as e:  # ConfigError and JSON errors are ValueErrors
+        return cfg, f"{path}: {e}"
 
 
 def parse_config(text: str, source: str) -> Config:

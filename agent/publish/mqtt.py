@@ -76,6 +76,8 @@ class PublishDone:
 class Received:
     topic: str
     payload: bytes
+    response_topic: str | None = None  # MQTT 5 request/response
+    correlation: bytes | None = None
 
 
 News = Connected | ConnectFailed | Disconnected | Stopped | PublishDone | Received
@@ -145,6 +147,25 @@ class Transport:
         future = self._client.publish(packet)
         future.add_done_callback(lambda f: self._on_publish_done(item_id, epoch, f))
 
+    def respond(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+        """Send an answer to a request with QoS 1, its correlation data as the request's;
+        not spooled: an answer is worth nothing to a requester that gave up. Raises
+        RuntimeError when the client refuses the packet."""
+        packet = mqtt5.PublishPacket(
+            topic=topic,
+            payload=payload,
+            qos=mqtt5.QoS.AT_LEAST_ONCE,
+            correlation_data=correlation,
+            payload_format_indicator=mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_UTF8,
+            content_type="application/json",
+        )
+        self._client.publish(packet).add_done_callback(_on_answer_sent)
+
+    @property
+    def client(self) -> mqtt5.Client:
+        """The awscrt client, for the shadow client that rides on this connection."""
+        return self._client
+
     def _client_options(self) -> mqtt5.ClientOptions:
         m = self._cfg.mqtt
         return mqtt5.ClientOptions(
@@ -212,7 +233,15 @@ class Transport:
 
     def _on_publish_received(self, data: mqtt5.PublishReceivedData) -> None:
         packet = data.publish_packet
-        self._post(Received(packet.topic, bytes(packet.payload)))
+        correlation = packet.correlation_data
+        self._post(
+            Received(
+                packet.topic,
+                bytes(packet.payload),
+                packet.response_topic,
+                None if correlation is None else bytes(correlation),
+            )
+        )
 
     def _on_publish_done(self, item_id: int, epoch: int, future: Future[Any]) -> None:
         error = future.exception()
@@ -223,6 +252,12 @@ class Transport:
         code = future.result().puback.reason_code
         puback = mqtt5.PubackReasonCode.UNSPECIFIED_ERROR if code is None else code
         self._post(PublishDone(item_id, epoch, int(puback), None))
+
+
+def _on_answer_sent(future: Future[Any]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.warning(kv("control_answer_not_sent", error=_error_name(error)))
 
 
 def _on_suback(future: Future[Any]) -> None:

@@ -141,7 +141,7 @@ def _allowed_ports(cfg: Config) -> tuple[frozenset[int] | None, frozenset[int] |
     from agent.service.profiles import load_profiles
 
     try:
-        profiles = load_profiles(cfg.detect.profiles, builtin_default=cfg.detect.builtin_profile)
+        profiles = load_profiles(cfg.profile_patterns, builtin_default=cfg.detect.builtin_profile)
     except ProfileError as e:
         log.warning(kv("audit_profiles_unreadable", error=str(e).splitlines()[0]))
         return None, None
@@ -169,7 +169,7 @@ def audit_context(
     gateway."""
     tcp, udp = _allowed_ports(cfg)
     config_files = [cfg.config_file] if Path(cfg.config_file).is_file() else []
-    for pattern in cfg.detect.profiles:
+    for pattern in cfg.profile_patterns:
         paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         config_files += [p for p in paths if Path(p).is_file() and p not in config_files]
     return AuditContext(

@@ -99,7 +99,7 @@ def check_config(path: str | None) -> list[Finding]:
         return [_finding(str(e))]
     findings = tls_findings(cfg.mqtt, time.time())
     try:
-        files = load_detect_files(cfg.detect.profiles)
+        files = load_detect_files(cfg.profile_patterns)
         if not files.profiles:
             patterns = ", ".join(cfg.detect.profiles)
             judged = "the built-in default profile judges"

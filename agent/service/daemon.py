@@ -27,7 +27,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from agent.collect.sampler import Sampler
-from agent.config import Config, ConfigError, load_config
+from agent.config import Config, ConfigError, load_config, remote_settings
 from agent.core.evaluator import StateChanges
 from agent.core.judge import Judge
 from agent.core.profile import ProfileError
@@ -52,6 +52,7 @@ from agent.store.history import (
 from agent.store.spool import Spool, spool_path
 
 if TYPE_CHECKING:
+    from agent.service.control import Controller
     from agent.service.mitigator import Mitigator
     from agent.service.outbox import Outbox
 
@@ -87,7 +88,7 @@ def report_interval_s(cfg: Config) -> float:
 
 
 def _load_detect(cfg: Config) -> DetectFiles:
-    files = load_detect_files(cfg.detect.profiles, builtin_default=cfg.detect.builtin_profile)
+    files = load_detect_files(cfg.profile_patterns, builtin_default=cfg.detect.builtin_profile)
     if not files.profiles:
         log.warning(kv("no_profiles", patterns=",".join(cfg.detect.profiles)))
     for profile in files.profiles:
@@ -129,6 +130,8 @@ class Daemon:
         self.save_everything = False  # a new store after a fault gets the whole state
         self.outbox: Outbox | None = None
         self.mitigator: Mitigator | None = None  # with [mitigation] on
+        self.controller: Controller | None = None  # with [control] on
+        self.broker_connected = False  # as last seen: remote control resyncs on a new one
         self.unrecorded: deque[dict[str, Any]] = deque(maxlen=MAX_UNRECORDED_EVENTS)
         self.degraded: dict[str, str] = {}  # part -> what is wrong with it now
         self.errors: Counter[str] = Counter()  # failures per job
@@ -169,6 +172,7 @@ class Daemon:
         first_check_s = min(FIRST_AUDIT_CHECK_S, 3 * cfg.sampling.interval_s)
         self.auditor = Auditor(lambda: self.cfg, first_check_s=first_check_s)
         self.mitigator = self._mitigator(cfg)
+        self.controller = self._controller(cfg)
         log.info(
             kv(
                 "started",
@@ -211,6 +215,26 @@ class Daemon:
 
         return Mitigator(lambda: self.cfg)
 
+    def _controller(self, cfg: Config) -> Controller | None:
+        """The remote control thread, when [control] is on (its code only then)."""
+        if not cfg.control.enabled:
+            return None
+        from agent.service.control import Controller
+
+        return Controller(self.config_path, cfg, self.wake)
+
+    def control(self) -> None:
+        """Hand control requests to the control thread, and its answers to the broker."""
+        if self.controller is None or self.outbox is None:
+            return
+        for request in self.outbox.take_requests():
+            self.controller.submit(request)
+        for answer in self.controller.take_answers():
+            self.outbox.respond(answer.topic, answer.payload, answer.correlation)
+        if self.outbox.connected and not self.broker_connected:
+            self.controller.resync()
+        self.broker_connected = self.outbox.connected
+
     def _sampler(self, cfg: Config) -> Sampler:
         return Sampler(cfg, counters_path=self.runtime_dir / "netcounters.json")
 
@@ -235,6 +259,8 @@ class Daemon:
         self.degraded.pop("spool", None)
         self.degraded.pop("mqtt", None)
         self.outbox.start()
+        if self.controller is not None:
+            self.controller.attach(self.outbox.mqtt_client)
 
     def _stop_outbox(self) -> None:
         if self.outbox is not None:
@@ -294,6 +320,7 @@ class Daemon:
             self.guarded("tick", self.tick)()
             if self.outbox is not None:
                 self.guarded("publish", self.outbox.pump)()
+                self.guarded("control", self.control)()
         self.shutdown()
         return 0
 
@@ -308,6 +335,8 @@ class Daemon:
         self.auditor.close()
         if self.mitigator is not None:
             self.mitigator.close()
+        if self.controller is not None:
+            self.controller.close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -405,7 +434,7 @@ class Daemon:
 
     def _reload(self) -> None:
         try:
-            cfg = load_config(self.config_path)
+            cfg = load_with_settings(self.config_path)
             detect = _load_detect(cfg)
             if cfg.mqtt.endpoint and (problems := check_tls_files(cfg.mqtt)):
                 raise ConfigError("\n".join(problems))
@@ -428,7 +457,13 @@ class Daemon:
         self.cfg = cfg
         self.cycle.max_list = cfg.sampling.max_list
         self.cycle.short_names = cfg.mqtt.short_names
-        if cfg.mqtt != old.mqtt or cfg.thing_name != old.thing_name:
+        if self.controller is not None:
+            self.controller.cfg = cfg
+        if cfg.control.enabled != old.control.enabled:
+            if self.controller is not None:
+                self.controller.close()
+            self.controller = self._controller(cfg)
+        if cfg.mqtt != old.mqtt or cfg.thing_name != old.thing_name or cfg.control != old.control:
             self._stop_outbox()
             self._start_outbox()
         if cfg.mitigation.enabled != old.mitigation.enabled:
@@ -687,6 +722,8 @@ class Daemon:
             "errors": dict(self.errors),
             "quarantined": int(pub.get("quarantined", 0)),
         }
+        if self.controller is not None:
+            status["control"] = self.controller.status()
         if (sniffer := self.sampler.sniffer) is not None:
             packets, drops, counts = sniffer.status()
             status["capture"] = {
@@ -728,9 +765,18 @@ class Daemon:
         print("\r\033[K" + " | ".join(parts), end="", flush=True)
 
 
+def load_with_settings(config_path: str | None) -> Config:
+    """The config file with the settings remote control stored; settings that cannot be
+    used are left out with a log line (the file's own config still runs the agent)."""
+    cfg, problem = remote_settings(load_config(config_path))
+    if problem is not None:
+        log.error(kv("remote_settings_ignored", error=problem))
+    return cfg
+
+
 def run(config_path: str | None) -> int:
     try:
-        cfg = load_config(config_path)
+        cfg = load_with_settings(config_path)
     except ConfigError as e:
         log.error(kv("start_failed", error=e))
         return 1

@@ -56,6 +56,12 @@ class ManageError(Exception):
 class Env:
     cfg: Config
     now: float
+    # Where new documents go; None: the [detect] profiles directory. Remote control
+    # gives its own (Config.remote_dir).
+    directory: Path | None = None
+
+    def new_documents_dir(self) -> Path:
+        return self.directory or profiles_dir(self.cfg)
 
 
 # -- the files ------------------------------------------------------------------------------
@@ -82,7 +88,7 @@ def _file_name(name: str, dimension: bool) -> str:
 def _load(cfg: Config) -> tuple[dict[str, SecurityProfile], dict[str, Dimension]]:
     """Every profile and dimension the daemon would load, by name."""
     try:
-        files = load_detect_files(cfg.detect.profiles)
+        files = load_detect_files(cfg.profile_patterns)
     except ProfileError as e:
         raise ManageError(
             "InvalidRequestException",
@@ -102,7 +108,7 @@ def _own_file(item: SecurityProfile | Dimension) -> Path:
     return Path(item.source)
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
     """Replace `path` atomically with `data`: mode 0644, owned like its directory (so that
     an agent running as the directory's owner reads it), never writable by others."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -120,7 +126,7 @@ def _write(path: Path, data: bytes) -> None:
         raise
 
 
-def _running_pid(cfg: Config) -> int | None:
+def running_pid(cfg: Config) -> int | None:
     """The pid of the agent running with this config's state_dir, or None."""
     try:
         status = read_status(Path(cfg.state_dir))
@@ -142,8 +148,8 @@ def _commit(env: Env, args: argparse.Namespace, path: Path, doc: Mapping[str, An
     if doc is None:
         path.unlink()
     else:
-        _write(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
-    pid = None if args.no_reload else _running_pid(env.cfg)
+        write_file(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
+    pid = None if args.no_reload else running_pid(env.cfg)
     if pid is None:
         return
     try:
@@ -152,7 +158,7 @@ def _commit(env: Env, args: argparse.Namespace, path: Path, doc: Mapping[str, An
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            _write(path, before)
+            write_file(path, before)
         raise ManageError(
             "InvalidRequestException", f"the running agent (pid {pid}) did not take it: {e}"
         ) from None
@@ -296,7 +302,7 @@ def _new_path(directory: Path, name: str, dimension: bool) -> Path:
 
 def _create_security_profile(env: Env, args: argparse.Namespace) -> None:
     name = args.security_profile_name
-    directory = profiles_dir(env.cfg)
+    directory = env.new_documents_dir()
     profiles, dimensions = _load(env.cfg)
     if name in profiles:
         raise ManageError("ResourceAlreadyExistsException", f"security profile {name!r} exists")
@@ -401,7 +407,7 @@ def _checked_dimension(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create_dimension(env: Env, args: argparse.Namespace) -> None:
-    directory = profiles_dir(env.cfg)
+    directory = env.new_documents_dir()
     _, dimensions = _load(env.cfg)
     if args.name in dimensions:
         raise ManageError("ResourceAlreadyExistsException", f"dimension {args.name!r} exists")
@@ -458,13 +464,13 @@ def _list_dimensions(env: Env, args: argparse.Namespace) -> None:
 Verb = Callable[[Env, argparse.Namespace], None]
 
 
-def run(args: argparse.Namespace, cfg: Config) -> int:
+def run(args: argparse.Namespace, cfg: Config, directory: Path | None = None) -> int:
     """Run the verb the parser chose. Exit status: 0 done, 1 refused (unknown or existing
     resource, version conflict, dimension in use, the running agent refused the change,
     a file that cannot be written), 2 a bad parameter."""
     command = args.command
     try:
-        args.verb(Env(cfg, time.time()), args)
+        args.verb(Env(cfg, time.time(), directory), args)
     except InvalidRequest as e:
         print(f"edge-defender: {command}: {flag(e.param)}: {e.message}", file=sys.stderr)
         return 2

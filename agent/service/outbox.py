@@ -63,13 +63,19 @@ class Outbox:
         self._rejected_topic = metrics_rejected_topic(cfg.thing_name, fmt)
         self._violations_topic = violations_topic(cfg.detect.violations_topic, cfg.thing_name)
         self._findings_topic = violations_topic(cfg.audit.findings_topic, cfg.thing_name)
+        # Remote control's requests, taken by the daemon (take_requests).
+        self._request_topic = cfg.control_prefix + "/request" if cfg.control.enabled else None
+        self._requests: list[Received] = []
         self._spool = spool
         self._clock = clock
         self._delivery = Delivery()
         self._backoff = Backoff(rand)
         self._restart_at: float | None = None
         self._stopped = threading.Event()
-        self._transport = Transport(cfg, [self._accepted_topic, self._rejected_topic], wake)
+        topics = [self._accepted_topic, self._rejected_topic]
+        if self._request_topic:
+            topics.append(self._request_topic)
+        self._transport = Transport(cfg, topics, wake)
         self.accepted = 0
         self.rejected = 0
 
@@ -130,6 +136,27 @@ class Outbox:
         self._spool.put(kind, topic, payload, now, durable=durable)
         self.pump()
         return True
+
+    def take_requests(self) -> list[Received]:
+        """The control requests received since the last call."""
+        taken, self._requests = self._requests, []
+        return taken
+
+    def respond(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+        """Answer a control request now; while disconnected the answer is dropped (the
+        requester asks again)."""
+        if not self.connected:
+            log.info(kv("control_answer_dropped", topic=topic, reason="not connected"))
+            return
+        try:
+            self._transport.respond(topic, payload, correlation)
+        except RuntimeError as e:
+            log.warning(kv("control_answer_not_sent", topic=topic, error=e))
+
+    @property
+    def mqtt_client(self) -> Any:
+        """The connection's awscrt client (the shadow client rides on it)."""
+        return self._transport.client
 
     def next_wake(self) -> float | None:
         """Monotonic time the outbox needs `pump` next without news (a reconnect)."""
@@ -195,6 +222,8 @@ class Outbox:
                 self._stopped.set()
             case PublishDone(item_id, epoch, puback, error):
                 self._settle(item_id, self._delivery.on_done(item_id, epoch, puback, error))
+            case Received(topic, payload) if topic == self._request_topic:
+                self._requests.append(news)
             case Received(topic, payload):
                 self._reply(topic, payload)
 

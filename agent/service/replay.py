@@ -313,7 +313,7 @@ def replay_command(
     replayed, 2 on bad input."""
     prog = f"edge-defender {REPLAY}"
     if profile_patterns is None:
-        profile_patterns, builtin = cfg.detect.profiles, cfg.detect.builtin_profile
+        profile_patterns, builtin = cfg.profile_patterns, cfg.detect.builtin_profile
     else:
         builtin = False
     try:

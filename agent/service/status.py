@@ -94,6 +94,7 @@ class AgentStatus(TypedDict):
     reload: NotRequired[Reload]  # the verdict of the last reload
     capture: NotRequired[CaptureStatus]  # when [capture] is on
     mitigation: NotRequired[MitigationStatus]  # when [mitigation] is on
+    control: NotRequired[dict[str, Any]]  # when [control] is on: messages done, refused...
 
 
 def write_status(state_dir: Path, status: AgentStatus) -> None:
@@ -342,6 +343,15 @@ def _table(answer: dict[str, Any], now: float) -> str:
             f"on, {m.get('auto_rules', '?')} automatic response rules"
             + (" (dry run)" if m.get("dry_run") else "")
             + (f", {m['rate_limited']} over the rate limit" if m.get("rate_limited") else "")
+        ),
+    )
+    row(
+        "control",
+        "remote control",
+        lambda c: (
+            f"on, {c.get('done', 0)} requests done, {c.get('refused', 0)} refused,"
+            f" {c.get('busy', 0)} refused busy; {c.get('shadow_syncs', 0)} shadow syncs"
+            + (f", shadow error: {c['shadow_error']}" if c.get("shadow_error") else "")
         ),
     )
     row("profiles", "profiles", lambda names: ", ".join(names) or "none")

@@ -15,3 +15,10 @@ def audit_path(state_dir: str | Path) -> Path:
 
 def mitigation_path(state_dir: str | Path) -> Path:
     return Path(state_dir) / MITIGATION_FILE
+
+
+CONTROL_FILE = "control.db"
+
+
+def control_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / CONTROL_FILE
