@@ -130,6 +130,18 @@ def _register_mitigation(sub: argparse._SubParsersAction) -> None:
     add_parsers(sub, _add_config_arg, _run_mitigation)
 
 
+def _run_ml(args: argparse.Namespace) -> int:
+    from agent.service.ml import run
+
+    return run(args, _config(args))
+
+
+def _register_ml(sub: argparse._SubParsersAction) -> None:
+    from agent.service.ml import add_parsers
+
+    add_parsers(sub, _add_config_arg, _run_ml)
+
+
 def _run_check_config(args: argparse.Namespace) -> int:
     from agent.service.checks import run_check_config
 
@@ -232,6 +244,7 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     _register_audit(sub)
     _register_mitigation(sub)
     _register_manage(sub)
+    _register_ml(sub)
     _register_operations(sub)
     _register_reload(sub)
     return parser

@@ -752,6 +752,10 @@ class Detector:
         elif rule.ml is not None:
             if rule.model is None:
                 return  # not judged: no event, counters untouched, staleness runs on
+            if v < 0:  # the models are of magnitudes (agent.core.ml)
+                reason = f"ML detection needs values >= 0, got {v!r}"
+                self._mismatches.setdefault((rule.profile, rule.behavior.name), reason)
+                return
             ok = not rule.model.anomalous(t, v, rule.ml)
         else:
             baseline = rule.baseline

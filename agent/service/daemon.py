@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from agent.service.control import Controller
     from agent.service.mitigator import Mitigator
     from agent.service.outbox import Outbox
+    from agent.service.trainer import ModelTrainer
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Daemon:
         self.save_everything = False  # a new store after a fault gets the whole state
         self.outbox: Outbox | None = None
         self.mitigator: Mitigator | None = None  # with [mitigation] on
+        self.trainer: ModelTrainer | None = None  # while a profile has an ML behavior
         self.controller: Controller | None = None  # with [control] on
         self.broker_connected = False  # as last seen: remote control resyncs on a new one
         self.unrecorded: deque[dict[str, Any]] = deque(maxlen=MAX_UNRECORDED_EVENTS)
@@ -166,6 +168,7 @@ class Daemon:
             short_names=cfg.mqtt.short_names,
             counters=counters,
         )
+        self.update_trainer()
         self._say_inactive()
         self.sampler = self._sampler(cfg)
         # The first look for due audits after the first few samples.
@@ -235,6 +238,26 @@ class Daemon:
             self.controller.resync()
         self.broker_connected = self.outbox.connected
 
+    def update_trainer(self) -> None:
+        """The ML training thread runs while a loaded profile has an ML behavior (its
+        code only then); the models models.db holds are in force at once."""
+        metrics = self.cycle.detector.ml_metrics()
+        if metrics and self.trainer is None:
+            from agent.service.trainer import ModelTrainer
+
+            self.trainer = ModelTrainer(lambda: self.cfg, metrics)
+        elif metrics and self.trainer is not None:
+            self.trainer.want(metrics)
+        elif self.trainer is not None:
+            self.trainer.close()
+            self.trainer = None
+        self.take_models()
+
+    def take_models(self) -> None:
+        """The models the training thread handed over, into the rule core."""
+        if self.trainer is not None and (models := self.trainer.take()) is not None:
+            self.cycle.detector.set_models(*models)
+
     def _sampler(self, cfg: Config) -> Sampler:
         return Sampler(cfg, counters_path=self.runtime_dir / "netcounters.json")
 
@@ -276,6 +299,7 @@ class Daemon:
             ("prune", PRUNE_INTERVAL_S, self.prune),
             ("audit", AUDIT_PUBLISH_S, self.publish_findings),
             ("mitigation", AUDIT_PUBLISH_S, self.publish_mitigation),
+            ("models", AUDIT_PUBLISH_S, self.take_models),
             ("save_state", self.cfg.store.metrics_flush_s, self.save_state),
             # A store fault is retried soon on a fast cadence, at most 30 s apart.
             ("store_retry", min(STORE_RETRY_S, 3 * self.cfg.sampling.interval_s), self.retry_store),
@@ -335,6 +359,8 @@ class Daemon:
         self.auditor.close()
         if self.mitigator is not None:
             self.mitigator.close()
+        if self.trainer is not None:
+            self.trainer.close()
         if self.controller is not None:
             self.controller.close()
         if self.store is not None:
@@ -453,6 +479,7 @@ class Daemon:
                 clients=cfg.capture.enabled and cfg.capture.broker.enabled,
             )
         )
+        self.update_trainer()
         old = self.cfg
         self.cfg = cfg
         self.cycle.max_list = cfg.sampling.max_list

@@ -9,6 +9,7 @@ from typing import Any
 
 from agent.core.evaluator import Detector
 from agent.core.judge import CLIENT_ML_REASON, Judge
+from agent.core.ml import MIN_TRAINING_DAYS, Trainer
 from agent.core.profile import SecurityProfile, parse_profile
 
 BYTES = "aws:all-bytes-out"
@@ -85,6 +86,28 @@ def test_one_model_judges_each_confidence_level_with_its_counts():
         {"confidenceLevel": "HIGH"},
     ]
     assert events[0]["metricValue"] == {"count": 150}
+
+
+def test_a_negative_value_is_a_mismatch_not_a_judgement():
+    d = detector(profile(ml("temp", "LOW", metric="temp")))
+    d.set_models({"temp": StepModel()})
+    assert d.observe(0.0, {"temp": -5.0}) == []
+    assert [(m.behavior, m.reason) for m in d.mismatches()] == [
+        ("temp", "ML detection needs values >= 0, got -5.0")
+    ]
+
+
+def test_a_real_model_judges_through_the_detector():
+    trainer = Trainer(0.0)
+    for i in range(MIN_TRAINING_DAYS * 24 * 120):  # 14 days at 30 s, around 1000
+        trainer.add(i * 30.0, 1000.0 + (i % 7) * 10)
+    model = trainer.build(MIN_TRAINING_DAYS * 86400.0)
+    assert model is not None
+    d = detector(profile(ml("low", "LOW")))
+    d.set_models({BYTES: model})
+    t0 = MIN_TRAINING_DAYS * 86400.0
+    events = feed(d, [1030, 1000, 10**6], start=t0)
+    assert brief(events) == [("in-alarm", "low", t0 + 20)]
 
 
 def test_active_violations_carry_the_confidence_level():

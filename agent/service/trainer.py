@@ -1,0 +1,322 @@
+"""ML Detect training: the metrics history streamed into one agent.core.ml.Trainer per
+metric, the models kept in models.db, and the daemon's training thread.
+
+The thread runs only while a loaded profile has an ML behavior on a device metric. A
+metric is trained a minute after the start when it never was, then every RETRAIN_S
+(daily); a training streams up to TRAINING_WINDOW_S of history (a bounded state of
+~150 KiB a metric, however long) and takes a few seconds of CPU on a Pi, off the
+sampling path. The daemon takes the models in force with `take()` between samples
+(Detector.set_models); at its start and at each reload `want()` reads models.db at
+once, so a restart judges with the models it had and the `train` verb's models are in
+force when the reload it asks for is answered."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.core.metrics import CLOUD_METRICS, is_finite_number, metrics_from_report
+from agent.core.ml import MIN_DATAPOINTS, MIN_TRAINING_DAYS, RETRAIN_S, Model, Trainer
+from agent.core.profile import SecurityProfile
+from agent.core.report import ReportError, parse_envelope
+from agent.logs import kv
+from agent.store.db import StoreError, StoreNotFound
+from agent.store.history import history_path, open_history
+from agent.store.models import ModelRecord, models_path, open_models
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400.0
+# A day more than a model needs: the history is pruned by the hour, so exactly 14 days
+# of it would fall just short of the 14 days a model needs.
+TRAINING_WINDOW_S = (MIN_TRAINING_DAYS + 1) * DAY_S
+# A model not refreshed for this long (no training could build one: the device was off,
+# the history too short) is EXPIRED and judges no more, as AWS's models expire.
+EXPIRES_S = (MIN_TRAINING_DAYS + 2) * DAY_S
+FIRST_CHECK_S = 60.0  # after the start: a restart's first samples come first
+CHECK_EVERY_S = 600.0
+STATUSES = ("PENDING_BUILD", "ACTIVE", "EXPIRED")  # AWS's ModelStatus
+# (models by metric, why a metric has none): Detector.set_models's arguments
+InForce = tuple[dict[str, Model | None], dict[str, str]]
+
+
+class Stopped(Exception):
+    """A training given up because the thread is stopping."""
+
+
+@dataclass(frozen=True, slots=True)
+class Training:
+    """What one training of one metric gave."""
+
+    metric: str
+    model: Model | None
+    datapoints: int
+    first_t: float | None
+    unusable: int  # values no model takes: negative ones
+
+
+def ml_metrics(profiles: Iterable[SecurityProfile]) -> list[str]:
+    """The device metrics the ML behaviors of `profiles` need a model of (a cloud-side
+    metric's ML behaviors are judged per MQTT client, which gets no model)."""
+    return sorted(
+        {
+            b.metric
+            for p in profiles
+            for b in p.behaviors
+            if b.criteria is not None
+            and b.criteria.ml_confidence is not None
+            and b.metric not in CLOUD_METRICS
+        }
+    )
+
+
+def utc_offset_s(now: float) -> int:
+    """The device's local UTC offset at `now`: the models' hours are local hours."""
+    return time.localtime(now).tm_gmtoff
+
+
+def train(
+    envelopes: Iterable[Mapping[str, Any]],
+    metrics: Sequence[str],
+    start: float,
+    now: float,
+    offset_s: int,
+    stop: threading.Event | None = None,
+) -> list[Training]:
+    """Stream metrics-history envelopes (`export-metrics` lines) into a Trainer per
+    metric, from `start` on, and build each model as of `now`. A malformed envelope is
+    ReportError naming what is wrong; Stopped when `stop` is set meanwhile."""
+    trainers = {m: Trainer(start, offset_s) for m in metrics}
+    unusable = dict.fromkeys(metrics, 0)
+    for i, envelope in enumerate(envelopes):
+        if stop is not None and i % 1000 == 0 and stop.is_set():
+            raise Stopped
+        try:
+            t, report = parse_envelope(envelope)
+            if t < start:
+                continue
+            values = metrics_from_report(report)
+        except ReportError as e:
+            raise ReportError(f"record {i + 1}: {e}") from None
+        for metric, trainer in trainers.items():
+            v = values.get(metric)
+            if v is None:
+                continue
+            if is_finite_number(v) and v >= 0:  # type: ignore[operator]
+                trainer.add(t, v)  # type: ignore[arg-type]
+            else:
+                unusable[metric] += 1
+    return [
+        Training(m, tr.build(now), tr.datapoints, tr.first_t, unusable[m])
+        for m, tr in trainers.items()
+    ]
+
+
+def train_from_history(
+    state_dir: str | Path, metrics: Sequence[str], now: float, stop: threading.Event | None = None
+) -> list[Training]:
+    """Train on the last TRAINING_WINDOW_S of the metrics history the daemon wrote."""
+    start = now - TRAINING_WINDOW_S
+    try:
+        history = open_history(history_path(state_dir), create=False)
+    except StoreNotFound:
+        return train((), metrics, start, now, utc_offset_s(now))
+    with history:
+        envelopes = history.export_metrics(start, now)
+        return train(envelopes, metrics, start, now, utc_offset_s(now), stop)
+
+
+def record_of(old: ModelRecord | None, training: Training, now: float, source: str) -> ModelRecord:
+    """The row after a training: its model when it built one, else the model in force."""
+    if training.model is not None:
+        model: Mapping[str, Any] | None = training.model.to_json()
+        refreshed_at: float | None = now
+    else:
+        model = None if old is None else old.model
+        refreshed_at = None if old is None else old.refreshed_at
+    return ModelRecord(
+        training.metric,
+        model,
+        refreshed_at,
+        training.datapoints,
+        training.first_t,
+        now,
+        source,
+    )
+
+
+def model_status(record: ModelRecord | None, now: float) -> str:
+    if record is None or record.model is None or record.refreshed_at is None:
+        return "PENDING_BUILD"
+    return "EXPIRED" if now - record.refreshed_at > EXPIRES_S else "ACTIVE"
+
+
+def collected_percent(record: ModelRecord | None) -> float:
+    """How much of what a model needs the latest training had: the lesser of the share
+    of MIN_DATAPOINTS and the share of MIN_TRAINING_DAYS, 0-100."""
+    if record is None or record.first_t is None:
+        return 0.0
+    days = max(0.0, record.trained_at - record.first_t) / DAY_S
+    share = min(record.datapoints / MIN_DATAPOINTS, days / MIN_TRAINING_DAYS)
+    return round(min(100.0, 100.0 * share), 1)
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def progress_text(record: ModelRecord | None) -> str:
+    if record is None:
+        return "not trained yet"
+    days = 0.0 if record.first_t is None else (record.trained_at - record.first_t) / DAY_S
+    return (
+        f"{collected_percent(record):g}% of the training data ({record.datapoints} of"
+        f" {MIN_DATAPOINTS} datapoints over {days:.1f} of {MIN_TRAINING_DAYS} days)"
+        f" at the training of {iso(record.trained_at)}"
+    )
+
+
+def in_force(records: Mapping[str, ModelRecord], metrics: Sequence[str], now: float) -> InForce:
+    """The ACTIVE model of each metric, and why the others have none."""
+    models: dict[str, Model | None] = {}
+    reasons: dict[str, str] = {}
+    for metric in metrics:
+        record = records.get(metric)
+        status = model_status(record, now)
+        models[metric] = None
+        if status == "ACTIVE":
+            assert record is not None and record.model is not None
+            try:
+                models[metric] = Model.from_json(record.model)
+            except ValueError as e:
+                reasons[metric] = f"the stored model is unusable ({e}); train it again"
+        elif status == "EXPIRED":
+            assert record is not None and record.refreshed_at is not None
+            reasons[metric] = (
+                f"EXPIRED: not refreshed since {iso(record.refreshed_at)}; {progress_text(record)}"
+            )
+        else:
+            reasons[metric] = f"PENDING_BUILD: {progress_text(record)}"
+    return models, reasons
+
+
+def stored_records(state_dir: str | Path) -> dict[str, ModelRecord]:
+    """What models.db holds; nothing when it does not exist yet."""
+    if not models_path(state_dir).exists():
+        return {}
+    with open_models(state_dir, create=False) as store:
+        return store.records()
+
+
+class ModelTrainer:
+    """The daemon's training thread (see the module's doc)."""
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        metrics: Sequence[str],
+        *,
+        first_check_s: float = FIRST_CHECK_S,
+        check_every_s: float = CHECK_EVERY_S,
+    ) -> None:
+        self._config = config  # read at each round: a reload takes effect at the next
+        self._first_check_s, self._check_every_s = first_check_s, check_every_s
+        self._lock = threading.Lock()
+        self._metrics = list(metrics)
+        self._stop = threading.Event()
+        self._handed: queue.SimpleQueue[InForce] = queue.SimpleQueue()
+        self._warned_retention = False
+        self.want(metrics)
+        self._thread = threading.Thread(target=self._run, name="ml-training", daemon=True)
+        self._thread.start()
+
+    def want(self, metrics: Sequence[str]) -> None:
+        """The metrics to model now (at a reload), and the models models.db holds for
+        them, read at once in the caller's thread for the next `take`."""
+        with self._lock:
+            self._metrics = list(metrics)
+        try:
+            self._hand(stored_records(self._config().state_dir))
+        except StoreError as e:
+            log.error(kv("ml_models_unreadable", error=e))
+
+    def take(self) -> InForce | None:
+        """The models in force handed over since the last call (the latest), or None."""
+        latest = None
+        while True:
+            try:
+                latest = self._handed.get_nowait()
+            except queue.Empty:
+                return latest
+
+    def _hand(self, records: Mapping[str, ModelRecord]) -> None:
+        with self._lock:
+            metrics = list(self._metrics)
+        self._handed.put(in_force(records, metrics, time.time()))
+
+    def _run(self) -> None:
+        wait = self._first_check_s
+        while not self._stop.wait(wait):
+            wait = self._check_every_s
+            try:
+                self._train_due(self._config())
+            except Stopped:
+                return
+            except StoreError as e:
+                log.error(kv("ml_training_unavailable", error=e))
+            except Exception:  # a bug here must not end training for good
+                log.exception(kv("ml_training_failed"))
+
+    def _train_due(self, cfg: Config) -> None:
+        if (
+            cfg.store.metrics_retention_days * DAY_S < TRAINING_WINDOW_S
+            and not self._warned_retention
+        ):
+            self._warned_retention = True
+            log.warning(
+                kv(
+                    "ml_history_short",
+                    metrics_retention_days=cfg.store.metrics_retention_days,
+                    needed_days=TRAINING_WINDOW_S / DAY_S,
+                    reason="models are built from the history only once it holds 14 days",
+                )
+            )
+        now = time.time()
+        with self._lock:
+            metrics = list(self._metrics)
+        # A store stays on the thread that opened it: one per round, closed after.
+        with open_models(cfg.state_dir) as store:
+            records = store.records()
+            due = [
+                m for m in metrics if m not in records or records[m].trained_at + RETRAIN_S <= now
+            ]
+            if not due:
+                return
+            began = time.thread_time()
+            trainings = train_from_history(cfg.state_dir, due, now, self._stop)
+            store.put([record_of(records.get(t.metric), t, now, "history") for t in trainings])
+            for t in trainings:
+                log.info(
+                    kv(
+                        "ml_trained",
+                        metric=t.metric,
+                        built=t.model is not None,
+                        datapoints=t.datapoints,
+                        unusable=t.unusable,
+                        cpu_s=round(time.thread_time() - began, 2),
+                    )
+                )
+            self._hand(store.records())
+
+    def close(self) -> None:
+        """Stop; a training under way is given up (the models in force stay)."""
+        self._stop.set()
+        self._thread.join(timeout=10.0)
