@@ -4,26 +4,30 @@ metric's own history and judging each new datapoint at a confidence level.
 The model is a seasonal baseline: 48 buckets, one per local hour of the day for weekdays
 and one for weekend days (Saturday, Sunday). Values are compared on y = log2(1 + value),
 so traffic that varies by a factor is judged by the factor, and counts near zero by the
-count. Each bucket keeps its median of y and an upper spread: (p99 - median) / 2.326,
-the standard deviation a normal distribution with that p99 would have, floored at
-SPREAD_FLOOR so a constant metric still has a scale. A datapoint's score is
+count. Each bucket keeps its median of y and an upper spread: the p99 of how far above
+their bucket's median the datapoints of that hour and the next hour on each side were,
+divided by 2.326 (the standard deviation a normal distribution with that p99 would
+have), floored at SPREAD_FLOOR so that a constant metric still has a scale. A
+datapoint's score is
 
     score = max(0, y - expected) / spread
 
-with expected and spread interpolated between the centres of the two nearest hour
-buckets, so the baseline has no step on the hour. Only values above normal score:
-an anomaly is more of something (bytes out, connections, listening ports, failures);
-less of it is not judged (docs/ml-model.md says why).
+with expected, spread and thresholds interpolated between the centres of the two
+nearest hour buckets, so the baseline has no step on the hour. Only values above normal
+score: an anomaly is more of something (bytes out, connections, listening ports,
+failures); less of it is not judged (docs/ml-model.md says why).
 
-A confidence level alarms above its threshold: the level's base (LOW 3, MEDIUM 4.5,
-HIGH 6 spreads) or, if higher, the share of the training datapoints' own scores that
-the level lets pass (99.9%, 99.99%, all of them): LOW alarms most, HIGH least, and no
-level alarms on more than its share of the data it was trained on.
+A confidence level alarms when the score is above its threshold in that bucket: the
+level's base (LOW 3, MEDIUM 4.5, HIGH 6 spreads) or, if higher, the score the level's
+quantile of the bucket's training datapoints reached (99.9%, 99.99%, the largest; the
+same three hours pooled). So LOW alarms most, HIGH least, and HIGH never alarms on a
+value like one the same hours saw in training.
 
 Training streams datapoints into a fixed array of counts, 48 buckets of 768 bins of
 1/16 on y (a bin is 4.4% wide in value; values up to 2**48 - 1, larger ones are counted
-in the top bin), so its state is about 150 KiB however many datapoints it sees. Pure:
-time comes in as arguments, as does the device's UTC offset that makes "night" local.
+in the top bin; each bucket's least and largest value kept exact), so its state is
+about 150 KiB however many datapoints it sees. Pure: time comes in as arguments, as
+does the device's UTC offset that makes "night" local.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ BINS_PER_UNIT = 16  # bins per unit of y = log2(1 + value)
 MAX_Y = 48
 BINS = MAX_Y * BINS_PER_UNIT
 MIN_BUCKET_DATAPOINTS = 50  # fewer: the bucket borrows the hour's other day type, or all
+SPREAD_HOURS = 1  # the spread pools this many hours on each side
 SPREAD_FLOOR = 0.05  # on y: about 3.5% of a large value; a 0 -> 1 step scores 20
 P99_Z = 2.326  # the standard normal's 99th percentile
 # Per level: the base threshold (in spreads) and the share of training scores it passes.
@@ -102,7 +107,7 @@ class Trainer:
     counts, whatever the number of points), then builds a Model. Feed in any order of t;
     datapoints before `start` (the start of the training window) are refused."""
 
-    __slots__ = ("_counts", "_first_t", "_high", "_n", "_offset", "_start")
+    __slots__ = ("_counts", "_first_t", "_high", "_low", "_n", "_offset", "_start")
 
     def __init__(self, start: float, utc_offset_s: int = 0) -> None:
         self._start = check_time(start)
@@ -110,7 +115,8 @@ class Trainer:
             raise ValueError(f"utc_offset_s {utc_offset_s!r} is not an integer within ±18 h")
         self._offset = utc_offset_s
         self._counts = array("I", bytes(4 * BUCKETS * BINS))
-        self._high = [0.0] * BUCKETS  # each bucket's largest value, exact
+        self._low = [math.inf] * BUCKETS  # each bucket's smallest and largest value
+        self._high = [0.0] * BUCKETS
         self._n = 0
         self._first_t: float | None = None
 
@@ -143,6 +149,8 @@ class Trainer:
         self._counts[b * BINS + (i if i < BINS else BINS - 1)] += 1
         if v > self._high[b]:
             self._high[b] = v
+        if v < self._low[b]:
+            self._low[b] = v
         self._n += 1
         if self._first_t is None or t < self._first_t:
             self._first_t = t
@@ -155,28 +163,21 @@ class Trainer:
         if first is None or self._n < MIN_DATAPOINTS or now - first < MIN_TRAINING_DAYS * 86400:
             return None
         pooled = [self._pool(b) for b in range(BUCKETS)]
-        expected: list[float] = []
-        spread: list[float] = []
-        for b in range(BUCKETS):
-            bins, high = pooled[b]
-            med = _quantile(bins, 0.5, high)
-            p99 = _quantile(bins, 0.99, high)
-            expected.append(med)
-            spread.append(max((p99 - med) / P99_Z, SPREAD_FLOOR))
-        thresholds = _calibrate(pooled, expected, spread)
+        expected = [_quantile(bins, 0.5, low, high) for bins, low, high in pooled]
+        tails = [_tail(pooled, expected, b) for b in range(BUCKETS)]
         return Model(
             trained_at=now,
             datapoints=self._n,
             first_t=first,
             utc_offset_s=self._offset,
             expected=tuple(expected),
-            spread=tuple(spread),
-            thresholds=thresholds,
+            spread=tuple(spread for spread, _ in tails),
+            thresholds=tuple(tuple(levels[i] for _, levels in tails) for i in range(3)),
         )
 
-    def _pool(self, b: int) -> tuple[list[int], float]:
-        """A bucket's bin counts and largest y; a thin bucket takes in the same hour of
-        the other day type, and if still thin, every bucket."""
+    def _pool(self, b: int) -> tuple[list[int], float, float]:
+        """A bucket's bin counts and smallest and largest y; a thin bucket takes in the
+        same hour of the other day type, and if still thin, every bucket."""
         groups = [[b], [b % HOURS, b % HOURS + HOURS], list(range(BUCKETS))]
         for group in groups:
             bins = [0] * BINS
@@ -186,12 +187,14 @@ class Trainer:
                     if c:
                         bins[i] += c
             if sum(bins) >= MIN_BUCKET_DATAPOINTS or group is groups[-1]:
-                return bins, _y(max(self._high[g] for g in group))
+                low = min(self._low[g] for g in group)
+                high = max(self._high[g] for g in group)
+                return bins, (_y(low) if low <= high else 0.0), _y(high)
         raise AssertionError("unreachable")
 
 
-def _quantile(bins: list[int], q: float, high: float) -> float:
-    """The q-quantile of y from bin counts, linear within its bin, at most `high`."""
+def _quantile(bins: list[int], q: float, low: float, high: float) -> float:
+    """The q-quantile of y from bin counts, linear within its bin, within [low, high]."""
     total = sum(bins)
     if total == 0:
         return 0.0
@@ -200,44 +203,55 @@ def _quantile(bins: list[int], q: float, high: float) -> float:
     for i, c in enumerate(bins):
         if c and seen + c >= rank:
             y = (i + (rank - seen) / c) / BINS_PER_UNIT
-            return min(y, high)
+            return min(max(y, low), high)
         seen += c
     return high
 
 
-def _calibrate(
-    pooled: list[tuple[list[int], float]], expected: list[float], spread: list[float]
-) -> tuple[float, float, float]:
-    """Each level's threshold: its base, or the score its quantile of the training
-    datapoints reaches (a bin scored at its middle, the top one at the bucket's max)."""
-    scores: dict[float, int] = {}
-    total = 0
-    for b, (bins, high) in enumerate(pooled):
+def _tail(
+    pooled: list[tuple[list[int], float, float]], expected: list[float], b: int
+) -> tuple[float, tuple[float, ...]]:
+    """Bucket b's spread and its thresholds per level, from how far above their own
+    bucket's median the datapoints of its hour and the SPREAD_HOURS on each side (same
+    day type) were: the spread is their p99 as the standard deviation of a normal
+    distribution with that p99 (at least SPREAD_FLOOR); a level's threshold is its base
+    or, if higher, the score of its LEVEL_QUANTILE of them (the largest exact). Pooling
+    neighbours steadies the tail: a burst at 10:40 in training says something of 11:15."""
+    hour, kind = b % HOURS, b - b % HOURS
+    residuals: dict[int, int] = {}
+    top = 0.0
+    for d in range(-SPREAD_HOURS, SPREAD_HOURS + 1):
+        n = kind + (hour + d) % HOURS
+        bins, _, high = pooled[n]
+        top = max(top, high - expected[n])
+        shift = round(expected[n] * BINS_PER_UNIT)
         for i, c in enumerate(bins):
             if c:
-                y = min((i + 0.5) / BINS_PER_UNIT, high)
-                s = max(0.0, y - expected[b]) / spread[b]
-                scores[s] = scores.get(s, 0) + c
-                total += c
-    ordered = sorted(scores.items())
-    out: list[float] = []
-    for level in CONFIDENCE_LEVELS:
-        rank = LEVEL_QUANTILE[level] * total
-        seen = 0
-        q = ordered[-1][0] if ordered else 0.0
-        for s, c in ordered:
+                residuals[i - shift] = residuals.get(i - shift, 0) + c
+    ordered = sorted(residuals.items())
+    total = sum(residuals.values())
+
+    def quantile(q: float) -> float:
+        rank, seen = q * total, 0
+        for i, c in ordered:
+            if seen + c >= rank:
+                return min((i + (rank - seen) / c) / BINS_PER_UNIT, top)
             seen += c
-            if seen >= rank:
-                q = s
-                break
-        out.append(max(LEVEL_BASE[level], q))
-    return out[0], out[1], out[2]
+        return top
+
+    spread = max(quantile(0.99) / P99_Z, SPREAD_FLOOR)
+    levels = tuple(
+        max(LEVEL_BASE[level], quantile(LEVEL_QUANTILE[level]) / spread)
+        for level in CONFIDENCE_LEVELS
+    )
+    return spread, levels
 
 
 @dataclass(frozen=True)
 class Model:
-    """A trained model of one metric. `expected` and `spread` are per bucket on y =
-    log2(1 + value); `thresholds` are scores, one per level of CONFIDENCE_LEVELS."""
+    """A trained model of one metric. Per bucket, on y = log2(1 + value): `expected`
+    (the median) and `spread`; `thresholds` holds, per level of CONFIDENCE_LEVELS, the
+    score above which that level alarms in each bucket."""
 
     trained_at: float
     datapoints: int
@@ -245,36 +259,35 @@ class Model:
     utc_offset_s: int
     expected: tuple[float, ...]
     spread: tuple[float, ...]
-    thresholds: tuple[float, float, float]
+    thresholds: tuple[tuple[float, ...], ...]
 
-    def _baseline(self, t: float) -> tuple[float, float]:
-        """Expected y and spread at t: linear between the two nearest hour centres."""
-        pos = (t + self.utc_offset_s) / 3600.0 - 0.5
+    def _at(self, t: float, per_bucket: tuple[float, ...]) -> float:
+        """A per-bucket figure at t: linear between the two nearest hour centres, so
+        the baseline has no step on the hour."""
+        pos = (check_time(t) + self.utc_offset_s) / 3600.0 - 0.5
         hour = math.floor(pos)
-        w = pos - hour
-        b0, b1 = _bucket(hour), _bucket(hour + 1)
-        e, s = self.expected, self.spread
-        return e[b0] + (e[b1] - e[b0]) * w, s[b0] + (s[b1] - s[b0]) * w
+        a, b = per_bucket[_bucket(hour)], per_bucket[_bucket(hour + 1)]
+        return a + (b - a) * (pos - hour)
 
     def score(self, t: float, value: float) -> float:
         """How far above normal the value is, in spreads (>= 0; 0 at or below normal)."""
         y = math.log2(1.0 + check_value(value))
-        e, s = self._baseline(check_time(t))
-        return 0.0 if y <= e else (y - e) / s
+        e = self._at(t, self.expected)
+        return 0.0 if y <= e else (y - e) / self._at(t, self.spread)
 
-    def anomalous(self, t: float, value: float, confidence: str) -> bool:
-        return self.score(t, value) > self.threshold(confidence)
-
-    def threshold(self, confidence: str) -> float:
-        """The score above which `confidence` alarms."""
+    def threshold(self, t: float, confidence: str) -> float:
+        """The score above which `confidence` alarms at t."""
         if confidence not in CONFIDENCE_LEVELS:
             raise ValueError(f"confidence level {confidence!r} is not one of {CONFIDENCE_LEVELS}")
-        return self.thresholds[CONFIDENCE_LEVELS.index(confidence)]
+        return self._at(t, self.thresholds[CONFIDENCE_LEVELS.index(confidence)])
+
+    def anomalous(self, t: float, value: float, confidence: str) -> bool:
+        return self.score(t, value) > self.threshold(t, confidence)
 
     def explain(self, t: float, value: float) -> dict[str, float]:
-        """The expected value at t, the spread (on log2(1 + value)), the score and, per
-        level, the smallest value that level alarms above."""
-        e, s = self._baseline(check_time(t))
+        """The value, the expected value at t, the spread (on log2(1 + value)), the
+        score and, per level, its threshold and the value above which it alarms."""
+        e, s = self._at(t, self.expected), self._at(t, self.spread)
         out = {
             "value": check_value(value),
             "expected": _value(e),
@@ -282,7 +295,9 @@ class Model:
             "score": self.score(t, value),
         }
         for level in CONFIDENCE_LEVELS:
-            out[f"limit_{level}"] = _value(e + self.threshold(level) * s)
+            threshold = self.threshold(t, level)
+            out[f"threshold_{level}"] = threshold
+            out[f"limit_{level}"] = _value(e + threshold * s)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -294,7 +309,9 @@ class Model:
             "utcOffsetS": self.utc_offset_s,
             "expected": list(self.expected),
             "spread": list(self.spread),
-            "thresholds": dict(zip(CONFIDENCE_LEVELS, self.thresholds, strict=True)),
+            "thresholds": {
+                level: list(self.thresholds[i]) for i, level in enumerate(CONFIDENCE_LEVELS)
+            },
         }
 
     @classmethod
@@ -313,13 +330,11 @@ class Model:
         thresholds = doc.get("thresholds")
         if not isinstance(thresholds, Mapping) or set(thresholds) != set(CONFIDENCE_LEVELS):
             raise ValueError(
-                f"ML model thresholds: {thresholds!r} must map each of {CONFIDENCE_LEVELS}"
+                f"ML model thresholds: must map each of {CONFIDENCE_LEVELS} to {BUCKETS} numbers"
             )
-        levels = tuple(_number(thresholds, k, "thresholds.") for k in CONFIDENCE_LEVELS)
-        if not 0 <= levels[0] <= levels[1] <= levels[2]:
-            raise ValueError(
-                f"ML model thresholds: {thresholds!r} must be >= 0 and LOW <= MEDIUM <= HIGH"
-            )
+        levels = tuple(_numbers(thresholds, k, 0.0, "thresholds.") for k in CONFIDENCE_LEVELS)
+        if not all(lo <= mid <= hi for lo, mid, hi in zip(*levels, strict=True)):
+            raise ValueError("ML model thresholds: LOW <= MEDIUM <= HIGH does not hold")
         return cls(
             trained_at=_number(doc, "trainedAt"),
             datapoints=datapoints,
@@ -327,7 +342,7 @@ class Model:
             utc_offset_s=offset,
             expected=_numbers(doc, "expected", 0.0),
             spread=_numbers(doc, "spread", SPREAD_FLOOR),
-            thresholds=(levels[0], levels[1], levels[2]),
+            thresholds=levels,
         )
 
 
@@ -338,12 +353,14 @@ def _number(doc: Mapping[str, Any], key: str, where: str = "") -> float:
     return x
 
 
-def _numbers(doc: Mapping[str, Any], key: str, low: float) -> tuple[float, ...]:
+def _numbers(doc: Mapping[str, Any], key: str, low: float, where: str = "") -> tuple[float, ...]:
     xs = doc.get(key)
-    if (
-        not isinstance(xs, list)
-        or len(xs) != BUCKETS
-        or not all(type(x) in (int, float) and math.isfinite(x) and x >= low for x in xs)
-    ):
-        raise ValueError(f"ML model {key}: must be {BUCKETS} finite numbers >= {low}")
-    return tuple(float(x) for x in xs)
+    if not isinstance(xs, list) or len(xs) != BUCKETS:
+        raise ValueError(f"ML model {where}{key}: must be a list of {BUCKETS} numbers")
+    out: list[float] = []
+    for x in xs:
+        v = _finite(x)
+        if v is None or v < low:
+            raise ValueError(f"ML model {where}{key}: {x!r} is not a finite number >= {low}")
+        out.append(v)
+    return tuple(out)
