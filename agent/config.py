@@ -294,6 +294,12 @@ class Config:
         return Path(self.state_dir) / "remote"
 
     @property
+    def remote_settings_path(self) -> Path:
+        """The settings remote control changed (REMOTE_SETTINGS), as JSON; beside
+        remote_dir, whose *.json files are all profiles."""
+        return Path(self.state_dir) / "remote-settings.json"
+
+    @property
     def control_prefix(self) -> str:
         """`control.topic_prefix` with the thing name filled in."""
         return self.control.topic_prefix.replace("{thing_name}", self.thing_name)
@@ -538,7 +544,6 @@ REMOTE_SETTINGS = (
     "store.retention_days",
     "store.metrics_retention_days",
 )
-REMOTE_SETTINGS_FILE = "settings.json"
 
 
 def with_settings(cfg: Config, settings: Any) -> Config:
@@ -568,7 +573,7 @@ def with_settings(cfg: Config, settings: Any) -> Config:
 def remote_settings(cfg: Config) -> tuple[Config, str | None]:
     """`cfg` with the settings remote control stored (none: `cfg` itself), and the
     problem with that file if it cannot be used (then `cfg` unchanged)."""
-    path = cfg.remote_dir / REMOTE_SETTINGS_FILE
+    path = cfg.remote_settings_path
     try:
         with path.open("rb") as f:
             settings = json.loads(f.read(MAX_CONFIG_BYTES))

@@ -155,7 +155,7 @@ class Transport:
             topic=topic,
             payload=payload,
             qos=mqtt5.QoS.AT_LEAST_ONCE,
-            correlation_data=correlation,
+            correlation_data_bytes=correlation,
             payload_format_indicator=mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_UTF8,
             content_type="application/json",
         )
@@ -233,7 +233,7 @@ class Transport:
 
     def _on_publish_received(self, data: mqtt5.PublishReceivedData) -> None:
         packet = data.publish_packet
-        correlation = packet.correlation_data
+        correlation = packet.correlation_data_bytes
         self._post(
             Received(
                 packet.topic,

@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from agent import __version__
-from agent.config import REMOTE_SETTINGS_FILE, Config, ConfigError, load_config, with_settings
+from agent.config import Config, ConfigError, load_config, with_settings
 from agent.core.control import (
     Arg,
     Change,
@@ -48,6 +49,7 @@ from agent.logs import kv
 from agent.publish.mqtt import Received
 from agent.service import manage, query
 from agent.service.reload import ReloadError, reload
+from agent.service.status import ControlStatus
 from agent.store.control import ControlStore
 from agent.store.db import StoreError, make_private_dir
 from agent.store.paths import control_path
@@ -127,8 +129,9 @@ def _kind(action: argparse.Action) -> Arg:
 class RemoteVerbs:
     """The verbs a remote may run, parsed by the CLI's parsers, run in this process."""
 
-    def __init__(self, cfg: Callable[[], Config]) -> None:
+    def __init__(self, cfg: Callable[[], Config], agent_pid: int | None) -> None:
         self._cfg = cfg
+        self._agent_pid = agent_pid
         self.parser = _Parser(prog="edge-defender", add_help=False)
         sub: argparse._SubParsersAction[argparse.ArgumentParser] = self.parser.add_subparsers(
             dest="command", required=True, parser_class=_Parser
@@ -151,7 +154,7 @@ class RemoteVerbs:
     def _manage(self, args: argparse.Namespace) -> int:
         cfg = self._cfg()
         make_private_dir(cfg.remote_dir)
-        return manage.run(args, cfg, cfg.remote_dir)
+        return manage.run(args, cfg, cfg.remote_dir, self._agent_pid)
 
     def _status(self, args: argparse.Namespace) -> int:
         from agent.service.status import run_status
@@ -200,6 +203,8 @@ class Controller:
         self.counts = {"done": 0, "refused": 0, "busy": 0, "shadow_syncs": 0, "shadow_errors": 0}
         self.shadow_error: str | None = None
         self._shadow: Any = None
+        # The agent to reload after a change: this process, when it is the agent.
+        self._agent_pid = os.getpid() if thread else None
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
         if thread:
             self._thread.start()
@@ -236,8 +241,17 @@ class Controller:
             except queue.Empty:
                 return answers
 
-    def status(self) -> dict[str, Any]:
-        return {**self.counts, "pending": self._pending, "shadow_error": self.shadow_error}
+    def status(self) -> ControlStatus:
+        c = self.counts
+        return {
+            "done": c["done"],
+            "refused": c["refused"],
+            "busy": c["busy"],
+            "pending": self._pending,
+            "shadow_syncs": c["shadow_syncs"],
+            "shadow_errors": c["shadow_errors"],
+            "shadow_error": self.shadow_error,
+        }
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -251,7 +265,7 @@ class Controller:
     def open(self) -> None:
         """The journal and the verbs, on the thread that will use them."""
         self._store = ControlStore(control_path(self.cfg.state_dir))
-        self._verbs = RemoteVerbs(lambda: self.cfg)
+        self._verbs = RemoteVerbs(lambda: self.cfg, self._agent_pid)
 
     def _loop(self) -> None:
         try:
@@ -451,7 +465,7 @@ class Controller:
         return error
 
     def _settings(self) -> dict[str, Any]:
-        path = self.cfg.remote_dir / REMOTE_SETTINGS_FILE
+        path = self.cfg.remote_settings_path
         try:
             return dict(parse_json(path.read_bytes(), 65536, str(path)))
         except (OSError, ValueError):
@@ -464,14 +478,12 @@ class Controller:
             with_settings(load_config(self._config_path), settings)
         except ConfigError as e:
             return f"settings: {e}"
-        path = self.cfg.remote_dir / REMOTE_SETTINGS_FILE
+        path = self.cfg.remote_settings_path
         before = path.read_bytes() if path.exists() else None
-        make_private_dir(self.cfg.remote_dir)
         manage.write_file(path, (json.dumps(settings, indent=2) + "\n").encode())
-        pid = manage.running_pid(self.cfg)
         try:
-            if pid is not None:
-                reload(Path(self.cfg.state_dir), pid, manage.RELOAD_TIMEOUT_S)
+            if self._agent_pid is not None:
+                reload(Path(self.cfg.state_dir), self._agent_pid, manage.RELOAD_TIMEOUT_S)
         except ReloadError as e:
             if before is None:
                 path.unlink(missing_ok=True)

@@ -59,6 +59,9 @@ class Env:
     # Where new documents go; None: the [detect] profiles directory. Remote control
     # gives its own (Config.remote_dir).
     directory: Path | None = None
+    # The agent to reload after a change; None: the one the status file names. Remote
+    # control runs inside the agent and gives its own pid.
+    agent_pid: int | None = None
 
     def new_documents_dir(self) -> Path:
         return self.directory or profiles_dir(self.cfg)
@@ -149,7 +152,7 @@ def _commit(env: Env, args: argparse.Namespace, path: Path, doc: Mapping[str, An
         path.unlink()
     else:
         write_file(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
-    pid = None if args.no_reload else running_pid(env.cfg)
+    pid = None if args.no_reload else (env.agent_pid or running_pid(env.cfg))
     if pid is None:
         return
     try:
@@ -464,13 +467,18 @@ def _list_dimensions(env: Env, args: argparse.Namespace) -> None:
 Verb = Callable[[Env, argparse.Namespace], None]
 
 
-def run(args: argparse.Namespace, cfg: Config, directory: Path | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    cfg: Config,
+    directory: Path | None = None,
+    agent_pid: int | None = None,
+) -> int:
     """Run the verb the parser chose. Exit status: 0 done, 1 refused (unknown or existing
     resource, version conflict, dimension in use, the running agent refused the change,
     a file that cannot be written), 2 a bad parameter."""
     command = args.command
     try:
-        args.verb(Env(cfg, time.time(), directory), args)
+        args.verb(Env(cfg, time.time(), directory, agent_pid), args)
     except InvalidRequest as e:
         print(f"edge-defender: {command}: {flag(e.param)}: {e.message}", file=sys.stderr)
         return 2

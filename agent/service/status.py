@@ -66,6 +66,16 @@ class MitigationStatus(TypedDict):
     rate_limited: int  # automatic responses not made: over max_auto_tasks_per_minute
 
 
+class ControlStatus(TypedDict):
+    done: int  # requests done
+    refused: int  # refused: invalid, or the verb said no
+    busy: int  # refused at once: too many waiting
+    pending: int
+    shadow_syncs: int
+    shadow_errors: int
+    shadow_error: str | None  # the last sync's failure, None once one succeeds
+
+
 class Reload(TypedDict):
     at: float
     ok: bool
@@ -94,7 +104,7 @@ class AgentStatus(TypedDict):
     reload: NotRequired[Reload]  # the verdict of the last reload
     capture: NotRequired[CaptureStatus]  # when [capture] is on
     mitigation: NotRequired[MitigationStatus]  # when [mitigation] is on
-    control: NotRequired[dict[str, Any]]  # when [control] is on: messages done, refused...
+    control: NotRequired[ControlStatus]  # when [control] is on
 
 
 def write_status(state_dir: Path, status: AgentStatus) -> None:
