@@ -56,7 +56,7 @@ P99_Z = 2.326  # the standard normal's 99th percentile
 # Per level: the base threshold (in spreads) and the share of training scores it passes.
 LEVEL_BASE = {"LOW": 3.0, "MEDIUM": 4.5, "HIGH": 6.0}
 LEVEL_QUANTILE = {"LOW": 0.999, "MEDIUM": 0.9999, "HIGH": 1.0}
-FORMAT = 1  # of to_json
+FORMAT = 2  # of to_json (1: one threshold per level)
 
 
 def _y(value: float) -> float:
