@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +114,7 @@ class Trainer:
         if type(utc_offset_s) is not int or abs(utc_offset_s) > 18 * 3600:
             raise ValueError(f"utc_offset_s {utc_offset_s!r} is not an integer within ±18 h")
         self._offset = utc_offset_s
-        self._counts = array("I", bytes(4 * BUCKETS * BINS))
+        self._counts = array("I", [0]) * (BUCKETS * BINS)
         self._low = [math.inf] * BUCKETS  # each bucket's smallest and largest value
         self._high = [0.0] * BUCKETS
         self._n = 0
@@ -175,17 +175,21 @@ class Trainer:
             thresholds=tuple(tuple(levels[i] for _, levels in tails) for i in range(3)),
         )
 
-    def _pool(self, b: int) -> tuple[list[int], float, float]:
-        """A bucket's bin counts and smallest and largest y; a thin bucket takes in the
-        same hour of the other day type, and if still thin, every bucket."""
+    def _pool(self, b: int) -> tuple[Sequence[int], float, float]:
+        """A bucket's bin counts (a view, no copy) and smallest and largest y; a thin
+        bucket takes in the same hour of the other day type, and if still thin, every
+        bucket."""
+        view = memoryview(self._counts)
         groups = [[b], [b % HOURS, b % HOURS + HOURS], list(range(BUCKETS))]
         for group in groups:
-            bins = [0] * BINS
-            for g in group:
-                row = self._counts[g * BINS : (g + 1) * BINS]
-                for i, c in enumerate(row):
-                    if c:
-                        bins[i] += c
+            if len(group) == 1:
+                bins: Sequence[int] = view[b * BINS : (b + 1) * BINS]
+            else:
+                merged = array("I", [0]) * BINS
+                for g in group:
+                    for i, c in enumerate(view[g * BINS : (g + 1) * BINS]):
+                        merged[i] += c
+                bins = merged
             if sum(bins) >= MIN_BUCKET_DATAPOINTS or group is groups[-1]:
                 low = min(self._low[g] for g in group)
                 high = max(self._high[g] for g in group)
@@ -193,7 +197,7 @@ class Trainer:
         raise AssertionError("unreachable")
 
 
-def _quantile(bins: list[int], q: float, low: float, high: float) -> float:
+def _quantile(bins: Sequence[int], q: float, low: float, high: float) -> float:
     """The q-quantile of y from bin counts, linear within its bin, within [low, high]."""
     total = sum(bins)
     if total == 0:
@@ -209,7 +213,7 @@ def _quantile(bins: list[int], q: float, low: float, high: float) -> float:
 
 
 def _tail(
-    pooled: list[tuple[list[int], float, float]], expected: list[float], b: int
+    pooled: list[tuple[Sequence[int], float, float]], expected: list[float], b: int
 ) -> tuple[float, tuple[float, ...]]:
     """Bucket b's spread and its thresholds per level, from how far above their own
     bucket's median the datapoints of its hour and the SPREAD_HOURS on each side (same
@@ -218,24 +222,23 @@ def _tail(
     or, if higher, the score of its LEVEL_QUANTILE of them (the largest exact). Pooling
     neighbours steadies the tail: a burst at 10:40 in training says something of 11:15."""
     hour, kind = b % HOURS, b - b % HOURS
-    residuals: dict[int, int] = {}
+    residuals = array("I", [0]) * (2 * BINS)  # bin i - median's bin + BINS
     top = 0.0
     for d in range(-SPREAD_HOURS, SPREAD_HOURS + 1):
         n = kind + (hour + d) % HOURS
         bins, _, high = pooled[n]
         top = max(top, high - expected[n])
-        shift = round(expected[n] * BINS_PER_UNIT)
+        shift = BINS - round(expected[n] * BINS_PER_UNIT)
         for i, c in enumerate(bins):
             if c:
-                residuals[i - shift] = residuals.get(i - shift, 0) + c
-    ordered = sorted(residuals.items())
-    total = sum(residuals.values())
+                residuals[i + shift] += c
+    total = sum(residuals)
 
     def quantile(q: float) -> float:
         rank, seen = q * total, 0
-        for i, c in ordered:
-            if seen + c >= rank:
-                return min((i + (rank - seen) / c) / BINS_PER_UNIT, top)
+        for i, c in enumerate(residuals):
+            if c and seen + c >= rank:
+                return min((i - BINS + (rank - seen) / c) / BINS_PER_UNIT, top)
             seen += c
         return top
 
