@@ -89,6 +89,10 @@ def parse_json(payload: bytes, max_bytes: int, what: str) -> Any:
         raise ControlError(what, f"not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     if _depth(doc) > MAX_DEPTH:
         raise ControlError(what, f"nested deeper than {MAX_DEPTH} levels")
+    try:  # JSON's \ud800 escapes make lone surrogates, which no file or topic can hold
+        json.dumps(doc, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ControlError(what, "holds a lone surrogate escape (\\ud800-\\udfff)") from None
     return doc
 
 
