@@ -142,6 +142,18 @@ def _register_ml(sub: argparse._SubParsersAction) -> None:
     add_parsers(sub, _add_config_arg, _run_ml)
 
 
+def _run_control(args: argparse.Namespace) -> int:
+    from agent.service.control import run
+
+    return run(args, _config(args))
+
+
+def _register_control(sub: argparse._SubParsersAction) -> None:
+    from agent.service.control import add_parsers
+
+    add_parsers(sub, _add_config_arg, _run_control)
+
+
 def _run_check_config(args: argparse.Namespace) -> int:
     from agent.service.checks import run_check_config
 
@@ -245,6 +257,7 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     _register_mitigation(sub)
     _register_manage(sub)
     _register_ml(sub)
+    _register_control(sub)
     _register_operations(sub)
     _register_reload(sub)
     return parser

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from agent import __version__
 from agent.config import Config, ConfigError, load_config, with_settings
@@ -46,13 +46,15 @@ from agent.core.control import (
     to_argv,
 )
 from agent.logs import kv
-from agent.publish.mqtt import Received
 from agent.service import manage, query
 from agent.service.reload import ReloadError, reload
 from agent.service.status import ControlStatus
 from agent.store.control import ControlStore
 from agent.store.db import StoreError, make_private_dir
 from agent.store.paths import control_path
+
+if TYPE_CHECKING:
+    from agent.publish.mqtt import Received
 
 log = logging.getLogger(__name__)
 
@@ -495,3 +497,42 @@ class Controller:
 
 def _encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# -- `edge-defender list-control-messages` (an extension: AWS has no such verb) -----------------
+
+MAX_LISTED = 1000
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    """Print the journal, newest first. Exit status 1 when it cannot be read."""
+    if not 1 <= args.max_results <= MAX_LISTED:
+        print(f"edge-defender: {args.command}: --max-results: {args.max_results} is not"
+              f" 1-{MAX_LISTED}", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        store = ControlStore(control_path(cfg.state_dir), create=False)
+    except StoreError as e:
+        print(f"edge-defender: {args.command}: {e}", file=sys.stderr)
+        return 1
+    try:
+        entries = store.entries(args.max_results)
+    finally:
+        store.close()
+    print(json.dumps({"controlMessages": entries}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def add_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    add_config_arg: Callable[[argparse.ArgumentParser], None],
+    handler: Callable[[argparse.Namespace], int],
+) -> None:
+    p = sub.add_parser(
+        "list-control-messages",
+        help="remote control's journal: every request and shadow change, newest first",
+    )
+    add_config_arg(p)
+    p.add_argument("--max-results", type=int, default=100, metavar="N",
+                   help=f"entries, 1-{MAX_LISTED} (default 100)")  # fmt: skip
+    p.set_defaults(handler=handler)

@@ -48,8 +48,8 @@ MIGRATIONS: tuple[str, ...] = (
 class ControlStore(Store):
     """control.db on one connection (the control thread's)."""
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(path, MIGRATIONS, create=True, incremental_vacuum=True)
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        super().__init__(path, MIGRATIONS, create=create, incremental_vacuum=True)
 
     def journal(
         self,
