@@ -144,8 +144,7 @@ class Trainer:
                 f"ML datapoint time {t!r} is before the training start {self._start!r}"
             )
         b = _bucket(_hour_index(t + self._offset))
-        y = math.log2(1.0 + v)
-        i = int(y * BINS_PER_UNIT)
+        i = int(_y(v) * BINS_PER_UNIT)
         self._counts[b * BINS + (i if i < BINS else BINS - 1)] += 1
         if v > self._high[b]:
             self._high[b] = v
