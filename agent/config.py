@@ -329,6 +329,8 @@ def _type_name(tp: Any) -> str:
 def _key_path(prefix: str, key: str) -> str:
     # Only unknown keys can be odd (quoted, control characters): keep messages one line.
     shown = key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+    if len(shown) > 64:  # a key of 5000 digits is bare TOML too
+        shown = shown[:60] + "..."
     return f"{prefix}.{shown}" if prefix else shown
 
 
@@ -572,7 +574,7 @@ def with_settings(cfg: Config, settings: Any) -> Config:
 
 def remote_settings(cfg: Config) -> tuple[Config, str | None]:
     """`cfg` with the settings remote control stored (none: `cfg` itself), and the
-    problem with that file if it cannot be used (then `cfg` unchanged)."""
+    problem with Config.remote_settings_path if it cannot be used (`cfg` unchanged)."""
     path = cfg.remote_settings_path
     try:
         with path.open("rb") as f:
@@ -581,7 +583,7 @@ def remote_settings(cfg: Config) -> tuple[Config, str | None]:
     except FileNotFoundError:
         return cfg, None
     except (OSError, ValueError) as e:  # ConfigError and JSON errors are ValueErrors
-        return cfg, f"{path}: {e}"
+        return cfg, str(e)
 
 
 def parse_config(text: str, source: str) -> Config:

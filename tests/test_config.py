@@ -19,6 +19,7 @@ from agent.config import (
     CaptureConfig,
     Config,
     ConfigError,
+    ControlConfig,
     CustomMetricConfig,
     DetectConfig,
     DnsCaptureConfig,
@@ -272,11 +273,11 @@ def test_the_example_config_names_every_key_and_its_values_load() -> None:
     keys = {f.name for f in dataclasses.fields(Config)} - {"config_file", "custom_metrics"}
     blocks = (SamplingConfig, MqttConfig, DetectConfig, StoreConfig, CustomMetricConfig)
     capture = (CaptureConfig, ScanCaptureConfig, DnsCaptureConfig, BrokerCaptureConfig, AuditConfig)
-    capture += (MitigationConfig, AutoResponseConfig)
+    capture += (MitigationConfig, AutoResponseConfig, ControlConfig)
     for block in blocks + capture:
         keys |= {f.name for f in dataclasses.fields(block)}
     sections = ("sampling", "mqtt", "detect", "store", "capture", "scan", "dns", "broker", "audit")
-    sections += ("mitigation", "auto")
+    sections += ("mitigation", "auto", "control")
     for section in sections:
         keys.discard(section)
     # Documented in comments: a custom metric's source keys, an automatic response rule.
@@ -431,3 +432,30 @@ def test_mitigation_settings_and_their_errors() -> None:
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             parse_config(text, "f")
+
+
+def test_remote_settings_change_only_the_safe_subset_and_are_checked_as_the_file(
+    tmp_path: Path,
+) -> None:
+    from agent.config import REMOTE_SETTINGS, remote_settings, with_settings
+
+    cfg = parse_config(f'state_dir = "{tmp_path}"\n', "c.toml")
+    changed = with_settings(cfg, {"sampling.interval_s": 30, "capture.dns.enabled": False})
+    assert changed.sampling.interval_s == 30.0 and changed.capture.dns.enabled is False
+    assert changed.capture.scan == cfg.capture.scan and changed.mqtt == cfg.mqtt
+    for settings, words in [
+        ({"mqtt.endpoint": "evil.example"}, "not a setting remote control may change"),
+        ({"custom_metrics": []}, "not a setting"),
+        ({"sampling.interval_s": 0}, "sampling.interval_s: must be at least 0.1"),
+        ({"capture.enabled": "yes"}, "capture.enabled: must be true or false"),
+        ([], "must be an object"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            with_settings(cfg, settings)
+    assert all(name.count(".") >= 1 for name in REMOTE_SETTINGS)
+    assert remote_settings(cfg) == (cfg, None)  # no file: the config as it is
+    cfg.remote_settings_path.write_text('{"store.retention_days": 7}')
+    assert remote_settings(cfg)[0].store.retention_days == 7.0
+    cfg.remote_settings_path.write_text('{"store.retention_days": -7}')
+    same, problem = remote_settings(cfg)
+    assert same is cfg and problem is not None and "retention_days" in problem

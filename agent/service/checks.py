@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.config import Config, ConfigError, MqttConfig, load_config
+from agent.config import Config, ConfigError, MqttConfig, load_config, remote_settings
 from agent.core.profile import ProfileError, aws_differences
 from agent.core.x509 import validity
 from agent.logs import kv
@@ -98,6 +98,17 @@ def check_config(path: str | None) -> list[Finding]:
     except ConfigError as e:
         return [_finding(str(e))]
     findings = tls_findings(cfg.mqtt, time.time())
+    with_remote, problem = remote_settings(cfg)
+    if problem is not None:
+        findings.append(Finding(str(cfg.remote_settings_path), f"ignored: {problem}", True))
+    elif with_remote is not cfg:
+        changed = cfg.remote_settings_path.read_text().strip().replace("\n", " ")
+        findings.append(
+            Finding(
+                str(cfg.remote_settings_path), f"remote control's settings apply: {changed}", True
+            )
+        )
+        cfg = with_remote
     try:
         files = load_detect_files(cfg.profile_patterns)
         if not files.profiles:

@@ -797,7 +797,7 @@ def load_with_settings(config_path: str | None) -> Config:
     used are left out with a log line (the file's own config still runs the agent)."""
     cfg, problem = remote_settings(load_config(config_path))
     if problem is not None:
-        log.error(kv("remote_settings_ignored", error=problem))
+        log.error(kv("remote_settings_ignored", file=cfg.remote_settings_path, error=problem))
     return cfg
 
 
