@@ -169,7 +169,7 @@ class DetectConfig:
 class StoreConfig:
     # 0 keeps none.
     retention_days: float = _ranged(30.0, 0, 36500)
-    metrics_retention_days: float = _ranged(14.0, 0, 36500)
+    metrics_retention_days: float = _ranged(15.0, 0, 36500)  # ML Detect trains on 14 whole days
     # The metrics history is also kept under this many bytes, oldest dropped first.
     metrics_max_bytes: int = _ranged(64 * 1024 * 1024, 1024 * 1024, 1 << 40)
     # Metrics history is written in batches this far apart (a power cut loses at most
