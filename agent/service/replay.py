@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import BinaryIO, TextIO
@@ -329,6 +330,16 @@ def replay_command(
     except ValueError as e:  # a profile name given twice
         print(f"{prog}: {e}", file=err)
         return 2
+    if ml_metrics := detector.ml_metrics():  # ML behaviors judge with the device's models
+        from agent.service.trainer import in_force, stored_records
+        from agent.store.db import StoreError
+
+        try:
+            records = stored_records(cfg.state_dir)
+        except StoreError as e:
+            print(f"{prog}: ML behaviors not judged: {e}", file=err)
+            records = {}
+        detector.set_models(*in_force(records, ml_metrics, time.time()))
     counts: Counter[str] = Counter()
     seen: set[str] = set()
     if output == "table":
