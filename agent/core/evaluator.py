@@ -29,6 +29,7 @@ from agent.core.metrics import (
     Kind,
     is_finite_number,
 )
+from agent.core.ml_window import WINDOW_S, Window
 from agent.core.profile import Behavior, Dimension, MetricDimension, SecurityProfile
 from agent.core.topics import matches_any
 
@@ -63,7 +64,11 @@ class InactiveBehavior(NamedTuple):
 
 
 class Scorer(Protocol):
-    """What the rule core needs of an ML model (agent.core.ml.Model)."""
+    """What the rule core needs of an ML model (agent.core.ml.Model): the rolling window
+    its datapoints aggregate, and its verdict on one."""
+
+    @property
+    def window_s(self) -> float: ...
 
     def anomalous(self, t: float, value: float, confidence: str) -> bool: ...
 
@@ -122,6 +127,7 @@ class _Rule:
         "last_time",
         "last_value",
         "ml",
+        "ml_window",
         "model",
         "order",
         "percent",
@@ -164,6 +170,9 @@ class _Rule:
         self.percent: float | None = None
         self.ml = criteria.ml_confidence  # an ML behavior's confidence level
         self.model: Scorer | None = None  # judged only while it holds an active model
+        # An ML behavior judges its metric's aggregate over a rolling window, fed with or
+        # without a model so that a model arriving finds it full (agent.core.ml_window).
+        self.ml_window = None if self.ml is None else Window(kind)
         if criteria.statistic is not None and criteria.operator is not None:
             self.compare = COMPARE[criteria.operator]
             self.percent = statistic_percent(criteria.statistic)
@@ -194,6 +203,15 @@ class _Rule:
     @property
     def additional_info(self) -> dict[str, Any] | None:
         return None if self.ml is None else {"confidenceLevel": self.ml}
+
+    def set_model(self, model: Scorer | None) -> None:
+        """An ML behavior's model; a model of another window length starts the window
+        again (its aggregates are not what the model was trained on)."""
+        assert self.ml_window is not None and self.behavior.kind is not None
+        self.model = model
+        window_s = WINDOW_S if model is None else model.window_s
+        if model is not None and window_s != self.ml_window.window_s:
+            self.ml_window = Window(self.behavior.kind, window_s)
 
 
 def rule_key(profile: str, behavior: str, signature: str) -> str:
@@ -349,7 +367,7 @@ class Detector:
                         baseline = self._new_baseline()
                     rule = _Rule(profile.name, (p_idx, b_idx), behavior, signature, baseline)
                     if rule.ml is not None:
-                        rule.model = self._models.get(behavior.metric)
+                        rule.set_model(self._models.get(behavior.metric))
                 rules.append(rule)
         for gone in keep.values():  # what a store holds of its baseline goes with it
             if gone.baseline is not None:
@@ -404,7 +422,7 @@ class Detector:
         self._no_model = dict(reasons or {})
         for rule in self._rules:
             if rule.ml is not None:
-                rule.model = self._models.get(rule.behavior.metric)
+                rule.set_model(self._models.get(rule.behavior.metric))
 
     def ml_metrics(self) -> list[str]:
         """The metrics the judged ML behaviors need a model of."""
@@ -614,6 +632,8 @@ class Detector:
             entry["lastDatapointTime"] = r.last_dp
         if r.win_end is not None:
             entry["window"] = {"end": r.win_end, "value": r.acc}
+        if r.ml_window is not None and len(r.ml_window):
+            entry["mlWindow"] = r.ml_window.to_json()
         if r.baseline is not None and r.baseline.pending:
             entry["pending"] = [[t, v] for t, v in r.baseline.pending]
         if r.fleet is not None:
@@ -660,6 +680,12 @@ class Detector:
             "win_end": None if window["end"] is None else _number(window["end"]),
             "acc": None if window["value"] is None else _number(window["value"]),
         }
+        if rule.ml_window is not None:
+            assert rule.behavior.kind is not None
+            # The window as saved; a model of another length given later starts it again.
+            saved = entry.get("mlWindow")
+            kind = rule.behavior.kind
+            values["ml_window"] = Window(kind) if saved is None else Window.from_json(kind, saved)
         if rule.baseline is not None:
             baseline = self._new_baseline()
             baseline.load(buckets)
@@ -750,12 +776,14 @@ class Detector:
         if rule.check is not None:
             ok = rule.check(v)
         elif rule.ml is not None:
-            if rule.model is None:
-                return  # not judged: no event, counters untouched, staleness runs on
             if v < 0:  # the models are of magnitudes (agent.core.ml)
                 reason = f"ML detection needs values >= 0, got {v!r}"
                 self._mismatches.setdefault((rule.profile, rule.behavior.name), reason)
                 return
+            assert rule.ml_window is not None
+            v = rule.ml_window.add(t, v)  # the aggregate is the datapoint judged and shown
+            if v is None or rule.model is None:
+                return  # not judged: no event, counters untouched, staleness runs on
             ok = not rule.model.anomalous(t, v, rule.ml)
         else:
             baseline = rule.baseline

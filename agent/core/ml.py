@@ -1,5 +1,8 @@
 """ML Detect on the device: a per-metric model of normal behavior, trained from the
-metric's own history and judging each new datapoint at a confidence level.
+metric's own history and judging each new datapoint at a confidence level. A datapoint
+is the metric's aggregate over a rolling window (agent.core.ml_window: the sum of a
+counter, the largest value of a gauge over the last 5 minutes, at every sample); the
+model keeps the window it was trained on, and is judged on the same.
 
 The model is a seasonal baseline: 48 buckets, one per local hour of the day for weekdays
 and one for weekend days (Saturday, Sunday). Values are compared on y = log2(1 + value),
@@ -38,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.core.ml_window import WINDOW_S, check_window_s
 from agent.core.profile import CONFIDENCE_LEVELS as CONFIDENCE_LEVELS
 
 MIN_TRAINING_DAYS = 14  # AWS: a model needs 14 days ...
@@ -56,7 +60,7 @@ P99_Z = 2.326  # the standard normal's 99th percentile
 # Per level: the base threshold (in spreads) and the share of training scores it passes.
 LEVEL_BASE = {"LOW": 3.0, "MEDIUM": 4.5, "HIGH": 6.0}
 LEVEL_QUANTILE = {"LOW": 0.999, "MEDIUM": 0.9999, "HIGH": 1.0}
-FORMAT = 2  # of to_json (1: one threshold per level)
+FORMAT = 3  # of to_json (1: one threshold per level; 2: trained on single samples)
 
 
 def _y(value: float) -> float:
@@ -105,15 +109,18 @@ def _bucket(hour: int) -> int:
 class Trainer:
     """Streams (t, value) datapoints of one metric into bounded state (a fixed array of
     counts, whatever the number of points), then builds a Model. Feed in any order of t;
-    datapoints before `start` (the start of the training window) are refused."""
+    datapoints before `start` (the start of the training window) are refused. The
+    datapoints are aggregates over `window_s` (agent.core.ml_window.Window gives them);
+    the model records it so that the rule core judges the same aggregates."""
 
-    __slots__ = ("_counts", "_first_t", "_high", "_low", "_n", "_offset", "_start")
+    __slots__ = ("_counts", "_first_t", "_high", "_low", "_n", "_offset", "_start", "_window_s")
 
-    def __init__(self, start: float, utc_offset_s: int = 0) -> None:
+    def __init__(self, start: float, utc_offset_s: int = 0, window_s: float = WINDOW_S) -> None:
         self._start = check_time(start)
         if type(utc_offset_s) is not int or abs(utc_offset_s) > 18 * 3600:
             raise ValueError(f"utc_offset_s {utc_offset_s!r} is not an integer within ±18 h")
         self._offset = utc_offset_s
+        self._window_s = check_window_s(window_s)
         self._counts = array("I", [0]) * (BUCKETS * BINS)
         self._low = [math.inf] * BUCKETS  # each bucket's smallest and largest value
         self._high = [0.0] * BUCKETS
@@ -127,6 +134,10 @@ class Trainer:
     @property
     def utc_offset_s(self) -> int:
         return self._offset
+
+    @property
+    def window_s(self) -> float:
+        return self._window_s
 
     @property
     def datapoints(self) -> int:
@@ -169,6 +180,7 @@ class Trainer:
             datapoints=self._n,
             first_t=first,
             utc_offset_s=self._offset,
+            window_s=self._window_s,
             expected=tuple(expected),
             spread=tuple(spread for spread, _ in tails),
             thresholds=tuple(tuple(levels[i] for _, levels in tails) for i in range(3)),
@@ -253,12 +265,14 @@ def _tail(
 class Model:
     """A trained model of one metric. Per bucket, on y = log2(1 + value): `expected`
     (the median) and `spread`; `thresholds` holds, per level of CONFIDENCE_LEVELS, the
-    score above which that level alarms in each bucket."""
+    score above which that level alarms in each bucket. `window_s`: the rolling window
+    its datapoints aggregate (agent.core.ml_window), which the rule core judges on."""
 
     trained_at: float
     datapoints: int
     first_t: float
     utc_offset_s: int
+    window_s: float
     expected: tuple[float, ...]
     spread: tuple[float, ...]
     thresholds: tuple[tuple[float, ...], ...]
@@ -309,6 +323,7 @@ class Model:
             "datapoints": self.datapoints,
             "firstT": self.first_t,
             "utcOffsetS": self.utc_offset_s,
+            "windowS": self.window_s,
             "expected": list(self.expected),
             "spread": list(self.spread),
             "thresholds": {
@@ -322,7 +337,10 @@ class Model:
         if not isinstance(doc, Mapping):
             raise ValueError(f"ML model {doc!r} is not an object")
         if doc.get("format") != FORMAT:
-            raise ValueError(f"ML model format: {doc.get('format')!r} is not {FORMAT}")
+            raise ValueError(
+                f"ML model format: {doc.get('format')!r} is not {FORMAT} (format 2 models"
+                " judged single samples, not rolling windows)"
+            )
         datapoints = doc.get("datapoints")
         if type(datapoints) is not int or datapoints < 0:
             raise ValueError(f"ML model datapoints: {datapoints!r} is not a count")
@@ -342,6 +360,7 @@ class Model:
             datapoints=datapoints,
             first_t=_number(doc, "firstT"),
             utc_offset_s=offset,
+            window_s=_window(doc),
             expected=_numbers(doc, "expected", 0.0),
             spread=_numbers(doc, "spread", SPREAD_FLOOR),
             thresholds=levels,
@@ -353,6 +372,13 @@ def _number(doc: Mapping[str, Any], key: str, where: str = "") -> float:
     if x is None:
         raise ValueError(f"ML model {where}{key}: {doc.get(key)!r} is not a finite number")
     return x
+
+
+def _window(doc: Mapping[str, Any]) -> float:
+    try:
+        return check_window_s(doc.get("windowS"))
+    except ValueError as e:
+        raise ValueError(f"ML model windowS: {e}") from None
 
 
 def _numbers(doc: Mapping[str, Any], key: str, low: float, where: str = "") -> tuple[float, ...]:

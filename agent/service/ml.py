@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from agent.config import Config
 from agent.core.audit_model import InvalidRequest
+from agent.core.ml_window import WINDOW_S, check_window_s, metric_kind
 from agent.core.profile import SecurityProfile
 from agent.core.report import ReportError
 from agent.service.profiles import load_detect_files
@@ -32,6 +33,7 @@ from agent.service.trainer import (
     train,
     train_from_history,
     utc_offset_s,
+    windows_in_force,
 )
 from agent.service.verbs import add_output, add_paging, exit_status, print_answer, verb_adder
 from agent.store.db import StoreError, decode_token, encode_token
@@ -166,19 +168,34 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
             "no loaded security profile has an ML behavior on a device metric;"
             " name the metrics to train",
         )
+    for metric in metrics:
+        try:
+            metric_kind(metric)
+        except ValueError as e:
+            raise InvalidRequest("metric", str(e)) from None
+    if args.window_s is not None:
+        try:
+            check_window_s(args.window_s)
+        except ValueError as e:
+            raise InvalidRequest("window-s", str(e)) from None
     now = time.time()
+    old = stored_records(cfg.state_dir)
+    # The window of the model in force unless --window-s says otherwise.
+    windows = windows_in_force(old)
+    if args.window_s is not None:
+        windows = dict.fromkeys(metrics, args.window_s)
     try:
         if args.source is None:
-            trainings = train_from_history(cfg.state_dir, metrics, now)
+            trainings = train_from_history(cfg.state_dir, metrics, now, windows=windows)
             source = "history"
         else:
             # A file is taken whole: it may be older than the training window.
-            trainings = train(_lines(args.source), metrics, 0.0, now, utc_offset_s(now))
+            lines = _lines(args.source)
+            trainings = train(lines, metrics, 0.0, now, utc_offset_s(now), windows=windows)
             source = "stdin" if args.source == "-" else str(Path(args.source).resolve())
     except ReportError as e:
         raise InvalidRequest("from", f"bad metrics report: {e}") from None
     with open_models(cfg.state_dir) as store:
-        old = store.records()
         records = [record_of(old.get(t.metric), t, now, source) for t in trainings]
         store.put(records)
     answer: dict[str, Any] = {"models": []}
@@ -189,6 +206,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
             "modelStatus": model_status(r, now),
             "datapoints": t.datapoints,
             "datapointsCollectionPercentage": collected_percent(r),
+            "windowSeconds": windows.get(t.metric, WINDOW_S),
         }
         if t.first_t is not None:
             item["trainingDataCollectionStartDate"] = t.first_t
@@ -252,6 +270,13 @@ def add_parsers(
         action="append",
         metavar="NAME",
         help="a metric to train (repeatable); default: those of the loaded ML behaviors",
+    )
+    p.add_argument(
+        "--window-s",
+        type=float,
+        metavar="SECONDS",
+        help="the rolling window the models are trained on and judge (sums of counters,"
+        f" largest values of gauges); default: the model in force's, else {WINDOW_S:g}",
     )
     p.add_argument(
         "--no-reload",

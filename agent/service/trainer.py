@@ -1,5 +1,7 @@
-"""ML Detect training: the metrics history streamed into one agent.core.ml.Trainer per
-metric, the models kept in models.db, and the daemon's training thread.
+"""ML Detect training: the metrics history streamed, in time order, through one rolling
+window (agent.core.ml_window.Window, as the rule core judges) into one
+agent.core.ml.Trainer per metric, the models kept in models.db, and the daemon's
+training thread.
 
 The thread runs only while a loaded profile has an ML behavior on a device metric. A
 metric is trained a minute after the start when it never was, then every RETRAIN_S
@@ -25,6 +27,7 @@ from typing import Any
 from agent.config import Config
 from agent.core.metrics import CLOUD_METRICS, is_finite_number, metrics_from_report
 from agent.core.ml import MIN_DATAPOINTS, MIN_TRAINING_DAYS, RETRAIN_S, Model, Trainer
+from agent.core.ml_window import WINDOW_S, Window, metric_kind
 from agent.core.profile import SecurityProfile
 from agent.core.report import ReportError, parse_envelope
 from agent.logs import kv
@@ -90,11 +93,16 @@ def train(
     now: float,
     offset_s: int,
     stop: threading.Event | None = None,
+    windows: Mapping[str, float] | None = None,
 ) -> list[Training]:
-    """Stream metrics-history envelopes (`export-metrics` lines) into a Trainer per
-    metric, from `start` on, and build each model as of `now`. A malformed envelope is
-    ReportError naming what is wrong; Stopped when `stop` is set meanwhile."""
-    trainers = {m: Trainer(start, offset_s) for m in metrics}
+    """Stream metrics-history envelopes (`export-metrics` lines, in time order) through a
+    rolling window per metric (its length from `windows`, else WINDOW_S) into a Trainer,
+    from `start` on, and build each model as of `now`. A malformed envelope, or one
+    earlier than the one before, is ReportError naming it; Stopped when `stop` is set
+    meanwhile. A metric that is not a number metric is ValueError."""
+    lengths = windows or {}
+    rolling = {m: Window(metric_kind(m), lengths.get(m, WINDOW_S)) for m in metrics}
+    trainers = {m: Trainer(start, offset_s, rolling[m].window_s) for m in metrics}
     unusable = dict.fromkeys(metrics, 0)
     for i, envelope in enumerate(envelopes):
         if stop is not None and i % 1000 == 0 and stop.is_set():
@@ -110,10 +118,15 @@ def train(
             v = values.get(metric)
             if v is None:
                 continue
-            if is_finite_number(v) and v >= 0:  # type: ignore[operator]
-                trainer.add(t, v)  # type: ignore[arg-type]
-            else:
+            if not is_finite_number(v) or v < 0:  # type: ignore[operator]
                 unusable[metric] += 1
+                continue
+            try:
+                aggregate = rolling[metric].add(t, v)  # type: ignore[arg-type]
+            except ValueError as e:
+                raise ReportError(f"record {i + 1}: {e}") from None
+            if aggregate is not None:
+                trainer.add(t, aggregate)
     return [
         Training(m, tr.build(now), tr.datapoints, tr.first_t, unusable[m])
         for m, tr in trainers.items()
@@ -143,27 +156,49 @@ def _numbers_only(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_from_history(
-    state_dir: str | Path, metrics: Sequence[str], now: float, stop: threading.Event | None = None
+    state_dir: str | Path,
+    metrics: Sequence[str],
+    now: float,
+    stop: threading.Event | None = None,
+    windows: Mapping[str, float] | None = None,
 ) -> list[Training]:
     """Train on the last TRAINING_WINDOW_S of the metrics history the daemon wrote."""
     start = now - TRAINING_WINDOW_S
     try:
         history = open_history(history_path(state_dir), create=False)
     except StoreNotFound:
-        return train((), metrics, start, now, utc_offset_s(now))
+        return train((), metrics, start, now, utc_offset_s(now), windows=windows)
     with history:
         envelopes = history.export_metrics(start, now)
-        return train(envelopes, metrics, start, now, utc_offset_s(now), stop)
+        return train(envelopes, metrics, start, now, utc_offset_s(now), stop, windows)
+
+
+def usable_model(record: ModelRecord | None) -> Model | None:
+    """The record's model if this version can judge with it (an older format cannot)."""
+    if record is None or record.model is None:
+        return None
+    try:
+        return Model.from_json(record.model)
+    except ValueError:
+        return None
+
+
+def windows_in_force(records: Mapping[str, ModelRecord]) -> dict[str, float]:
+    """Per metric, the window of its usable model: a retraining keeps it (`train
+    --window-s` may have set another than WINDOW_S)."""
+    return {m: model.window_s for m, r in records.items() if (model := usable_model(r))}
 
 
 def record_of(old: ModelRecord | None, training: Training, now: float, source: str) -> ModelRecord:
-    """The row after a training: its model when it built one, else the model in force."""
+    """The row after a training: its model when it built one, else the model in force
+    (dropped when this version cannot use it: the metric is then PENDING_BUILD)."""
     if training.model is not None:
         model: Mapping[str, Any] | None = training.model.to_json()
         refreshed_at: float | None = now
+    elif old is not None and usable_model(old) is not None:
+        model, refreshed_at = old.model, old.refreshed_at
     else:
-        model = None if old is None else old.model
-        refreshed_at = None if old is None else old.refreshed_at
+        model = refreshed_at = None
     return ModelRecord(
         training.metric,
         model,
@@ -317,13 +352,19 @@ class ModelTrainer:
         # A store stays on the thread that opened it: one per round, closed after.
         with open_models(cfg.state_dir) as store:
             records = store.records()
+            # A model this version cannot use (an older format) is retrained at once.
             due = [
-                m for m in metrics if m not in records or records[m].trained_at + RETRAIN_S <= now
+                m
+                for m in metrics
+                if m not in records
+                or records[m].trained_at + RETRAIN_S <= now
+                or (records[m].model is not None and usable_model(records[m]) is None)
             ]
             if not due:
                 return
             began = time.thread_time()
-            trainings = train_from_history(cfg.state_dir, due, now, self._stop)
+            windows = windows_in_force(records)
+            trainings = train_from_history(cfg.state_dir, due, now, self._stop, windows)
             store.put([record_of(records.get(t.metric), t, now, "history") for t in trainings])
             for t in trainings:
                 log.info(

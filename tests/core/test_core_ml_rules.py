@@ -1,15 +1,19 @@
 """ML behaviors in the rule core: judged by the model of their metric once the Detector
-holds one, with the consecutive counts, events carrying violationEventAdditionalInfo,
-state across a restart; inactive with a reason until then, and per MQTT client."""
+holds one, on the metric's rolling aggregate (sums of counters, largest gauge values over
+the model's window, 5 minutes by default), with the consecutive counts, events carrying
+violationEventAdditionalInfo, the window and the alarm kept across a restart; inactive
+with a reason until then, and per MQTT client."""
 
 import itertools
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.evaluator import Detector
 from agent.core.judge import CLIENT_ML_REASON, Judge
 from agent.core.ml import MIN_TRAINING_DAYS, Trainer
+from agent.core.ml_window import Window, metric_kind
 from agent.core.profile import SecurityProfile, parse_profile
 
 BYTES = "aws:all-bytes-out"
@@ -18,10 +22,27 @@ LEVEL_LIMITS = {"LOW": 100.0, "MEDIUM": 200.0, "HIGH": 300.0}
 
 @dataclass(frozen=True)
 class StepModel:
-    """A model whose verdict is plain to read: anomalous above the level's limit."""
+    """A model whose verdict is plain to read: anomalous above the level's limit. Its
+    10 s window holds one 10 s sample: a datapoint is that sample, from the second on."""
+
+    window_s: float = 10.0
 
     def anomalous(self, t: float, value: float, confidence: str) -> bool:
         return value > LEVEL_LIMITS[confidence]
+
+
+@dataclass
+class Seen:
+    """A 5-minute model that notes what it was asked to judge."""
+
+    limit: float
+    window_s: float = 300.0
+    judged: list[tuple[float, float]] = field(default_factory=list)
+
+    def anomalous(self, t: float, value: float, confidence: str) -> bool:
+        if confidence == "LOW":
+            self.judged.append((t, value))
+        return value > self.limit
 
 
 def ml(name: str, level: str, metric: str = BYTES, **criteria: Any) -> dict[str, Any]:
@@ -38,7 +59,7 @@ def detector(*profiles: SecurityProfile) -> Detector:
     return Detector(list(profiles), "thing-1", id_factory=lambda: f"id-{next(ids)}")
 
 
-def feed(d: Detector, values: list[float], start: float = 0.0) -> list[dict[str, Any]]:
+def feed(d: Detector, values: Sequence[float], start: float = 0.0) -> list[dict[str, Any]]:
     out = []
     for i, v in enumerate(values):
         out += [e.to_json() for e in d.observe(start + 10 * i, {BYTES: v})]
@@ -72,12 +93,12 @@ def test_one_model_judges_each_confidence_level_with_its_counts():
     d = detector(profile(ml("low", "LOW"), ml("high", "HIGH", consecutiveDatapointsToAlarm=2)))
     d.set_models({BYTES: StepModel()})
     assert d.inactive_behaviors() == []
-    events = feed(d, [50, 150, 350, 350, 50])
+    events = feed(d, [50, 50, 150, 350, 350, 50])
     assert brief(events) == [
-        ("in-alarm", "low", 10.0),
-        ("in-alarm", "high", 30.0),  # the second anomalous datapoint at HIGH
-        ("alarm-cleared", "low", 40.0),
-        ("alarm-cleared", "high", 40.0),
+        ("in-alarm", "low", 20.0),
+        ("in-alarm", "high", 40.0),  # the second anomalous datapoint at HIGH
+        ("alarm-cleared", "low", 50.0),
+        ("alarm-cleared", "high", 50.0),
     ]
     assert [e["violationEventAdditionalInfo"] for e in events] == [
         {"confidenceLevel": "LOW"},
@@ -91,29 +112,37 @@ def test_one_model_judges_each_confidence_level_with_its_counts():
 def test_a_negative_value_is_a_mismatch_not_a_judgement():
     d = detector(profile(ml("temp", "LOW", metric="temp")))
     d.set_models({"temp": StepModel()})
-    assert d.observe(0.0, {"temp": -5.0}) == []
+    assert d.observe(0.0, {"temp": 1.0}) == []
+    assert d.observe(10.0, {"temp": -5.0}) == []
     assert [(m.behavior, m.reason) for m in d.mismatches()] == [
         ("temp", "ML detection needs values >= 0, got -5.0")
     ]
 
 
 def test_a_real_model_judges_through_the_detector():
+    """Trained on 5-minute sums of 10 s counts around 1000 (the same Window as the rule
+    core's); a 10 s count of 10**6 alarms at once, as its sum does."""
     trainer = Trainer(0.0)
-    for i in range(MIN_TRAINING_DAYS * 24 * 120):  # 14 days at 30 s, around 1000
-        trainer.add(i * 30.0, 1000.0 + (i % 7) * 10)
-    model = trainer.build(MIN_TRAINING_DAYS * 86400.0)
-    assert model is not None
+    window = Window(metric_kind(BYTES))
+    t0 = MIN_TRAINING_DAYS * 86400.0 + 300  # 14 days of sums: the first at 300 s
+    for i in range(round(t0 / 10)):
+        total = window.add(i * 10.0, 1000 + (i % 7) * 10)
+        if total is not None:
+            trainer.add(i * 10.0, total)
+    model = trainer.build(t0)
+    assert model is not None and model.window_s == 300.0
     d = detector(profile(ml("low", "LOW")))
     d.set_models({BYTES: model})
-    t0 = MIN_TRAINING_DAYS * 86400.0
-    events = feed(d, [1030, 1000, 10**6], start=t0)
-    assert brief(events) == [("in-alarm", "low", t0 + 20)]
+    assert feed(d, [1000 + (i % 7) * 10 for i in range(31)], start=t0) == []  # its first 300 s
+    (event,) = feed(d, [10**6], start=t0 + 310)
+    assert brief([event]) == [("in-alarm", "low", t0 + 310)]
+    assert event["metricValue"]["count"] > 10**6  # the sum over the window
 
 
 def test_active_violations_carry_the_confidence_level():
     d = detector(profile(ml("medium", "MEDIUM"), name="ml-prof"))
     d.set_models({BYTES: StepModel()})
-    feed(d, [250])
+    feed(d, [0, 250])
     (active,) = d.active_violations()
     doc = active.to_json()
     assert doc["violationEventAdditionalInfo"] == {"confidenceLevel": "MEDIUM"}
@@ -134,11 +163,11 @@ def test_static_behaviors_carry_no_additional_info():
 def test_a_model_withdrawn_stops_judging_and_the_alarm_goes_stale():
     d = detector(profile(ml("low", "LOW")))
     d.set_models({BYTES: StepModel()})
-    assert brief(feed(d, [500])) == [("in-alarm", "low", 0.0)]
+    assert brief(feed(d, [0, 500])) == [("in-alarm", "low", 10.0)]
     d.set_models({})
-    assert feed(d, [0, 0], start=10) == []  # not judged: no clear
+    assert feed(d, [0, 0], start=20) == []  # not judged: no clear
     assert [i.behavior for i in d.inactive_behaviors()] == ["low"]
-    (ended,) = d.tick(172800.0)
+    (ended,) = d.tick(172810.0)
     assert ended.violation_event_type.value == "alarm-invalidated"
     assert ended.to_json()["violationEventAdditionalInfo"] == {"confidenceLevel": "LOW"}
 
@@ -146,38 +175,40 @@ def test_a_model_withdrawn_stops_judging_and_the_alarm_goes_stale():
 def test_a_new_behavior_after_a_profile_update_gets_the_model_in_force():
     d = detector(profile(ml("low", "LOW")))
     d.set_models({BYTES: StepModel()})
+    feed(d, [0])
     d.update_profiles([profile(ml("low", "LOW"), ml("high", "HIGH"))], 0.0)
     assert d.inactive_behaviors() == []
-    assert brief(feed(d, [400], start=10)) == [
+    # the kept behavior's window goes on; the new one's starts empty
+    assert brief(feed(d, [400, 400], start=10)) == [
         ("in-alarm", "low", 10.0),
-        ("in-alarm", "high", 10.0),
+        ("in-alarm", "high", 20.0),
     ]
 
 
 def test_a_changed_confidence_level_invalidates_the_alarm():
     d = detector(profile(ml("b", "LOW")))
     d.set_models({BYTES: StepModel()})
-    feed(d, [150])
+    feed(d, [0, 150])
     (event,) = d.update_profiles([profile(ml("b", "HIGH"))], 20.0)
     assert event.violation_event_type.value == "alarm-invalidated"
     assert event.to_json()["violationEventAdditionalInfo"] == {"confidenceLevel": "LOW"}
-    assert feed(d, [150], start=30) == []  # HIGH lets 150 pass
+    assert feed(d, [150, 150], start=30) == []  # HIGH lets 150 pass
 
 
 def test_an_alarm_survives_a_restart_and_clears_once_the_model_is_back():
     p = profile(ml("low", "LOW"))
     d = detector(p)
     d.set_models({BYTES: StepModel()})
-    (first,) = feed(d, [500])
+    (first,) = feed(d, [0, 500])
     state = json.loads(json.dumps(d.export_state()))
     again = detector(p)
     again.restore_state(state)
     (active,) = again.active_violations()
     assert active.violation_id == first["violationId"]
     assert active.to_json()["violationEventAdditionalInfo"] == {"confidenceLevel": "LOW"}
-    assert feed(again, [500, 0], start=10) == []  # no model yet after the start
+    assert feed(again, [500, 0], start=20) == []  # no model yet after the start
     again.set_models({BYTES: StepModel()})
-    (cleared,) = feed(again, [0], start=30)
+    (cleared,) = feed(again, [0], start=40)
     assert (cleared["violationEventType"], cleared["violationId"]) == (
         "alarm-cleared",
         first["violationId"],
@@ -187,7 +218,7 @@ def test_an_alarm_survives_a_restart_and_clears_once_the_model_is_back():
 def test_an_orphaned_ml_alarm_ends_with_its_confidence_level():
     d = detector(profile(ml("low", "LOW")))
     d.set_models({BYTES: StepModel()})
-    feed(d, [500])
+    feed(d, [0, 500])
     state = d.export_state()
     changed = detector(profile(name="p"))
     changed.restore_state(state)
@@ -208,6 +239,88 @@ def test_client_ml_behaviors_stay_inactive_and_the_device_gets_the_models():
     assert [(i.behavior, i.reason) for i in judge.inactive_behaviors()] == [
         ("msgs", CLIENT_ML_REASON)
     ]
-    events = judge.observe(0.0, {BYTES: 500}, {"client-a": {sent: 10**6}})
+    judge.observe(0.0, {BYTES: 500}, {"client-a": {sent: 10**6}})
+    events = judge.observe(10.0, {BYTES: 500}, {"client-a": {sent: 10**6}})
     assert [(e.behavior["name"], e.thing_name) for e in events] == [("dev", "gw")]
     assert judge.clients == ["client-a"]  # judged for its other behaviors, not ML
+
+
+CONNECTIONS = "aws:num-established-tcp-connections"
+
+
+def test_a_counter_is_judged_by_its_sum_over_the_last_5_minutes():
+    """20 B every 10 s: no datapoint is above the limit, their 5-minute sum is."""
+    model = Seen(limit=500.0)
+    d = detector(profile(ml("low", "LOW")))
+    d.set_models({BYTES: model})
+    events = feed(d, [20] * 40)
+    assert brief(events) == [("in-alarm", "low", 300.0)]  # judged once 300 s are covered
+    assert model.judged[0] == (300.0, 600)
+    assert [v for _, v in model.judged] == [600] * 10
+    assert events[0]["metricValue"] == {"count": 600}  # the sum that was judged
+    (active,) = d.active_violations()
+    assert active.to_json()["lastViolationValue"] == {"count": 600}
+
+
+def test_a_gauge_is_judged_by_its_largest_value_in_the_window():
+    """A beacon: one more connection for one sample every 5 minutes is there at every
+    datapoint."""
+    model = Seen(limit=2.0)
+    d = detector(profile(ml("low", "LOW", metric=CONNECTIONS)))
+    d.set_models({CONNECTIONS: model})
+    events = []
+    for i in range(90):
+        value = 3 if i % 30 == 12 else 2
+        events += d.observe(10.0 * i, {CONNECTIONS: value})
+    assert [v for _, v in model.judged] == [3] * 60
+    assert brief([e.to_json() for e in events]) == [("in-alarm", "low", 300.0)]
+
+
+def test_after_a_gap_no_judgement_until_the_window_is_full_again():
+    """The agent down for 20 minutes: the first count after covers the gap and is never
+    summed; the window judges again 300 s later."""
+    model = Seen(limit=10**9)
+    d = detector(profile(ml("low", "LOW")))
+    d.set_models({BYTES: model})
+    feed(d, [10] * 40)
+    judged = len(model.judged)
+    feed(d, [10**6] + [10] * 29, start=1590.0)
+    assert len(model.judged) == judged  # 1590 .. 1880 s: no datapoint
+    feed(d, [10] * 3, start=1890.0)
+    assert model.judged[judged:] == [(1890.0, 300), (1900.0, 300), (1910.0, 300)]
+
+
+def test_the_window_survives_a_restart_like_the_alarm_state():
+    """Restored within 5 minutes, the window goes on: no 5-minute blind spot after a
+    restart, and the sums hold the samples from before it. 1 B/s throughout."""
+    p = profile(ml("low", "LOW"))
+    d = detector(p)
+    d.set_models({BYTES: Seen(limit=10**9)})
+    feed(d, [10] * 20)  # 0 .. 190 s
+    rules = d.export_changes().rules
+    (entry,) = [e for k, e in rules.items() if k != "detector"]
+    assert entry is not None and len(entry["mlWindow"]["samples"]) == 20
+    again = detector(p)
+    again.restore(json.loads(json.dumps(rules)), {})
+    model = Seen(limit=10**9)
+    again.set_models({BYTES: model})
+    feed(again, [60] + [10] * 12, start=250.0)  # down 60 s: the count at 250 covers it
+    assert model.judged == [(300.0 + 10 * i, 300) for i in range(8)]
+    fresh = detector(p)  # without the saved window: nothing judged before 550 s
+    fresh.set_models({BYTES: (blind := Seen(limit=10**9))})
+    feed(fresh, [60] + [10] * 12, start=250.0)
+    assert blind.judged == []
+
+
+def test_a_model_of_another_window_length_starts_the_window_again():
+    d = detector(profile(ml("low", "LOW")))
+    d.set_models({BYTES: Seen(limit=10**9)})
+    feed(d, [10] * 40)
+    short = Seen(limit=10**9, window_s=30.0)
+    d.set_models({BYTES: short})
+    feed(d, [10] * 4, start=400.0)
+    assert short.judged == [(430.0, 30)]
+    same = Seen(limit=10**9, window_s=30.0)
+    d.set_models({BYTES: same})  # the same length: the window goes on
+    feed(d, [10], start=440.0)
+    assert same.judged == [(440.0, 30)]

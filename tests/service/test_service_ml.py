@@ -1,7 +1,8 @@
 """The ML verbs and the training thread: get-behavior-model-training-summaries in
-AWS's shape, `train` from an export file or the metrics history (and its refusals),
-the daemon's ModelTrainer training from the history, ML events listed by their
-criteria type and targeted by a mitigation task."""
+AWS's shape, `train` from an export file or the metrics history on rolling 5-minute
+aggregates (or the window --window-s gives, kept by later trainings) and its refusals,
+the daemon's ModelTrainer training from the history (at once for a model of an older
+format), ML events listed by their criteria type and targeted by a mitigation task."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ from agent.core.mitigation_model import check_task_request
 from agent.core.ml import Model
 from agent.core.profile import parse_profile
 from agent.service.mitigation import select_violations
-from agent.service.trainer import ModelTrainer, stored_records
+from agent.service.trainer import ModelTrainer, in_force, stored_records
 from agent.store.history import history_path, open_history
+from agent.store.models import ModelRecord, open_models
 from tests.shapes import shape_problems
 
 DAY = 86400.0
 STEP_S = 30.0
+WARM = 10  # samples at STEP_S before a 300 s window gives its first datapoint
 PROFILE = {
     "securityProfileName": "ml-profile",
     "behaviors": [
@@ -174,18 +177,39 @@ def test_train_from_an_export_makes_the_model_active(
     assert code == 0, err
     (model,) = answer["models"]
     assert model["metric"] == "level" and model["built"] is True
-    assert model["datapoints"] == len(docs)
-    assert model["trainingDataCollectionStartDate"] == docs[0]["timestamp"]
+    assert model["datapoints"] == len(docs) - WARM  # one a sample once 300 s are covered
+    assert model["trainingDataCollectionStartDate"] == docs[WARM]["timestamp"]
+    assert model["windowSeconds"] == 300.0
     assert "reloadedAgent" not in answer  # no agent runs
     listed = summaries(config, capsys, "--security-profile-name", "ml-profile")["summaries"]
     by_name = {s["behaviorName"]: s for s in listed}
     assert by_name["level-low"]["modelStatus"] == "ACTIVE"
     assert by_name["level-high"]["datapointsCollectionPercentage"] == 100.0
-    assert by_name["level-low"]["trainingDataCollectionStartDate"] == docs[0]["timestamp"]
+    assert by_name["level-low"]["trainingDataCollectionStartDate"] == docs[WARM]["timestamp"]
     assert by_name["bytes-ml"]["modelStatus"] == "PENDING_BUILD"
     record = stored_records(load_config(str(config)).state_dir)["level"]
     assert record.source == str(export.resolve())
-    assert record.model is not None and Model.from_json(record.model).datapoints == len(docs)
+    assert record.model is not None
+    assert Model.from_json(record.model).datapoints == len(docs) - WARM
+    assert Model.from_json(record.model).window_s == 300.0
+
+
+def test_train_with_another_window_and_later_trainings_keep_it(
+    config: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    docs = envelopes(time.time(), 14.5)
+    export = write_export(tmp_path / "export.jsonl", docs)
+    argv = ("train", "--from", str(export), "--metric", "level")
+    code, answer, err = run(config, capsys, *argv, "--window-s", "60")
+    assert code == 0, err
+    assert answer["models"][0]["datapoints"] == len(docs) - 2  # 60 s: from the third sample
+    assert answer["models"][0]["windowSeconds"] == 60.0
+    state_dir = load_config(str(config)).state_dir
+    assert Model.from_json(stored_records(state_dir)["level"].model or {}).window_s == 60.0
+    code, answer, err = run(config, capsys, *argv)  # no flag: the model in force's window
+    assert code == 0, err
+    assert answer["models"][0]["windowSeconds"] == 60.0
+    assert Model.from_json(stored_records(state_dir)["level"].model or {}).window_s == 60.0
 
 
 def test_train_without_enough_data_keeps_the_progress_and_fails(
@@ -213,6 +237,15 @@ def test_train_without_enough_data_keeps_the_progress_and_fails(
         (["[1, 2]"], "line 1: not an export-metrics line"),
         (['{"timestamp": 1, "report": {}}'], "record 1: report has no 'header' object"),
         (['{"timestamp": "x", "report": {"header": {}}}'], "'timestamp' must be epoch seconds"),
+        (
+            [
+                '{"timestamp": 9, "report": {"header": {}, "custom_metrics":'
+                ' {"level": [{"number": 1}]}}}',
+                '{"timestamp": 8, "report": {"header": {}, "custom_metrics":'
+                ' {"level": [{"number": 1}]}}}',
+            ],
+            "record 2: ML window: sample time 8.0 is before the previous 9.0",
+        ),
     ],
 )
 def test_train_names_the_bad_line(
@@ -232,6 +265,10 @@ def test_train_refusals(config: Path, capsys: pytest.CaptureFixture[str], tmp_pa
     (tmp_path / "profiles" / "another.json").unlink()
     code, _, err = run(config, capsys, "train")
     assert code == 2 and "--metric: no loaded security profile has an ML behavior" in err
+    code, _, err = run(config, capsys, "train", "--metric", "aws:listening-tcp-ports")
+    assert code == 2 and "--metric: ML detection takes number metrics only" in err
+    code, _, err = run(config, capsys, "train", "--metric", "level", "--window-s", "0")
+    assert code == 2 and "--window-s: ML window 0.0 is not a number of seconds" in err
 
 
 def fill_history(state_dir: str, docs: list[dict[str, Any]]) -> None:
@@ -249,7 +286,7 @@ def test_train_from_the_history_and_the_thread_does_the_same(
     fill_history(cfg.state_dir, docs)
     code, answer, err = run(config, capsys, "train", "--metric", "level")
     assert code == 0, err
-    assert answer["models"][0]["datapoints"] == len(docs)
+    assert answer["models"][0]["datapoints"] == len(docs) - WARM
     assert stored_records(cfg.state_dir)["level"].source == "history"
 
     # The thread: what models.db holds is in force at once; then it trains what is due.
@@ -289,6 +326,8 @@ def test_ml_violations_are_listed_by_criteria_type_and_targeted_by_mitigation(
     detector = Detector([parse_profile(PROFILE)], "ml-dev", id_factory=lambda: f"v-{next(ids)}")
     detector.set_models({"level": model})
     now = time.time()
+    for i in range(WARM, 0, -1):  # ordinary values fill the 5-minute window first
+        assert detector.observe(now - i * STEP_S, {"level": 10}) == []
     events = detector.observe(now, {"level": 10**6})
     assert [e.behavior["name"] for e in events] == ["level-low", "level-high", "level-static"]
     low, high = events[0].violation_id, events[1].violation_id
@@ -331,3 +370,35 @@ def test_ml_violations_are_listed_by_criteria_type_and_targeted_by_mitigation(
         (chosen,) = select_violations(history, request)
     assert chosen["violationId"] == high
     assert chosen["violationEventAdditionalInfo"] == {"confidenceLevel": "HIGH"}
+
+
+def test_a_model_of_an_older_format_is_not_used_and_is_retrained_at_once(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A format 2 model judged single samples: against 5-minute sums it would alarm all
+    the time. It is not in force, and the thread retrains it without waiting a day."""
+    cfg = load_config(str(config))
+    now = time.time()
+    docs = envelopes(now, 14.5)
+    fill_history(cfg.state_dir, docs)
+    assert run(config, capsys, "train", "--metric", "level")[0] == 0
+    current = stored_records(cfg.state_dir)["level"]
+    old = {**(current.model or {}), "format": 2}
+    old.pop("windowS")
+    with open_models(cfg.state_dir) as store:
+        store.put([ModelRecord("level", old, now, current.datapoints, current.first_t, now, "x")])
+    models, reasons = in_force(stored_records(cfg.state_dir), ["level"], now)
+    assert models == {"level": None}
+    assert reasons["level"].startswith(
+        "the stored model is unusable (ML model format: 2 is not 3 (format 2 models judged"
+        " single samples, not rolling windows)); train it again"
+    )
+    trainer = ModelTrainer(lambda: cfg, ["level"], first_check_s=0.01)
+    try:
+        deadline = time.monotonic() + 30
+        while (stored_records(cfg.state_dir)["level"].model or {}).get("format") != 3:
+            assert time.monotonic() < deadline, "the thread did not retrain the old model"
+            time.sleep(0.05)
+    finally:
+        trainer.close()
+    assert stored_records(cfg.state_dir)["level"].source == "history"

@@ -3,7 +3,9 @@ says why), `train --from` an export of 14.5 synthetic days gives it one that the
 agent takes at once, an anomalous value of the custom metric raises an ML violation
 with its confidence level in list-violation-events and list-active-violations
 (MACHINE_LEARNING), a mitigation task runs a hook on it, and a restart keeps the
-model and the alarm."""
+model and the alarm. The model is trained with `--window-s 10` (its largest value over
+the last 10 s rather than 5 minutes, the default) so that the test need not wait 5
+minutes for a full window, nor 5 more for the anomaly to leave it."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.system
 
 TIMEOUT_S = 20.0
 DAY = 86400.0
+WINDOW_S = 10.0
 PROFILE = {
     "securityProfileName": "ml-profile",
     "behaviors": [
@@ -52,7 +55,7 @@ def normal(t: float) -> float:
     return 10 + 2 * math.sin(2 * math.pi * (t % DAY) / DAY)
 
 
-def synthetic_export(path: Path, end: float, days: float = 14.5, step_s: float = 30.0) -> int:
+def synthetic_export(path: Path, end: float, days: float = 14.5, step_s: float = WINDOW_S) -> int:
     """export-metrics lines of a custom metric `level` with a daily cycle around 10."""
     rng = random.Random(7)
     n = int(days * DAY / step_s)
@@ -191,10 +194,11 @@ enabled = true
             "datapointsCollectionPercentage": 0.0,
         }
 
-        trained = agent.cli("train", "--from", str(export))
+        trained = agent.cli("train", "--from", str(export), "--window-s", str(WINDOW_S))
         (model,) = trained["models"]
         assert model["built"] is True and model["modelStatus"] == "ACTIVE"
-        assert model["datapoints"] == points
+        assert model["datapoints"] == points - 1  # the first sample only starts the window
+        assert model["windowSeconds"] == WINDOW_S
         assert trained["reloadedAgent"] == agent.process.pid  # type: ignore[union-attr]
         assert agent.status()["inactive_behaviors"] == []  # in force when reload answered
         (active,) = agent.cli("get-behavior-model-training-summaries")["summaries"]
@@ -247,7 +251,8 @@ enabled = true
         def cleared() -> list[dict[str, Any]]:
             return [e for e in ml_events() if e["violationEventType"] == "alarm-cleared"]
 
-        (end,) = wait_until(cleared, "the ML alarm's clear")
+        # once the anomaly has left the 10 s window
+        (end,) = wait_until(cleared, "the ML alarm's clear", TIMEOUT_S + WINDOW_S)
         assert end["violationId"] == event["violationId"]
         assert agent.stop() == 0
     finally:
