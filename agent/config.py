@@ -265,7 +265,9 @@ class ControlConfig:
     # Requests come in on <prefix>/request; answers go to the request's response topic,
     # which must be under the prefix too (default <prefix>/response).
     topic_prefix: str = "things/{thing_name}/defender/control"
-    shadow: bool = True  # follow the named shadow below (AWS IoT, or a broker that speaks it)
+    # Follow the named shadow below: "auto" with AWS IoT Core only; "on" with a broker
+    # that has a shadow service of its own.
+    shadow: Literal["auto", "on", "off"] = "auto"
     shadow_name: str = "edge-defender"
     max_request_bytes: int = _ranged(65536, 256, 131072)  # AWS IoT's limit is 128 KiB
     max_requests_per_minute: int = _ranged(60, 1, 6000)

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -46,6 +47,7 @@ from agent.core.control import (
     to_argv,
 )
 from agent.logs import kv
+from agent.publish.delivery import is_aws_endpoint
 from agent.service import manage, query
 from agent.service.reload import ReloadError, reload
 from agent.service.status import ControlStatus
@@ -131,9 +133,9 @@ def _kind(action: argparse.Action) -> Arg:
 class RemoteVerbs:
     """The verbs a remote may run, parsed by the CLI's parsers, run in this process."""
 
-    def __init__(self, cfg: Callable[[], Config], agent_pid: int | None) -> None:
+    def __init__(self, cfg: Callable[[], Config], ask_reload: Callable[[], None] | None) -> None:
         self._cfg = cfg
-        self._agent_pid = agent_pid
+        self._ask_reload = ask_reload
         self.parser = _Parser(prog="edge-defender", add_help=False)
         sub: argparse._SubParsersAction[argparse.ArgumentParser] = self.parser.add_subparsers(
             dest="command", required=True, parser_class=_Parser
@@ -156,7 +158,7 @@ class RemoteVerbs:
     def _manage(self, args: argparse.Namespace) -> int:
         cfg = self._cfg()
         make_private_dir(cfg.remote_dir)
-        return manage.run(args, cfg, cfg.remote_dir, self._agent_pid)
+        return manage.run(args, cfg, cfg.remote_dir, self._ask_reload)
 
     def _status(self, args: argparse.Namespace) -> int:
         from agent.service.status import run_status
@@ -189,10 +191,15 @@ class Controller:
     the owner thread (take_answers), which sends them on the outbox's connection."""
 
     def __init__(
-        self, config_path: str | None, cfg: Config, wake: threading.Event, *, thread: bool = True
+        self,
+        config_path: str | None,
+        cfg: Config,
+        wake: threading.Event,
+        ask_reload: Callable[[], None] | None = None,
     ) -> None:
-        """With `thread` False no thread starts: the caller opens the controller and
-        calls handle() and apply_desired() on its own thread (the tests do)."""
+        """`ask_reload` is the agent's reload request (None: no agent to reload). The
+        thread runs from start(); without it the caller opens the controller and calls
+        handle() and apply_desired() on its own thread (the tests do)."""
         self._config_path = config_path
         self.cfg = cfg  # replaced by the daemon at a reload
         self._wake = wake
@@ -205,11 +212,13 @@ class Controller:
         self.counts = {"done": 0, "refused": 0, "busy": 0, "shadow_syncs": 0, "shadow_errors": 0}
         self.shadow_error: str | None = None
         self._shadow: Any = None
-        # The agent to reload after a change: this process, when it is the agent.
-        self._agent_pid = os.getpid() if thread else None
+        self._shadow_busy = False  # a get or update is in flight
+        self._shadow_again = False  # a sync was asked for meanwhile
+        self._ask_reload = ask_reload
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
-        if thread:
-            self._thread.start()
+
+    def start(self) -> None:
+        self._thread.start()
 
     # -- the owner thread ------------------------------------------------------------
 
@@ -267,7 +276,7 @@ class Controller:
     def open(self) -> None:
         """The journal and the verbs, on the thread that will use them."""
         self._store = ControlStore(control_path(self.cfg.state_dir))
-        self._verbs = RemoteVerbs(lambda: self.cfg, self._agent_pid)
+        self._verbs = RemoteVerbs(lambda: self.cfg, self._ask_reload)
 
     def _loop(self) -> None:
         try:
@@ -302,6 +311,10 @@ class Controller:
             self._follow_shadow(item)
         elif what == "sync" and self._shadow is not None:
             self._sync_shadow()
+        elif what == "shadow_got":
+            self._shadow_got(item)
+        elif what == "shadow_reported":
+            self._shadow_reported(item)
         self._store.prune(time.time() - self.cfg.control.journal_days * 86400)
 
     def handle(self, payload: bytes) -> dict[str, Any]:
@@ -353,7 +366,8 @@ class Controller:
     # -- the named shadow ------------------------------------------------------------
 
     def _follow_shadow(self, mqtt_client: Any) -> None:
-        if not self.cfg.control.shadow:
+        mode, endpoint = self.cfg.control.shadow, self.cfg.mqtt.endpoint or ""
+        if mode == "off" or (mode == "auto" and not is_aws_endpoint(endpoint)):
             return
         from awscrt import mqtt_request_response
         from awsiot import ServiceStreamOptions, iotshadow
@@ -376,45 +390,71 @@ class Controller:
         self.resync()
 
     def _sync_shadow(self) -> None:
+        """Ask for the shadow; its answer comes back as work ("shadow_got"), so requests
+        never wait on the shadow service. One sync at a time: a sync asked for meanwhile
+        runs after it."""
         from awsiot import iotshadow
 
-        names = {"thing_name": self.cfg.thing_name, "shadow_name": self.cfg.control.shadow_name}
+        if self._shadow_busy:
+            self._shadow_again = True
+            return
+        self._shadow_busy = True
         self.counts["shadow_syncs"] += 1
+        request = iotshadow.GetNamedShadowRequest(**self._shadow_names())
+        future = self._shadow.get_named_shadow(request)
+        future.add_done_callback(lambda f: self._work.put(("shadow_got", f)))
+
+    def _shadow_names(self) -> dict[str, str]:
+        return {"thing_name": self.cfg.thing_name, "shadow_name": self.cfg.control.shadow_name}
+
+    def _shadow_got(self, future: Future[Any]) -> None:
+        """Apply the desired state, then report (its answer comes back as
+        "shadow_reported")."""
+        from awsiot import iotshadow
+
         try:
-            got = self._shadow.get_named_shadow(iotshadow.GetNamedShadowRequest(**names)).result(
-                SHADOW_TIMEOUT_S + 5
-            )
+            got = future.result()
             desired = (got.state.desired if got.state else None) or {}
-        except Exception as e:  # no shadow yet (404) is an empty desired state
-            if "404" not in str(e) and "No shadow" not in str(e):
-                self._shadow_failed(f"get: {e}")
+        except Exception as e:
+            if _shadow_code(e) != 404:  # no shadow yet is an empty desired state
+                self._shadow_done(f"get: {_shadow_error(e)}")
                 return
             desired = {}
         state = self.apply_desired(desired)
         before = self._store.last_reported()
         if state == before:
+            self._shadow_done(None)
             return
         patch = shadow_patch(before, state)
         size = len(json.dumps({"state": {"desired": desired, "reported": patch}}))
         if size > MAX_SHADOW_BYTES:
             state["errors"] = {"shadow": f"the shadow would hold {size} bytes; at most 8192"}
             patch = shadow_patch(before, state)
+        request = iotshadow.UpdateNamedShadowRequest(
+            **self._shadow_names(), state=iotshadow.ShadowState(reported=patch)
+        )
+        update = self._shadow.update_named_shadow(request)
+        update.add_done_callback(lambda f: self._work.put(("shadow_reported", (f, state))))
+
+    def _shadow_reported(self, item: tuple[Future[Any], dict[str, Any]]) -> None:
+        future, state = item
         try:
-            self._shadow.update_named_shadow(
-                iotshadow.UpdateNamedShadowRequest(
-                    **names, state=iotshadow.ShadowState(reported=patch)
-                )
-            ).result(SHADOW_TIMEOUT_S + 5)
+            future.result()
         except Exception as e:
-            self._shadow_failed(f"update: {e}")
+            self._shadow_done(f"update: {_shadow_error(e)}")
             return
         self._store.set_reported(state)
-        self.shadow_error = None
+        self._shadow_done(None)
 
-    def _shadow_failed(self, error: str) -> None:
-        self.counts["shadow_errors"] += 1
+    def _shadow_done(self, error: str | None) -> None:
+        self._shadow_busy = False
         self.shadow_error = error
-        log.warning(kv("shadow_failed", error=error))
+        if error is not None:
+            self.counts["shadow_errors"] += 1
+            log.warning(kv("shadow_failed", error=error))
+        if self._shadow_again:
+            self._shadow_again = False
+            self._sync_shadow()
 
     def apply_desired(self, desired: object) -> dict[str, Any]:
         """Bring the device to `desired` with the verbs (journaled, channel shadow) and
@@ -484,8 +524,9 @@ class Controller:
         before = path.read_bytes() if path.exists() else None
         manage.write_file(path, (json.dumps(settings, indent=2) + "\n").encode())
         try:
-            if self._agent_pid is not None:
-                reload(Path(self.cfg.state_dir), self._agent_pid, manage.RELOAD_TIMEOUT_S)
+            if self._ask_reload is not None:
+                reload(Path(self.cfg.state_dir), os.getpid(), manage.RELOAD_TIMEOUT_S,
+                       self._ask_reload)  # fmt: skip
         except ReloadError as e:
             if before is None:
                 path.unlink(missing_ok=True)
@@ -493,6 +534,19 @@ class Controller:
                 manage.write_file(path, before)
             return f"settings: the agent did not take them: {e}"
         return None
+
+
+def _shadow_code(error: BaseException) -> int | None:
+    """The shadow service's error code (404: no such shadow), when it gave one."""
+    code = getattr(getattr(error, "modeled_error", None), "code", None)
+    return code if isinstance(code, int) else None
+
+
+def _shadow_error(error: BaseException) -> str:
+    modeled = getattr(error, "modeled_error", None)
+    if modeled is not None and getattr(modeled, "message", None):
+        return f"{modeled.code}: {modeled.message}"
+    return str(getattr(error, "message", None) or error) or type(error).__name__
 
 
 def _encode(doc: dict[str, Any]) -> bytes:

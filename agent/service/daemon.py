@@ -224,7 +224,9 @@ class Daemon:
             return None
         from agent.service.control import Controller
 
-        return Controller(self.config_path, cfg, self.wake)
+        controller = Controller(self.config_path, cfg, self.wake, self.ask_reload)
+        controller.start()
+        return controller
 
     def control(self) -> None:
         """Hand control requests to the control thread, and its answers to the broker."""
@@ -334,17 +336,19 @@ class Daemon:
         self.guarded("prune", self.prune)()
         sched = self._schedule()
         while not self.stop_requested:
+            # Cleared before the work, not after the wait: a wake-up set while the work
+            # runs (a signal, an answer, news from the broker) makes the wait return.
+            self.wake.clear()
             if self.reload_requested:
                 self.reload_requested = False
                 self.guarded("reload", self.reload)()
                 sched = self._schedule()
             sched.run_pending()
-            self.wake.wait(self._idle_s(sched))
-            self.wake.clear()
             self.guarded("tick", self.tick)()
             if self.outbox is not None:
                 self.guarded("publish", self.outbox.pump)()
                 self.guarded("control", self.control)()
+            self.wake.wait(self._idle_s(sched))
         self.shutdown()
         return 0
 
@@ -373,6 +377,11 @@ class Daemon:
         self.wake.set()
 
     def request_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.ask_reload()
+
+    def ask_reload(self) -> None:
+        """Reload at the loop's next turn: SIGHUP, or remote control's changes (from its
+        thread, without a signal, which may wait for the main thread's next wake-up)."""
         self.reload_requested = True
         self.wake.set()
 

@@ -59,9 +59,9 @@ class Env:
     # Where new documents go; None: the [detect] profiles directory. Remote control
     # gives its own (Config.remote_dir).
     directory: Path | None = None
-    # The agent to reload after a change; None: the one the status file names. Remote
-    # control runs inside the agent and gives its own pid.
-    agent_pid: int | None = None
+    # Remote control runs the verbs inside the agent: its reload request (else the
+    # agent the status file names gets a SIGHUP).
+    ask_reload: Callable[[], None] | None = None
 
     def new_documents_dir(self) -> Path:
         return self.directory or profiles_dir(self.cfg)
@@ -152,11 +152,11 @@ def _commit(env: Env, args: argparse.Namespace, path: Path, doc: Mapping[str, An
         path.unlink()
     else:
         write_file(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
-    pid = None if args.no_reload else (env.agent_pid or running_pid(env.cfg))
-    if pid is None:
+    pid = os.getpid() if env.ask_reload is not None else running_pid(env.cfg)
+    if args.no_reload or pid is None:
         return
     try:
-        reload(Path(env.cfg.state_dir), pid, RELOAD_TIMEOUT_S)
+        reload(Path(env.cfg.state_dir), pid, RELOAD_TIMEOUT_S, env.ask_reload)
     except (ReloadError, StatusError) as e:
         if before is None:
             path.unlink(missing_ok=True)
@@ -471,14 +471,14 @@ def run(
     args: argparse.Namespace,
     cfg: Config,
     directory: Path | None = None,
-    agent_pid: int | None = None,
+    ask_reload: Callable[[], None] | None = None,
 ) -> int:
     """Run the verb the parser chose. Exit status: 0 done, 1 refused (unknown or existing
     resource, version conflict, dimension in use, the running agent refused the change,
     a file that cannot be written), 2 a bad parameter."""
     command = args.command
     try:
-        args.verb(Env(cfg, time.time(), directory, agent_pid), args)
+        args.verb(Env(cfg, time.time(), directory, ask_reload), args)
     except InvalidRequest as e:
         print(f"edge-defender: {command}: {flag(e.param)}: {e.message}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,19 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
-def reload(state_dir: Path, pid: int, timeout_s: float) -> None:
+def reload(
+    state_dir: Path, pid: int, timeout_s: float, ask: Callable[[], None] | None = None
+) -> None:
     """Ask agent `pid` to reload and wait for its verdict; raise ReloadError unless it
-    took the new configuration."""
+    took the new configuration. Inside the agent (remote control), `ask` is its own
+    reload request: a SIGHUP the kernel gives to the asking thread waits for the main
+    thread's next wake-up, up to a sampling interval."""
     before = _verdict(state_dir, pid)
     try:
-        os.kill(pid, signal.SIGHUP)
+        if ask is not None:
+            ask()
+        else:
+            os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
         raise ReloadError(f"process {pid} is not running") from None
     except PermissionError:

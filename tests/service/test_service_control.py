@@ -40,7 +40,7 @@ max_requests_per_minute = 6000
 """
     )
     cfg = load_config(config)
-    controller = Controller(str(config), cfg, threading.Event(), thread=False)
+    controller = Controller(str(config), cfg, threading.Event())
     controller.open()
     yield controller, cfg
     controller.close()

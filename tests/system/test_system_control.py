@@ -192,7 +192,7 @@ class ShadowService:
 @pytest.fixture
 def controlled(tmp_path: Path, broker: Broker) -> Iterator[tuple[Agent, Controller, ShadowService]]:
     shadow = ShadowService(broker)
-    agent = Agent(tmp_path, extra=mqtt_block(broker) + "[control]\nenabled = true\n")
+    agent = Agent(tmp_path, extra=mqtt_block(broker) + '[control]\nenabled = true\nshadow = "on"\n')
     agent.start()
     wait_until(lambda: agent.status().get("broker", {}).get("connected"), "the agent to connect")
     controller = Controller(broker)
@@ -316,3 +316,30 @@ def test_the_named_shadow_applies_profiles_dimensions_and_settings(
     wait_until(lambda: not shadow.reported().get("dimensions"), "the dimension to go")
     assert _profile_names(controller) == ["test-profile"]
     assert not shadow.reported().get("errors")
+
+
+def test_requests_are_answered_while_the_shadow_service_is_silent(
+    tmp_path: Path, broker: Broker
+) -> None:
+    # shadow = "on" and no shadow service: each get waits out its 30 s timeout.
+    agent = Agent(tmp_path, extra=mqtt_block(broker) + '[control]\nenabled = true\nshadow = "on"\n')
+    agent.start()
+    controller = None
+    try:
+        wait_until(lambda: agent.status().get("broker", {}).get("connected"), "a connection")
+        controller = Controller(broker)
+        began = time.monotonic()
+        assert _profile_names(controller) == ["test-profile"]
+        answer = controller.ask(
+            {
+                "verb": "create-security-profile",
+                "input": {"securityProfileName": "quick", "behaviors": [BEHAVIOR]},
+            }
+        )
+        assert answer["status"] == 0, answer
+        assert time.monotonic() - began < 5.0
+        assert agent.status()["control"]["shadow_syncs"] >= 1
+    finally:
+        if controller is not None:
+            controller.stop()
+        agent.kill()
