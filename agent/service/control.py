@@ -48,7 +48,7 @@ from agent.core.control import (
 )
 from agent.logs import kv
 from agent.publish.delivery import is_aws_endpoint
-from agent.service import manage, query
+from agent.service import manage, ml, query
 from agent.service.reload import ReloadError, reload
 from agent.service.status import ControlStatus
 from agent.store.control import ControlStore
@@ -65,8 +65,9 @@ MAX_SHADOW_BYTES = 8192  # AWS IoT's limit on a shadow's state document
 MAX_PENDING = 64  # requests waiting; beyond, each is refused at once as busy
 SHADOW_TIMEOUT_S = 30
 SHADOW_POLL_S = 600.0  # a missed delta is caught this late at worst
-# Verbs whose output or effect is not for a remote: a whole history export.
-NOT_REMOTE = frozenset({"export-metrics"})
+# Verbs not for a remote: a whole history export; training reads a file of the device's
+# and takes seconds of CPU (the daemon trains daily by itself).
+NOT_REMOTE = frozenset({"export-metrics", "train"})
 _SKIPPED_OPTIONS = frozenset({"--help", "--output", "--no-reload"})
 
 
@@ -142,6 +143,7 @@ class RemoteVerbs:
         )
         query.add_parsers(sub, lambda p: None, lambda a: query.run(a, self._cfg()))
         manage.add_parsers(sub, lambda p: None, self._manage)
+        ml.add_parsers(sub, lambda p: None, lambda a: ml.run(a, self._cfg()))
         p = sub.add_parser("describe-agent-status", add_help=False)
         p.set_defaults(handler=self._status)
         self.options: dict[str, dict[str, Arg]] = {}

@@ -152,6 +152,7 @@ VALID = [
     {"verb": "list-violation-events", "input": {"startTime": 0, "endTime": 2000000000}},
     {"verb": "list-active-violations", "input": {"behaviorCriteriaType": "STATIC"}},
     {"verb": "describe-agent-status"},
+    {"verb": "get-behavior-model-training-summaries", "input": {"maxResults": 5}},
 ]
 ODD = [
     None,
