@@ -30,7 +30,13 @@ from agent.core.metrics import (
     is_finite_number,
 )
 from agent.core.ml_window import WINDOW_S, Window
-from agent.core.profile import Behavior, Dimension, MetricDimension, SecurityProfile
+from agent.core.profile import (
+    Behavior,
+    Dimension,
+    MetricDimension,
+    SecurityProfile,
+    for_thing,
+)
 from agent.core.topics import matches_any
 
 STATE_FORMAT = 2
@@ -267,6 +273,11 @@ class _Group:
         self.other = [r for r in rules if not r.is_plain]  # windowed or statistical
 
 
+def _by_name(dimensions: Iterable[Dimension], thing: str) -> dict[str, Dimension]:
+    """The dimensions by name, their filters read for `thing` (profile.THING_VARIABLES)."""
+    return {d.name: d for d in for_thing(dimensions, thing)}
+
+
 def _group(rules: list[_Rule], dimensions: Mapping[str, Dimension]) -> list[_Group]:
     by_value: dict[tuple[str, MetricDimension | None, Kind], list[_Rule]] = {}
     for rule in rules:
@@ -328,7 +339,7 @@ class Detector:
         # The ML models by metric, and why a metric has none (status and progress).
         self._models: dict[str, Scorer] = {}
         self._no_model: dict[str, str] = {}
-        self._install(list(profiles), {d.name: d for d in dimensions}, {})
+        self._install(list(profiles), _by_name(dimensions, thing_name), {})
 
     # --- configuration -------------------------------------------------------------
 
@@ -392,7 +403,7 @@ class Detector:
         end with alarm-invalidated at `now`."""
         events = self._advance(now)
         keep = {(r.profile, r.behavior.name): r for r in self._rules}
-        dims = self._dimensions if dimensions is None else {d.name: d for d in dimensions}
+        dims = self._dimensions if dimensions is None else _by_name(dimensions, self.thing_name)
         self._install(list(profiles), dims, keep)
         for rule in sorted(keep.values(), key=lambda r: r.order):
             if rule.violation_id is not None:

@@ -10,6 +10,7 @@ here, not at the first alarm."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -328,6 +329,32 @@ class Dimension:
     filters: tuple[str, ...]
     doc: Mapping[str, Any] = field(default_factory=dict, compare=False)
     source: str = ""
+
+
+# An on-device extension (AWS IoT documents no variables in dimensions and takes these
+# literally): in a TOPIC_FILTER they stand for the thing whose metrics are judged, the
+# MQTT client of a gateway's broker (docs/capture.md), so one dimension scopes each
+# client to its own topics.
+THING_VARIABLES = ("${iot:ClientId}", "${iot:Connection.Thing.ThingName}")
+
+
+def for_thing(dimensions: Iterable[Dimension], thing: str) -> list[Dimension]:
+    """`dimensions` with THING_VARIABLES in their filters replaced by `thing`. A name that
+    is empty or holds / + or # would widen the filter: its filters keep the variables,
+    which then match only themselves."""
+    if not thing or any(c in thing for c in "/+#"):
+        return list(dimensions)
+    out = []
+    for d in dimensions:
+        filters = d.filters
+        for variable in THING_VARIABLES:
+            filters = tuple(f.replace(variable, thing) for f in filters)
+        out.append(d if filters == d.filters else dataclasses.replace(d, filters=filters))
+    return out
+
+
+def uses_thing_variables(dimension: Dimension) -> bool:
+    return any(v in f for f in dimension.filters for v in THING_VARIABLES)
 
 
 ErrorSink = Callable[[str, str], None]  # (field, message)

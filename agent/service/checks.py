@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.config import Config, ConfigError, MqttConfig, load_config, remote_settings
-from agent.core.profile import ProfileError, aws_differences
+from agent.core.profile import ProfileError, aws_differences, uses_thing_variables
 from agent.core.x509 import validity
 from agent.logs import kv
 from agent.service.detect import detector_from_config
@@ -119,6 +119,12 @@ def check_config(path: str | None) -> list[Finding]:
             message = f"detect.profiles: no security profile in {patterns}; {judged}"
             findings.append(Finding(cfg.config_file, message, warning=True))
         findings += _inactive_findings(cfg, files)
+        variables = f"a thing variable (${{iot:ClientId}}) in a filter: {_EXTENSION} as the client"
+        findings += [
+            Finding(d.source, f"dimension {d.name}: {variables}", warning=True)
+            for d in files.dimensions
+            if uses_thing_variables(d)
+        ]
     except ProfileError as e:
         findings += [_finding(line) for line in e.located()]
     return findings + state_findings(cfg)

@@ -178,3 +178,23 @@ def test_time_never_goes_back() -> None:
     j.observe(5.0, {}, {"c": quiet()})
     with pytest.raises(ValueError):
         j.observe(4.0, {}, {"c": quiet()})
+
+
+def test_a_client_id_variable_scopes_each_client_to_its_own_topics() -> None:
+    # An on-device extension: AWS IoT takes ${iot:ClientId} in a dimension literally.
+    own = parse_dimension(
+        {"name": "sensors", "type": "TOPIC_FILTER", "stringValues": ["d/${iot:ClientId}/#"]}
+    )
+    j = judge(dims=(own,))
+    others = {"d/c1/t": 2, "d/c2/t": 9}
+    events = j.observe(1.0, {}, {"c1": quiet(**{SENT: others}), "c2": quiet(**{SENT: others})})
+    # Only c2's 9 messages on its own topics pass 5; c1 published 2 on its own.
+    assert ("c2", "sensor-messages", "in-alarm") in brief(events)
+    assert ("c1", "sensor-messages", "in-alarm") not in brief(events)
+    # An id that would widen the filter keeps the variable: it matches only itself.
+    events = j.observe(2.0, {}, {"a/+": quiet(**{SENT: {"d/a/+/t": 9, "d/x/t": 9}})})
+    assert ("a/+", "sensor-messages", "in-alarm") not in brief(events)
+    # A reload with new dimensions reads them for each client again.
+    j.update_profiles([profile()], 3.0, [own])
+    events = j.observe(4.0, {}, {"c1": quiet(**{SENT: {"d/c1/t": 7}})})
+    assert ("c1", "sensor-messages", "in-alarm") in brief(events)

@@ -562,3 +562,13 @@ def test_on_device_extensions_are_flagged_as_not_valid_in_aws(
     (line,) = [line for line in lines if "not valid in AWS IoT" in line]
     assert line.startswith(f"{folder / 'p.json'}: warning: p: behaviors[0] 'burst':")
     assert "durationSeconds: 10" in line
+    # A thing variable in a dimension's filter is one too.
+    (folder / "own.json").write_text(
+        json.dumps({"name": "own", "type": "TOPIC_FILTER", "stringValues": ["d/${iot:ClientId}/#"]})
+    )
+    code, lines = check_config(write_config(tmp_path, device, str(folder / "*.json")), capsys)
+    assert code == 0
+    assert any(
+        line.startswith(f"{folder / 'own.json'}: warning: dimension own: a thing variable")
+        for line in lines
+    ), lines
