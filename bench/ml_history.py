@@ -1,6 +1,6 @@
 """What the daemon's daily ML training costs on this machine: CPU seconds and peak RSS
-growth of streaming the metrics history (export-metrics) into one Trainer per metric
-and building the models, as agent.service.trainer does.
+growth of streaming the metrics history (export-metrics) through a rolling window into one
+Trainer per metric and building the models, as agent.service.trainer does.
 
     python bench/ml_history.py [--days 15] [--step 10] [--metrics 4] [--connections 20]
 

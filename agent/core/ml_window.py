@@ -67,7 +67,7 @@ def check_window_s(window_s: object) -> float:
 class Window:
     """The trailing `window_s` of one metric's samples; `add` gives its aggregate."""
 
-    __slots__ = ("_sum", "_times", "_values", "since", "window_s")
+    __slots__ = ("_acc", "_at_max", "_sum", "_times", "_values", "since", "window_s")
 
     def __init__(self, kind: Kind, window_s: float = WINDOW_S) -> None:
         if kind not in AGGREGATES:
@@ -78,6 +78,10 @@ class Window:
         # began: once the window is full, it is the latest sample at or before its start.
         self._times: deque[float] = deque()
         self._values: deque[float] = deque()
+        # The sum, or the largest, of the values after the first, kept as samples come and
+        # go (exact for the integer counts of counters); how many of them are the largest.
+        self._acc: float = 0
+        self._at_max = 0
         self.since: float | None = None  # the start of the current run of samples
 
     @property
@@ -100,7 +104,13 @@ class Window:
                 times.clear()
                 values.clear()
         if not times:
-            self.since = t
+            self.since, self._acc, self._at_max = t, 0, 0
+        elif self._sum:
+            self._acc += value
+        elif len(times) == 1 or value > self._acc:
+            self._acc, self._at_max = value, 1
+        elif value == self._acc:
+            self._at_max += 1
         times.append(t)
         values.append(value)
         assert self.since is not None
@@ -108,15 +118,25 @@ class Window:
         while len(times) > 1 and times[1] <= start:  # the second one becomes the marker
             times.popleft()
             values.popleft()
+            if self._sum:
+                self._acc -= values[0]
+            elif values[0] == self._acc:
+                self._at_max -= 1
+                if not self._at_max:  # the largest left: find the next
+                    self._max_of_counted()
         if self.since > start:
             return None
         if not self._sum:
-            return max(islice(values, 1, None))
+            return self._acc
         # every count after the marker, the first one only for its part inside
         first_t, first = times[1], values[1]
         inside = (first_t - start) / (first_t - times[0])
-        total: float = sum(values) - values[0] - first + first * inside
-        return round(total)
+        return round(self._acc - first + first * inside)
+
+    def _max_of_counted(self) -> None:
+        counted = list(islice(self._values, 1, None))
+        self._acc = max(counted, default=0)
+        self._at_max = counted.count(self._acc)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,6 +165,10 @@ class Window:
             window._times.append(float(t))
             window._values.append(v)
             previous = t
+        if window._sum:
+            window._acc = sum(v for _, v in samples[1:])
+        else:
+            window._max_of_counted()
         if not isinstance(since, int | float) or not _finite(since) or since > samples[0][0]:
             raise ValueError(f"ML window since: {since!r} is not a time up to the first sample")
         window.since = float(since)

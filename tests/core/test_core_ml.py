@@ -258,12 +258,27 @@ def test_json_round_trip_is_small_and_exact(model: Model) -> None:
     doc = json.loads(json.dumps(model.to_json()))
     assert Model.from_json(doc) == model
     assert len(json.dumps(doc)) < 8 * 1024
+    assert doc["format"] == 3 and doc["windowS"] == 300.0  # the window it judges over
+
+
+def test_a_model_keeps_the_window_it_was_trained_on() -> None:
+    trainer = Trainer(T0, window_s=60.0)
+    for t, v in points(daily, 30.0):
+        trainer.add(t, v)
+    model = trainer.build(T0 + TRAIN_S)
+    assert model is not None and model.window_s == 60.0
+    assert Model.from_json(model.to_json()).window_s == 60.0
+    with pytest.raises(ValueError, match="ML window 0 is not a number of seconds"):
+        Trainer(T0, window_s=0)
 
 
 @pytest.mark.parametrize(
     ("change", "field"),
     [
         (lambda d: d.pop("format"), "format"),
+        (lambda d: d.update(format=2), "format: 2 is not 3 \\(format 2 models judged single"),
+        (lambda d: d.pop("windowS"), "windowS"),
+        (lambda d: d.update(windowS=-300), "windowS"),
         (lambda d: d.update(datapoints=-1), "datapoints"),
         (lambda d: d.update(trainedAt="x"), "trainedAt"),
         (lambda d: d.update(utcOffsetS=1.5), "utcOffsetS"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -143,3 +144,45 @@ def test_a_bad_saved_window_names_what_is_wrong(doc: Any, named: str) -> None:
 def test_a_bad_window_length_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="is not a number of seconds"):
         Window(Kind.COUNTER, bad)  # type: ignore[arg-type]
+
+
+def reference(kind: Kind, samples: Sequence[tuple[float, int]], w: float) -> list[float | None]:
+    """What each add should give, from every sample seen, by the rule written out."""
+    out: list[float | None] = []
+    since = 0
+    for i, (t, _) in enumerate(samples):
+        if i and t - samples[i - 1][0] > w:
+            since = i
+        start = t - w
+        if samples[since][0] > start:
+            out.append(None)
+            continue
+        run = samples[since : i + 1]
+        if AGGREGATES[kind] == "max":
+            out.append(max(v for s, v in run[1:] if s > start))
+            continue
+        total = 0.0
+        for (p, _), (s, v) in itertools.pairwise(run):
+            if s > start:
+                total += v * (s - max(p, start)) / (s - p)
+        out.append(round(total))
+    return out
+
+
+@pytest.mark.parametrize("kind", [Kind.COUNTER, Kind.GAUGE])
+@pytest.mark.parametrize("top", [10**6, 4])  # 4: a gauge's largest value is often tied
+@pytest.mark.parametrize("seed", range(5))
+def test_the_window_agrees_with_the_rule_written_out(kind: Kind, top: int, seed: int) -> None:
+    """Random intervals (1-60 s, now and then a gap of 5-30 minutes) and values."""
+    rng = random.Random(seed)
+    t, samples = 0.0, []
+    for _ in range(3000):
+        t += rng.uniform(300, 1800) if rng.random() < 0.005 else rng.uniform(1, 60)
+        samples.append((t, rng.randrange(0, top) if rng.random() < 0.9 else 0))
+    got = run(Window(kind), samples)
+    want = reference(kind, samples, WINDOW_S)
+    assert [g is None for g in got] == [w is None for w in want]
+    assert sum(g is not None for g in got) > 2000
+    for g, w in zip(got, want, strict=True):
+        if g is not None and w is not None:
+            assert abs(g - w) <= 1
