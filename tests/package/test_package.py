@@ -24,11 +24,18 @@ import pytest
 from hw.machine import Machine
 from hw.pki import Ca
 from tests.package import minroot
+from tests.package.debs import (
+    CONFIG,
+    NEW_CONFIG_LINE,
+    PACKAGE_CACHE,
+    REPO,
+    VERSION,
+    binfmt,
+    build_debs,
+    host,
+    later_version,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("EDGE_DEFENDER_TEST_CACHE", "/var/cache/edge-defender-test"))
-PACKAGE_CACHE = CACHE / "package"
-VERSION = "0.1.0"  # agent/__init__.py, as build-deb.sh reads it
 # Built with gzip for speed: an upper bound of the release (xz) packages' size.
 MAX_DEB_BYTES = 25 * 1024 * 1024
 # What dpkg and the maintainer scripts need in the root beside the package's own
@@ -39,7 +46,6 @@ ROOT_PACKAGES = [
     *("python3.11", "systemd"),
 ]
 ELF_MACHINE = {"arm64": 0xB7, "amd64": 0x3E}  # e_machine: EM_AARCH64, EM_X86_64
-CONFIG = "/etc/edge-defender/config.toml"
 STATE = "/var/lib/edge-defender"
 
 
@@ -64,47 +70,20 @@ pytestmark = [
 ]
 
 
-def _host(argv: list[str], timeout_s: float = 600) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
-    return done.stdout
-
-
-def _binfmt(arch: str) -> None:
-    _host(["bash", "-c", f'. "{REPO}/packaging/lib.sh" && binfmt_enable {arch}'])
-
-
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("dist")
-    _host(
-        [
-            *("bash", str(REPO / "scripts/build-deb.sh"), "--out", str(out)),
-            *("--cache", str(PACKAGE_CACHE / "wheels"), "--compression", "gzip"),
-        ]
-    )
-    return {arch: out / f"edge-defender_{VERSION}_{arch}.deb" for arch in ("arm64", "amd64")}
+    return build_debs(tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture(scope="module")
 def upgrade_deb(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The amd64 package as a later version whose shipped config changed."""
-    work = tmp_path_factory.mktemp("upgrade")
-    tree = work / "tree"
-    _host(["dpkg-deb", "-R", str(debs["amd64"]), str(tree)])
-    control = tree / "DEBIAN/control"
-    control.write_text(control.read_text().replace(f"Version: {VERSION}", f"Version: {VERSION}+1"))
-    config = tree / CONFIG.lstrip("/")
-    config.write_text(config.read_text() + "# a line the new version adds\n")
-    deb = work / f"edge-defender_{VERSION}+1_amd64.deb"
-    _host(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", str(tree), str(deb)])
-    return deb
+    return later_version(debs["amd64"], tmp_path_factory.mktemp("upgrade"))
 
 
 def _machine(arch: str, work: Path) -> Iterator[Machine]:
     """An overlay of the cached small root for `arch`; the cache stays untouched."""
-    _binfmt(arch)
+    binfmt(arch)
     machine = Machine(work, minroot.build(arch, ROOT_PACKAGES, PACKAGE_CACHE))
     machine.mount()
     try:
@@ -141,7 +120,7 @@ def _elf_machine(path: Path) -> int:
 def test_packages_are_small_and_hold_the_target_code(debs: dict[str, Path], tmp_path: Path) -> None:
     for arch, deb in debs.items():
         assert deb.stat().st_size <= MAX_DEB_BYTES, f"{deb.name}: {deb.stat().st_size} bytes"
-        fields = _host(["dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture"])
+        fields = host(["dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture"])
         assert fields.split() == [
             "Package:",
             "edge-defender",
@@ -151,7 +130,7 @@ def test_packages_are_small_and_hold_the_target_code(debs: dict[str, Path], tmp_
             arch,
         ]
         tree = tmp_path / arch
-        _host(["dpkg-deb", "-x", str(deb), str(tree)])
+        host(["dpkg-deb", "-x", str(deb), str(tree)])
         site = tree / "opt/edge-defender/lib/python3.11/site-packages"
         extensions = sorted(site.rglob("*.so"))
         assert {p.name.split(".")[0] for p in extensions} >= {"_awscrt", "_psutil_linux", "_cbor2"}
@@ -161,7 +140,7 @@ def test_packages_are_small_and_hold_the_target_code(debs: dict[str, Path], tmp_
         # Bytecode is shipped: the service cannot write beside the code.
         assert list((site / "agent/__pycache__").glob("cli.cpython-311.pyc"))
         control = tmp_path / f"{arch}-control"
-        _host(["dpkg-deb", "-e", str(deb), str(control)])
+        host(["dpkg-deb", "-e", str(deb), str(control)])
         assert (control / "conffiles").read_text().split() == [CONFIG]
 
 
@@ -238,7 +217,7 @@ def test_upgrade_keeps_a_changed_config_and_the_state(
     out = _dpkg(amd64, "--force-confdef", "--force-confold", "-i", deb=upgrade_deb)
     assert "Setting up edge-defender (0.1.0+1)" in out
     assert config.read_text() == mine
-    assert "# a line the new version adds" in (config.parent / "config.toml.dpkg-dist").read_text()
+    assert NEW_CONFIG_LINE in (config.parent / "config.toml.dpkg-dist").read_text()
     assert (state / "history.db").read_text() == "violations"
     assert (amd64.root / "etc/edge-defender/certs/device.pem.crt").exists()
     assert "configuration ok" in amd64.chroot("edge-defender", "check-config", "--config", CONFIG)
@@ -250,7 +229,7 @@ def test_upgrade_replaces_an_unchanged_config(
     _dpkg(amd64, "-i", deb=debs["amd64"])
     _dpkg(amd64, "--force-confdef", "--force-confold", "-i", deb=upgrade_deb)
     config = amd64.root / CONFIG.lstrip("/")
-    assert config.read_text().endswith("# a line the new version adds\n")
+    assert config.read_text().endswith(NEW_CONFIG_LINE)
     assert amd64.chroot("stat", "-c", "%U:%G %a", CONFIG).strip() == "root:edge-defender 640"
 
 
