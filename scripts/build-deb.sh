@@ -79,6 +79,12 @@ for arch in "${arches[@]}"; do
         --no-compile --target "$venv/$site" -c "$requirements" "$wheel"
     # pip --target leaves scripts for the build host's Python: the venv gets its own.
     rm -rf "$venv/$site/bin"
+    # The wheel's path on the build host, which differs every build and means nothing on
+    # the device.
+    for record in "$venv/$site"/edge_defender-*.dist-info; do
+        rm "$record/direct_url.json"
+        sed -i '/direct_url\.json/d' "$record/RECORD"
+    done
     # The venv as `python3 -m venv` makes it on the device, with Debian's interpreter.
     ln -s /usr/bin/python3.11 "$venv/bin/python3"
     ln -s python3 "$venv/bin/python"
