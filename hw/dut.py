@@ -10,7 +10,8 @@
 Each scenario calls start() with its profiles: the config is rewritten, the agent's
 state cleared (a fresh store) and its firewall table deleted (no block of an earlier
 scenario stays), the scenario's mitigation actions created with the agent's own
-create-mitigation-action, and the agent restarted; events() and metrics() read its store
+create-mitigation-action, its ML models trained with the agent's own `train --from` on
+synthetic history (hw/ml_rig.py), and the agent restarted; events() and metrics() read its store
 with its own CLI (list-violation-events, export-metrics), on the device.
 """
 
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 
 from hw.lab import BrokerInfo, Lab, Node, NodeCommandError, stop_processes
 from hw.machine import CONFIG, PROGRAM, REPO, Machine, build_rootfs, build_wheels
+from hw.ml_rig import synthetic_export
 
 # The agent's nftables table (agent/collect/firewall.py): deleted before each start.
 FIREWALL_TABLE = ("inet", "edge_defender")
@@ -54,6 +56,8 @@ class AgentSetup:
     mitigation: dict[str, Any] | None = None  # the [mitigation] table (None: the default, off)
     # [{"name", "actionParams"}]: created with create-mitigation-action before the start
     mitigation_actions: list[dict[str, Any]] = field(default_factory=list)
+    # [{"metric", "per_s", "window_s"}]: models trained with `train --from` before the start
+    ml_training: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Dut(Protocol):
@@ -214,6 +218,29 @@ def prepare_mitigation(
             ) from None
 
 
+def prepare_ml(
+    node: Node,
+    program: Sequence[str],
+    config: str,
+    setup: AgentSetup,
+    put: Callable[[str, bytes], str],
+    now: float,
+) -> None:
+    """Before the agent starts (its store cleared): each [ml_training] table's synthetic
+    export written with `put` (a file name -> its path on the device) and trained on
+    with the agent's own `train --from`, as of `now` on the device's clock. RuntimeError
+    naming the metric when the device refuses."""
+    for training in setup.ml_training:
+        metric = training["metric"]
+        path = put(f"ml-{metric.replace(':', '-')}.jsonl", synthetic_export(training, now))
+        argv = [*program, "train", "--config", config, "--from", path, "--metric", metric]
+        argv += ["--window-s", str(training["window_s"]), "--no-reload"]
+        try:
+            node.exec(argv)
+        except NodeCommandError as e:
+            raise RuntimeError(f"the device did not train a model of {metric}: {e}") from None
+
+
 def read_events(node: Node, program: Sequence[str], config: str) -> list[dict[str, Any]]:
     """Every violation event of the agent's store, following the nextTokens."""
     found: list[dict[str, Any]] = []
@@ -360,6 +387,12 @@ class NetnsDut:
         )
         self.config.chmod(0o600)  # the agent refuses a config others may write
         prepare_mitigation(self.node, self.program, str(self.config), setup, self.kind)
+
+        def put(name: str, data: bytes) -> str:
+            (self.dir / name).write_bytes(data)
+            return str(self.dir / name)
+
+        prepare_ml(self.node, self.program, str(self.config), setup, put, time.time())
         with self.log.open("ab") as log:
             self._process = self.node.spawn(
                 [
@@ -477,6 +510,13 @@ class ServiceDut:
         )
         _put(node, s.config, text.encode(), mode="0640", owner=readable)
         prepare_mitigation(node, s.program, s.config, setup, self.kind)
+
+        def put(name: str, data: bytes) -> str:
+            _put(node, f"{s.rig_dir}/{name}", data, mode="0640", owner=readable)
+            return f"{s.rig_dir}/{name}"
+
+        now = time.time() + self.clock_offset_s()
+        prepare_ml(node, s.program, s.config, setup, put, now)
         try:
             node.exec(s.restart)  # systemctl waits for READY (the first sample) or failure
         except NodeCommandError as e:

@@ -163,6 +163,8 @@ def _describe(b: Behavior) -> tuple[str, str, float | None]:
     c = b.criteria
     assert c is not None and b.kind is not None
     window = f" over {c.duration_s} s windows" if c.duration_s else ""
+    if c.ml_confidence is not None:  # judged by its model: no threshold to draw
+        return f"ML detection at {c.ml_confidence} (over its model's window)", b.metric, None
     if c.statistic is not None:
         return f"{c.operator} {c.statistic} of its baseline{window}", b.metric, None
     value = c.value or {}

@@ -136,6 +136,7 @@ def run_scenario(scenario: Scenario, site: Site, detect: Detect) -> ScenarioResu
             dimensions=detect.dimensions,
             mitigation=detect.mitigation,
             mitigation_actions=detect.mitigation_actions,
+            ml_training=detect.ml_training,
         )
     )
     attack_actions, probes = with_probe_files(scenario.attack, secrets.token_hex(4))
@@ -199,6 +200,7 @@ class Detect:
     capture: dict[str, Any] | None  # the [capture] table; None: off
     mitigation: dict[str, Any] | None = None  # the [mitigation] table; None: off
     mitigation_actions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    ml_training: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def _own(s: Scenario) -> Detect:
@@ -209,25 +211,31 @@ def _own(s: Scenario) -> Detect:
         s.capture,
         s.mitigation,
         list(s.mitigation_actions),
+        [s.ml_training] if s.ml_training is not None else [],
     )
 
 
 def _union(scenarios: Sequence[Scenario]) -> Detect:
-    """Every scenario's profiles, custom metrics and dimensions, each once (by name), and
-    every capture feature any of them turns on; mitigation off (the benign load's alarms
-    are false alarms: a block would only hide the traffic that follows)."""
+    """Every scenario's profiles, custom metrics, dimensions and ML trainings, each once
+    (by name or metric), and every capture feature any of them turns on; mitigation off
+    (the benign load's alarms are false alarms: a block would only hide the traffic that
+    follows). The ML behaviors are judged there too: their models are trained."""
     profiles: dict[str, dict[str, Any]] = {}
     metrics: dict[str, dict[str, Any]] = {}
     dimensions: dict[str, dict[str, Any]] = {}
+    trainings: dict[str, dict[str, Any]] = {}
     for s in scenarios:
         profiles.update((p["securityProfileName"], p) for p in s.profiles)
         metrics.update((m["name"], m) for m in s.custom_metrics)
         dimensions.update((d["name"], d) for d in s.dimensions)
+        if s.ml_training is not None:
+            trainings[s.ml_training["metric"]] = s.ml_training
     return Detect(
         list(profiles.values()),
         list(metrics.values()),
         list(dimensions.values()),
         union_capture(scenarios),
+        ml_training=list(trainings.values()),
     )
 
 

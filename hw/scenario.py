@@ -19,7 +19,10 @@ the latency goal counts from then), and mitigation: a `[mitigation]` table (the 
 [mitigation] config, checked by its parser: enabled, its allow_cidrs holding the lab's
 network, each [[mitigation.auto]] rule naming a behavior of the scenario's profiles and
 actions of its own) and `[[mitigation_actions]]` (`name` and `actionParams`, checked as
-create-mitigation-action checks them), which the DUT creates before the agent starts.
+create-mitigation-action checks them), which the DUT creates before the agent starts,
+and `[ml_training]` (`metric`, `per_s`, `window_s`): synthetic training data for the
+scenario's ML behaviors (hw/ml_rig.py), which the DUT trains the agent on with `train
+--from` before it starts.
 
 Strings may hold placeholders, "{dut}", "{attacker}", "{peer1}", "{peer2}", "{broker}",
 "{c2}", "{lan}", filled in from the lab's addresses. Every problem raises ScenarioError
@@ -42,6 +45,7 @@ from typing import Any
 from agent.config import ConfigError, parse_config
 from agent.core.audit_model import InvalidRequest
 from agent.core.mitigation_model import check_action_name, check_action_params
+from agent.core.ml_window import check_window_s
 from agent.core.profile import (
     MAX_DOCUMENT_BYTES,
     ProfileError,
@@ -52,6 +56,7 @@ from agent.core.profile import (
 )
 from hw import actors
 from hw.dut import toml_table
+from hw.ml_rig import NETWORK_METRICS
 
 # "dut" runs on the device (inside its container under --dut nspawn); "dut-netns" is the
 # device's network namespace entered from the rig's host, for servers the device image
@@ -100,7 +105,9 @@ _KEYS = {
     "lead_s",
     "mitigation",
     "mitigation_actions",
+    "ml_training",
 }
+ML_TRAINING_KEYS = ("metric", "per_s", "window_s")
 
 
 class ScenarioError(ValueError):
@@ -141,6 +148,8 @@ class Scenario:
     mitigation: dict[str, Any] | None = None  # the agent's whole [mitigation] table (None: off)
     # [{"name", "actionParams"}]: created with create-mitigation-action before the start
     mitigation_actions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # {"metric", "per_s", "window_s"}: the DUT trains the agent's model on it (hw/ml_rig.py)
+    ml_training: dict[str, Any] | None = None
 
 
 def load_scenarios(
@@ -236,6 +245,11 @@ class _Loader:
                 raise self.error("expected", "must list the violations the attack causes")
             deadline_s = self.seconds(t, "deadline_s", low=interval_s)
         lead_s = self.seconds(t, "lead_s", low=0.0, high=deadline_s) if "lead_s" in t else 0.0
+        ml_training = self.ml_training(t["ml_training"], profiles) if "ml_training" in t else None
+        if benign and ml_training is not None:
+            raise self.error(
+                "ml_training", "the benign load trains what the other scenarios' tables say"
+            )
         windows = [self.window(profiles, e) for e in expected]
         window_s = max((w for w in windows if w is not None), default=None)
         return Scenario(
@@ -256,7 +270,38 @@ class _Loader:
             lead_s=lead_s,
             mitigation=mitigation,
             mitigation_actions=actions,
+            ml_training=ml_training,
         )
+
+    def ml_training(self, table: Any, profiles: list[dict[str, Any]]) -> dict[str, Any]:
+        """{"metric", "per_s", "window_s"}: a network counter that an ML behavior of the
+        scenario judges, its quiet hours' rate a second, the model's window."""
+        if not isinstance(table, dict) or set(table) != set(ML_TRAINING_KEYS):
+            raise self.error(
+                "ml_training", f"must be a table with exactly {', '.join(ML_TRAINING_KEYS)}"
+            )
+        metric = table["metric"]
+        if metric not in NETWORK_METRICS:
+            raise self.error(
+                "ml_training.metric", f"must be one of {', '.join(NETWORK_METRICS)}, got {metric!r}"
+            )
+        judged = any(
+            b.get("metric") == metric and "mlDetectionConfig" in b.get("criteria", {})
+            for p in profiles
+            for b in p["behaviors"]
+        )
+        if not judged:
+            raise self.error(
+                "ml_training.metric", f"no ML behavior of the profiles judges {metric}"
+            )
+        per_s = table["per_s"]
+        if isinstance(per_s, bool) or not isinstance(per_s, int | float) or not per_s > 0:
+            raise self.error("ml_training.per_s", f"must be a number > 0, got {per_s!r}")
+        try:
+            window_s = check_window_s(table["window_s"])
+        except ValueError as e:
+            raise self.error("ml_training.window_s", str(e)) from None
+        return {"metric": metric, "per_s": float(per_s), "window_s": window_s}
 
     def seconds(
         self, t: Mapping[str, Any], key: str, *, low: float, high: float = math.inf
@@ -569,6 +614,8 @@ def _check_shared_names(scenarios: Sequence[Scenario]) -> None:
         items = [("profile", p["securityProfileName"], p) for p in s.profiles]
         items += [("custom metric", m["name"], m) for m in s.custom_metrics]
         items += [("dimension", d["name"], d) for d in s.dimensions]
+        if s.ml_training is not None:
+            items.append(("ML training of", s.ml_training["metric"], s.ml_training))
         for what, name, doc in items:
             first = seen.setdefault((what, name), (s.name, doc))
             if first[1] != doc:
