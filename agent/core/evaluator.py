@@ -29,7 +29,7 @@ from agent.core.metrics import (
     Kind,
     is_finite_number,
 )
-from agent.core.ml_window import WINDOW_S, Window
+from agent.core.ml_window import Window
 from agent.core.profile import (
     Behavior,
     Dimension,
@@ -215,9 +215,8 @@ class _Rule:
         again (its aggregates are not what the model was trained on)."""
         assert self.ml_window is not None and self.behavior.kind is not None
         self.model = model
-        window_s = WINDOW_S if model is None else model.window_s
-        if model is not None and window_s != self.ml_window.window_s:
-            self.ml_window = Window(self.behavior.kind, window_s)
+        if model is not None and model.window_s != self.ml_window.window_s:
+            self.ml_window = Window(self.behavior.kind, model.window_s)
 
 
 def rule_key(profile: str, behavior: str, signature: str) -> str:
