@@ -60,6 +60,8 @@ def _missing() -> str | None:
     ):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian: apt-get install {package})"
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        return "the kernel has no overlay file system (the tests work on overlays of a root)"
     if not Path("/usr/share/binfmts/qemu-aarch64").exists():
         return "qemu-user-static has no binfmt description for aarch64"
     return None
