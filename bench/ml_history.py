@@ -14,6 +14,7 @@ history, which dominates.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import resource
 import sys
@@ -71,19 +72,31 @@ def main() -> None:
         now = time.time()
         n = fill(Path(tmp), now, args.days, args.step, args.connections)
         size = history_path(tmp).stat().st_size
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        gc.collect()
+        rss_before, peak_before = vm_rss_kib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         cpu = time.process_time()
         wall = time.monotonic()
         trainings = train_from_history(tmp, METRICS[: args.metrics], now)
+        built = sum(t.model is not None for t in trainings)
         cpu = time.process_time() - cpu
         wall = time.monotonic() - wall
-        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    built = sum(t.model is not None for t in trainings)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        del trainings[:]
+        gc.collect()
+        rss_after = vm_rss_kib()
     print(
         f"{n} reports ({args.days:g} days at {args.step:g} s, {size / 1e6:.1f} MB of history),"
-        f" {args.metrics} metrics: {cpu:.2f} s CPU, {wall:.2f} s wall,"
-        f" peak RSS +{(rss_after - rss_before) / 1024:.1f} MiB, {built} models built"
+        f" {args.metrics} metrics: {cpu:.2f} s CPU, {wall:.2f} s wall; RSS {rss_before / 1024:.1f}"
+        f" MiB before, peak {max(peak, peak_before) / 1024:.1f} MiB (the fill's own peak"
+        f" {peak_before / 1024:.1f}), {rss_after / 1024:.1f} MiB after; {built} models built"
     )
+
+
+def vm_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
 
 
 if __name__ == "__main__":

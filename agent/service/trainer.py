@@ -5,17 +5,22 @@ training thread.
 
 The thread runs only while a loaded profile has an ML behavior on a device metric. A
 metric is trained a minute after the start when it never was, then every RETRAIN_S
-(daily); a training streams up to TRAINING_WINDOW_S of history (a bounded state of
-~150 KiB a metric, however long) and takes a few seconds of CPU on a Pi, off the
-sampling path. The daemon takes the models in force with `take()` between samples
+(daily). A training is `edge-defender train` in a child process at low priority: it
+streams up to TRAINING_WINDOW_S of history (a bounded state of ~150 KiB a metric,
+however long) and takes a few seconds of CPU on a Pi, off the sampling path, and the
+memory that decoding took goes back with the child. The daemon takes the models in force with `take()` between samples
 (Detector.set_models); at its start and at each reload `want()` reads models.db at
 once, so a restart judges with the models it had and the `train` verb's models are in
 force when the reload it asks for is answered."""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -92,21 +97,18 @@ def train(
     start: float,
     now: float,
     offset_s: int,
-    stop: threading.Event | None = None,
     windows: Mapping[str, float] | None = None,
 ) -> list[Training]:
     """Stream metrics-history envelopes (`export-metrics` lines, in time order) through a
     rolling window per metric (its length from `windows`, else WINDOW_S) into a Trainer,
     from `start` on, and build each model as of `now`. A malformed envelope, or one
-    earlier than the one before, is ReportError naming it; Stopped when `stop` is set
-    meanwhile. A metric that is not a number metric is ValueError."""
+    earlier than the one before, is ReportError naming it. A metric that is not a number
+    metric is ValueError."""
     lengths = windows or {}
     rolling = {m: Window(metric_kind(m), lengths.get(m, WINDOW_S)) for m in metrics}
     trainers = {m: Trainer(start, offset_s, rolling[m].window_s) for m in metrics}
     unusable = dict.fromkeys(metrics, 0)
     for i, envelope in enumerate(envelopes):
-        if stop is not None and i % 1000 == 0 and stop.is_set():
-            raise Stopped
         try:
             t, report = parse_envelope(envelope)
             if t < start:
@@ -159,7 +161,6 @@ def train_from_history(
     state_dir: str | Path,
     metrics: Sequence[str],
     now: float,
-    stop: threading.Event | None = None,
     windows: Mapping[str, float] | None = None,
 ) -> list[Training]:
     """Train on the last TRAINING_WINDOW_S of the metrics history the daemon wrote."""
@@ -170,7 +171,7 @@ def train_from_history(
         return train((), metrics, start, now, utc_offset_s(now), windows=windows)
     with history:
         envelopes = history.export_metrics(start, now)
-        return train(envelopes, metrics, start, now, utc_offset_s(now), stop, windows)
+        return train(envelopes, metrics, start, now, utc_offset_s(now), windows)
 
 
 def usable_model(record: ModelRecord | None) -> Model | None:
@@ -349,35 +350,61 @@ class ModelTrainer:
         now = time.time()
         with self._lock:
             metrics = list(self._metrics)
-        # A store stays on the thread that opened it: one per round, closed after.
-        with open_models(cfg.state_dir) as store:
-            records = store.records()
-            # A model this version cannot use (an older format) is retrained at once.
-            due = [
-                m
-                for m in metrics
-                if m not in records
-                or records[m].trained_at + RETRAIN_S <= now
-                or (records[m].model is not None and usable_model(records[m]) is None)
-            ]
-            if not due:
-                return
-            began = time.thread_time()
-            windows = windows_in_force(records)
-            trainings = train_from_history(cfg.state_dir, due, now, self._stop, windows)
-            store.put([record_of(records.get(t.metric), t, now, "history") for t in trainings])
-            for t in trainings:
-                log.info(
-                    kv(
-                        "ml_trained",
-                        metric=t.metric,
-                        built=t.model is not None,
-                        datapoints=t.datapoints,
-                        unusable=t.unusable,
-                        cpu_s=round(time.thread_time() - began, 2),
-                    )
+        records = stored_records(cfg.state_dir)
+        # A model this version cannot use (an older format) is retrained at once.
+        due = [
+            m
+            for m in metrics
+            if m not in records
+            or records[m].trained_at + RETRAIN_S <= now
+            or (records[m].model is not None and usable_model(records[m]) is None)
+        ]
+        if not due:
+            return
+        self._train_in_child(cfg, due)
+        self._hand(stored_records(cfg.state_dir))
+
+    def _train_in_child(self, cfg: Config, metrics: list[str]) -> None:
+        """`edge-defender train` on the history for `metrics`, in a child process at low
+        priority: decoding two weeks of reports leaves ~6 MiB the daemon's allocator
+        would keep for good (bench/ml_history.py); a child gives it back when it exits."""
+        argv = [sys.executable, "-m", "agent", "train", "--no-reload"]
+        if Path(cfg.config_file).is_file():
+            argv += ["--config", cfg.config_file]
+        for metric in metrics:
+            argv += ["--metric", metric]
+        if nice := shutil.which("nice"):
+            argv = [nice, "-n", "10", *argv]
+        began = time.monotonic()
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+            while True:
+                try:
+                    out, err = child.communicate(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    if self._stop.is_set():
+                        child.kill()
+                        raise Stopped() from None
+        # Exit status 1 also says that a metric has too little history yet.
+        try:
+            answer = json.loads(out)["models"] if child.returncode in (0, 1) else None
+        except (ValueError, KeyError, TypeError):
+            answer = None
+        if answer is None:
+            log.error(kv("ml_training_failed", status=child.returncode,
+                         error=err.decode(errors="replace").strip()[-500:]))  # fmt: skip
+            return
+        for model in answer:
+            log.info(
+                kv(
+                    "ml_trained",
+                    metric=model.get("metric"),
+                    built=model.get("built"),
+                    datapoints=model.get("datapoints"),
+                    unusable=model.get("unusableValues", 0),
+                    wall_s=round(time.monotonic() - began, 2),
                 )
-            self._hand(store.records())
+            )
 
     def close(self) -> None:
         """Stop; a training under way is given up (the models in force stay)."""
