@@ -34,8 +34,8 @@ from agent.core.profile import (
     parse_profile,
 )
 from agent.service.profiles import load_detect_files
-from agent.service.reload import ReloadError, reload
-from agent.service.status import StatusError, not_running_reason, read_status
+from agent.service.reload import ReloadError, reload, running_pid
+from agent.service.status import StatusError
 from agent.service.verbs import JSON_FORM, flag, json_param, print_answer, verb_adder, word_list
 
 MAX_RESULTS = 250  # ListSecurityProfiles and ListDimensions, as AWS
@@ -127,18 +127,6 @@ def write_file(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def running_pid(cfg: Config) -> int | None:
-    """The pid of the agent running with this config's state_dir, or None."""
-    try:
-        status = read_status(Path(cfg.state_dir))
-    except StatusError:
-        return None
-    if status is None or not_running_reason(status, time.time()) is not None:
-        return None
-    pid: int = status["pid"]
-    return pid
 
 
 def _commit(env: Env, args: argparse.Namespace, path: Path, doc: Mapping[str, Any] | None) -> None:

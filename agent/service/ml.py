@@ -20,8 +20,8 @@ from agent.core.ml_window import WINDOW_S, check_window_s, metric_kind
 from agent.core.profile import SecurityProfile
 from agent.core.report import ReportError
 from agent.service.profiles import load_detect_files
-from agent.service.reload import ReloadError, reload
-from agent.service.status import StatusError, not_running_reason, read_status
+from agent.service.reload import ReloadError, reload, running_pid
+from agent.service.status import StatusError
 from agent.service.text import iso_time, table
 from agent.service.trainer import (
     TRAINING_WINDOW_S,
@@ -149,17 +149,6 @@ def _envelopes(stream: IO[str], name: str) -> Iterator[Mapping[str, Any]]:
         yield doc
 
 
-def _running_pid(cfg: Config) -> int | None:
-    try:
-        status = read_status(Path(cfg.state_dir))
-    except StatusError:
-        return None
-    if status is None or not_running_reason(status, time.time()) is not None:
-        return None
-    pid: int = status["pid"]
-    return pid
-
-
 def _train(cfg: Config, args: argparse.Namespace) -> None:
     metrics = sorted(set(args.metric or ml_metrics(_profiles(cfg))))
     if not metrics:
@@ -213,7 +202,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
         if t.unusable:
             item["unusableValues"] = t.unusable
         answer["models"].append(item)
-    pid = None if args.no_reload else _running_pid(cfg)
+    pid = None if args.no_reload else running_pid(cfg)
     if pid is not None:
         try:
             reload(Path(cfg.state_dir), pid, RELOAD_TIMEOUT_S)

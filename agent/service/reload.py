@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
-from agent.service.status import STATUS_FILE, StatusError, read_status
+from agent.service.status import STATUS_FILE, StatusError, not_running_reason, read_status
 
 POLL_S = 0.1
 
@@ -45,6 +45,18 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def running_pid(cfg: Config) -> int | None:
+    """The pid of the agent running with this config's state_dir, or None."""
+    try:
+        status = read_status(Path(cfg.state_dir))
+    except StatusError:
+        return None
+    if status is None or not_running_reason(status, time.time()) is not None:
+        return None
+    pid: int = status["pid"]
+    return pid
 
 
 def reload(
