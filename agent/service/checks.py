@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.config import Config, ConfigError, MqttConfig, load_config, remote_settings
+from agent.core.ml_window import WINDOW_S
 from agent.core.profile import ProfileError, aws_differences, uses_thing_variables
 from agent.core.x509 import validity
 from agent.logs import kv
@@ -119,6 +120,20 @@ def check_config(path: str | None) -> list[Finding]:
             message = f"detect.profiles: no security profile in {patterns}; {judged}"
             findings.append(Finding(cfg.config_file, message, warning=True))
         findings += _inactive_findings(cfg, files)
+        if (
+            any(
+                b.criteria is not None and b.criteria.ml_confidence is not None
+                for p in files.profiles
+                for b in p.behaviors
+            )
+            and cfg.sampling.interval_s > WINDOW_S
+        ):
+            message = (
+                f"sampling.interval_s: {cfg.sampling.interval_s:g} s: ML behaviors judge a"
+                f" rolling {WINDOW_S:g} s window, and samples further apart are each a gap:"
+                " nothing is judged"
+            )
+            findings.append(Finding(cfg.config_file, message, warning=True))
         variables = f"a thing variable (${{iot:ClientId}}) in a filter: {_EXTENSION} as the client"
         findings += [
             Finding(d.source, f"dimension {d.name}: {variables}", warning=True)

@@ -572,3 +572,23 @@ def test_on_device_extensions_are_flagged_as_not_valid_in_aws(
         line.startswith(f"{folder / 'own.json'}: warning: dimension own: a thing variable")
         for line in lines
     ), lines
+
+
+def test_ml_behaviors_with_samples_further_apart_than_their_window_are_flagged(
+    tmp_path: Path, device: Device, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    behavior = {
+        "name": "upload",
+        "metric": "aws:all-bytes-out",
+        "criteria": {"mlDetectionConfig": {"confidenceLevel": "HIGH"}},
+    }
+    doc = {"securityProfileName": "p", "behaviors": [behavior]}
+    (folder / "p.json").write_text(json.dumps(doc))
+    config = write_config(tmp_path, device, str(folder / "*.json"))
+    slow = "[sampling]\ninterval_s = 600.0\n[detect]"
+    config.write_text(config.read_text().replace("[detect]", slow))
+    code, lines = check_config(config, capsys)
+    assert code == 0
+    assert any("ML behaviors judge a rolling 300 s window" in line for line in lines), lines
