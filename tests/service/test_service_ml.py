@@ -402,3 +402,27 @@ def test_a_model_of_an_older_format_is_not_used_and_is_retrained_at_once(
     finally:
         trainer.close()
     assert stored_records(cfg.state_dir)["level"].source == "history"
+
+
+def test_replay_judges_ml_behaviors_with_the_devices_models(
+    config: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    now = time.time()
+    trained = write_export(tmp_path / "train.jsonl", envelopes(now - 3600, 14.5))
+    assert run(config, capsys, "train", "--from", str(trained), "--metric", "level")[0] == 0
+    recording = envelopes(now, 1 / 24)  # the last hour, a spike at its end
+    recording[-1]["report"]["custom_metrics"]["level"] = [{"number": 10**6}]
+    played = write_export(tmp_path / "played.jsonl", recording)
+    code = main(["replay", "--config", str(config), "--metrics", str(played)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    ml = [e for e in events if "violationEventAdditionalInfo" in e]
+    assert {e["behavior"]["name"] for e in ml} == {"level-low", "level-high"}
+    assert all(e["violationEventType"] == "in-alarm" for e in ml)
+    # Without models (another state_dir), the ML behaviors are named as not judged.
+    bare = config.read_text().replace(str(tmp_path / "state"), str(tmp_path / "fresh"))
+    config.write_text(bare)
+    code = main(["replay", "--config", str(config), "--metrics", str(played)])
+    out, err = capsys.readouterr()
+    assert code == 0 and "level-high not judged: mlDetectionConfig" in err, err
