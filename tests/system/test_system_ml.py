@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.system.conftest import TIMEOUT_S
+from tests.system.test_system_daemon import Agent, wait_until
+
 pytestmark = pytest.mark.system
 
-TIMEOUT_S = 20.0
 DAY = 86400.0
 WINDOW_S = 10.0
 PROFILE = {
@@ -38,16 +36,6 @@ PROFILE = {
         }
     ],
 }
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout_s: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def normal(t: float) -> float:
@@ -72,91 +60,21 @@ def synthetic_export(path: Path, end: float, days: float = 14.5, step_s: float =
     return n
 
 
-class Agent:
-    def __init__(self, tmp: Path, extra: str = "") -> None:
-        self.state = tmp / "state"
-        self.level = tmp / "level"
-        self.profiles = tmp / "profiles"
-        self.profiles.mkdir()
-        (self.profiles / "ml-profile.json").write_text(json.dumps(PROFILE))
-        self.config = tmp / "config.toml"
-        self.log = tmp / "agent.log"
-        self.set_level(round(normal(time.time()), 2))
-        self.config.write_text(
-            f"""\
-thing_name = "ml-test"
-state_dir = "{self.state}"
-[sampling]
-interval_s = 0.2
-socket_source = "proc"
-[detect]
-profiles = ["{self.profiles}/*.json"]
-[[custom_metrics]]
-name = "level"
-type = "number"
-source = "file"
-path = "{self.level}"
-{extra}"""
-        )
-        self.process: subprocess.Popen[bytes] | None = None
+def ml_agent(tmp: Path, extra: str) -> Agent:
+    """The daemon tests' agent, judging PROFILE, its level file at an ordinary value."""
+    agent = Agent(tmp, extra=extra)
+    agent.set_profile(PROFILE)
+    agent.set_level(round(normal(time.time()), 2))
+    return agent
 
-    def set_level(self, value: float) -> None:
-        tmp = self.level.with_suffix(".tmp")
-        tmp.write_text(f"{value}\n")
-        tmp.replace(self.level)
 
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
-                stdout=log,
-                stderr=log,
-            )
-        wait_until(lambda: self.status().get("samples", 0) >= 2, "the agent's samples")
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(TIMEOUT_S)
-        self.process = None
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(TIMEOUT_S)
-            self.process = None
-
-    def status(self) -> dict[str, Any]:
-        try:
-            doc: dict[str, Any] = json.loads((self.state / "status.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return doc
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "agent", *args, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "TZ": "UTC"},
-        )
-
-    def cli(self, *args: str) -> Any:
-        done = self.run(*args)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+def start(agent: Agent) -> None:
+    agent.start()
+    wait_until(lambda: agent.status().get("samples", 0) >= 2, "the agent's samples")
 
 
 def test_train_from_an_export_then_an_anomaly_raises_an_ml_violation(tmp_path: Path) -> None:
-    agent = Agent(
-        tmp_path,
-        extra="""
-[mitigation]
-enabled = true
-""",
-    )
+    agent = ml_agent(tmp_path, "[mitigation]\nenabled = true\n")
     export = tmp_path / "export.jsonl"
     points = synthetic_export(export, time.time())
     out = tmp_path / "hook.json"
@@ -180,7 +98,7 @@ enabled = true
         json.dumps(hook),
     )
     try:
-        agent.start()
+        start(agent)
         inactive = agent.status()["inactive_behaviors"]
         assert inactive == [
             "ml-profile/level-ml: mlDetectionConfig: no active model of level:"
@@ -243,7 +161,7 @@ enabled = true
         assert handed["violationEventAdditionalInfo"] == {"confidenceLevel": "LOW"}
 
         assert agent.stop() == 0
-        agent.start()  # the model and the alarm come back
+        start(agent)  # the model and the alarm come back
         assert agent.status()["inactive_behaviors"] == []
         assert agent.status()["active_violations"] == 1
         agent.set_level(round(normal(time.time()), 2))
