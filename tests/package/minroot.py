@@ -16,20 +16,20 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import IO
 
 SUITE = "bookworm"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 TIMEOUT_S = 600
 
 
-def run(argv: list[str], **kwargs: object) -> str:
+def run(argv: list[str], stdin: IO[bytes] | None = None) -> str:
     """stdout of a host command; RuntimeError with its output when it fails."""
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False, **kwargs
-    )  # type: ignore[call-overload]
+    done = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=TIMEOUT_S, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
-    return str(done.stdout)
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}\n{output}")
+    return done.stdout.decode()
 
 
 def mirror() -> str:
