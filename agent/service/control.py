@@ -64,7 +64,7 @@ MAX_ANSWER_BYTES = 131_072 - 1024  # AWS IoT's message limit, less the topic and
 MAX_SHADOW_BYTES = 8192  # AWS IoT's limit on a shadow's state document
 MAX_PENDING = 64  # requests waiting; beyond, each is refused at once as busy
 SHADOW_TIMEOUT_S = 30
-SHADOW_POLL_S = 600.0  # a missed delta is caught this late at worst
+SHADOW_POLL_S = 600.0  # a missed update/documents is caught this late at worst
 # Verbs not for a remote: a whole history export; training reads a file of the device's
 # and takes seconds of CPU (the daemon trains daily by itself).
 NOT_REMOTE = frozenset({"export-metrics", "train"})
@@ -382,14 +382,25 @@ class Controller:
                 operation_timeout_in_seconds=SHADOW_TIMEOUT_S,
             ),
         )
-        self._delta = self._shadow.create_named_shadow_delta_updated_stream(
-            iotshadow.NamedShadowDeltaUpdatedSubscriptionRequest(
-                thing_name=self.cfg.thing_name, shadow_name=self.cfg.control.shadow_name
-            ),
-            ServiceStreamOptions(incoming_event_listener=lambda event: self.resync()),
+        # update/documents, not update/delta: a delta lists only desired keys that differ
+        # from reported, so a document removed from the desired state sends none.
+        self._updates = self._shadow.create_named_shadow_updated_stream(
+            iotshadow.NamedShadowUpdatedSubscriptionRequest(**self._shadow_names()),
+            ServiceStreamOptions(incoming_event_listener=self._on_shadow_updated),
         )
-        self._delta.open()
+        self._updates.open()
         self.resync()
+
+    def _on_shadow_updated(self, event: Any) -> None:
+        """awscrt's thread: an update of the shadow; a sync when its desired state changed
+        (not for the agent's own reports)."""
+
+        def desired(snapshot: Any) -> Any:
+            state = getattr(snapshot, "state", None)
+            return getattr(state, "desired", None)
+
+        if desired(event.previous) != desired(event.current):
+            self.resync()
 
     def _sync_shadow(self) -> None:
         """Ask for the shadow; its answer comes back as work ("shadow_got"), so requests

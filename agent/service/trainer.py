@@ -8,9 +8,10 @@ metric is trained a minute after the start when it never was, then every RETRAIN
 (daily). A training is `edge-defender train` in a child process at low priority: it
 streams up to TRAINING_WINDOW_S of history (a bounded state of ~150 KiB a metric,
 however long) and takes a few seconds of CPU on a Pi, off the sampling path, and the
-memory that decoding took goes back with the child. The daemon takes the models in force with `take()` between samples
-(Detector.set_models); at its start and at each reload `want()` reads models.db at
-once, so a restart judges with the models it had and the `train` verb's models are in
+memory that decoding took goes back with the child. The daemon takes the models in
+force with `take()` between samples (Detector.set_models); at its start and at each
+reload `want()` reads models.db at once, so a restart judges with the models it had and
+the `train` verb's models are in
 force when the reload it asks for is answered."""
 
 from __future__ import annotations

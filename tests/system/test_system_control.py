@@ -163,12 +163,18 @@ class ShadowService:
                 self._update(request["state"], token)
 
     def _update(self, state: dict[str, Any], token: str | None) -> None:
+        previous = json.loads(json.dumps(self.doc)) if self.doc is not None else None
         doc = self.doc if self.doc is not None else {}
         for section in ("desired", "reported"):
             if section in state:
                 _merge(doc.setdefault(section, {}), state[section])
         self.doc = doc
         self.version += 1
+        documents: dict[str, Any] = {"current": {"state": doc, "version": self.version},
+                                     "timestamp": int(time.time())}  # fmt: skip
+        if previous is not None:
+            documents["previous"] = {"state": previous, "version": self.version - 1}
+        self._send(f"{SHADOW}/update/documents", documents)
         self._send(f"{SHADOW}/update/accepted", {"state": state, "version": self.version,
                    "timestamp": int(time.time()), "clientToken": token})  # fmt: skip
         delta = _delta(doc.get("desired", {}), doc.get("reported", {}))
