@@ -10,8 +10,9 @@
 # mounted at /boot/firmware, holding edge-defender/ for the first-boot files) and an ext4
 # root (label EDROOT). docs/deploy.md says what a Pi still needs (kernel, firmware).
 # The debootstrap result is cached (keyed by suite, arch and package list) in CACHE,
-# default /var/cache/edge-defender-build: about 11 minutes the first time (measured on 2 shared
-# cores; the second stage under emulation is most of it), then about 15 s a build.
+# default /var/cache/edge-defender-build: 6 minutes the first time (366 s measured on 2 shared
+# cores, 11 min when they were busy; the second stage under emulation is most of it), then
+# about 15 s a build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/packaging/lib.sh"
@@ -63,7 +64,8 @@ chroot_mounts() {
 }
 unmount_all() {
     local i
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" || true; done
+    # (debootstrap's second stage unmounts /proc and /sys itself)
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
     mounted=()
 }
 in_root() { chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "${@:2}"; }
