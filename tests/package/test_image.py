@@ -7,8 +7,8 @@ user agrees with `ss`, an upgrade to a later package restarts it cleanly with it
 kept, and a purge removes it all.
 
 Slow, so not run by default: EDGE_DEFENDER_SLOW=1 runs it. Measured on 2 shared
-cores: about 7 minutes on a cold cache (debootstrap's second stage under emulation is most
-of it), 65 s warm.
+cores: 65 s warm; a cold cache adds the image's debootstrap (366 s, most of it the second
+stage under emulation).
 The container shares the host's network namespace, so that it reaches the broker on
 127.0.0.1 (the name its certificate carries); systemd-networkd is masked inside, and
 without CAP_NET_ADMIN the container cannot change the host's network anyway.
