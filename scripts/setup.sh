@@ -12,9 +12,10 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 packages=(python3 python3-venv python3-dev gcc iproute2)
 # The suite needs a real broker, `ss`, systemd-analyze and libfaketime (clock jumps);
 # the service tests and the rig (hw/) boot a Debian rootfs with systemd-nspawn, the
-# firewall tests use nftables, and the rig's benign load has SSH sessions.
+# firewall tests use nftables, and the rig's benign load has SSH sessions. tests/package:
+# qemu-user-static runs the arm64 .deb; dosfstools, mtools, fdisk make the image's disk.
 [ "$mode" = test ] && packages+=(mosquitto systemd openssl libfaketime systemd-container
-    debootstrap openssh-server openssh-client nftables)
+    debootstrap openssh-server openssh-client nftables qemu-user-static dosfstools mtools fdisk)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
