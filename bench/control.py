@@ -29,8 +29,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from awscrt import io, mqtt5  # noqa: E402
-from daemon import PROFILE, broker_conf, free_port, make_pki, mqtt_section, rss_kib, wait_port  # noqa: E402
+from awscrt import io, mqtt5
+from daemon import PROFILE, broker_conf, free_port, make_pki, mqtt_section, rss_kib, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 THING = "bench-control"
@@ -165,12 +165,8 @@ def main() -> None:
         p95 = ms[min(len(ms) - 1, int(0.95 * len(ms)))]
         print(f"  {kind:<38} {statistics.median(ms):7.1f} {p95:7.1f} {ms[-1]:7.1f}")
     print("RSS (MiB)                         [control] off    on")
-    print(
-        f"  after start                       {rss_before[0] / 1024:10.1f} {rss_before[1] / 1024:6.1f}"
-    )
-    print(
-        f"  after the requests                {rss_after[0] / 1024:10.1f} {rss_after[1] / 1024:6.1f}"
-    )
+    for what, (off, on) in (("after start", rss_before), ("after the requests", rss_after)):
+        print(f"  {what:<32} {off / 1024:10.1f} {on / 1024:6.1f}")
 
 
 if __name__ == "__main__":
