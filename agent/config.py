@@ -194,6 +194,12 @@ class DnsCaptureConfig:
 
 
 @dataclass(frozen=True)
+class ConnectionsCaptureConfig:
+    enabled: bool = True
+    count_metric: str = "num_connections_opened"  # number: TCP connections this host opened
+
+
+@dataclass(frozen=True)
 class BrokerCaptureConfig:
     enabled: bool = False
     ports: list[int] = field(default_factory=lambda: [1883])  # plaintext MQTT listeners
@@ -207,6 +213,7 @@ class CaptureConfig:
     interfaces: list[str] = field(default_factory=list)  # empty: every interface
     scan: ScanCaptureConfig = field(default_factory=ScanCaptureConfig)
     dns: DnsCaptureConfig = field(default_factory=DnsCaptureConfig)
+    connections: ConnectionsCaptureConfig = field(default_factory=ConnectionsCaptureConfig)
     broker: BrokerCaptureConfig = field(default_factory=BrokerCaptureConfig)
 
     def metric_names(self) -> dict[str, tuple[str, bool]]:
@@ -214,11 +221,13 @@ class CaptureConfig:
         features that make custom metrics."""
         scan = self.enabled and self.scan.enabled
         dns = self.enabled and self.dns.enabled
+        connections = self.enabled and self.connections.enabled
         return {
             "capture.scan.sources_metric": (self.scan.sources_metric, scan),
             "capture.scan.count_metric": (self.scan.count_metric, scan),
             "capture.dns.names_metric": (self.dns.names_metric, dns),
             "capture.dns.resolvers_metric": (self.dns.resolvers_metric, dns),
+            "capture.connections.count_metric": (self.connections.count_metric, connections),
         }
 
 

@@ -19,6 +19,7 @@ from agent.config import (
     CaptureConfig,
     Config,
     ConfigError,
+    ConnectionsCaptureConfig,
     ControlConfig,
     CustomMetricConfig,
     DetectConfig,
@@ -273,11 +274,11 @@ def test_the_example_config_names_every_key_and_its_values_load() -> None:
     keys = {f.name for f in dataclasses.fields(Config)} - {"config_file", "custom_metrics"}
     blocks = (SamplingConfig, MqttConfig, DetectConfig, StoreConfig, CustomMetricConfig)
     capture = (CaptureConfig, ScanCaptureConfig, DnsCaptureConfig, BrokerCaptureConfig, AuditConfig)
-    capture += (MitigationConfig, AutoResponseConfig, ControlConfig)
+    capture += (ConnectionsCaptureConfig, MitigationConfig, AutoResponseConfig, ControlConfig)
     for block in blocks + capture:
         keys |= {f.name for f in dataclasses.fields(block)}
     sections = ("sampling", "mqtt", "detect", "store", "capture", "scan", "dns", "broker", "audit")
-    sections += ("mitigation", "auto", "control")
+    sections += ("connections", "mitigation", "auto", "control")
     for section in sections:
         keys.discard(section)
     # Documented in comments: a custom metric's source keys, an automatic response rule.
@@ -400,6 +401,7 @@ def test_capture_is_off_by_default_and_its_blocks_parse() -> None:
         ("[capture.scan]\nhold_s = 0", "capture.scan.hold_s: must be"),
         ("[capture.scan]\nsources_metric = 'x'\ncount_metric = 'x'", "capture.scan.count_metric"),
         ("[capture.scan]\nbogus = 1", "capture.scan.bogus: unknown key"),
+        ("[capture.connections]\ncount_metric = 'num_scan_sources'", "capture.connections.count"),
     ],
 )
 def test_bad_capture_settings_name_their_key(text: str, message: str) -> None:

@@ -1,6 +1,6 @@
 """Packet capture for the sampler: a thread reads what the kernel filter passes and
-feeds the capture features (port scans, DNS, the gateway's broker); each cycle the
-sampler takes their values as metrics. Imported only when [capture] is on.
+feeds the capture features (port scans, DNS, connections opened, the gateway's broker);
+each cycle the sampler takes their values as metrics. Imported only when [capture] is on.
 
 A feature's values are left out of the sample while capture cannot run (no
 CAP_NET_RAW, an interface that is gone): a blind agent must not report "no scanner"."""
@@ -18,6 +18,8 @@ from agent.core.broker_watch import BrokerWatch
 from agent.core.broker_watch import matches as broker_matches
 from agent.core.dns import MATCHES as DNS_MATCHES
 from agent.core.dns import DnsWatch
+from agent.core.outbound import MATCHES as OUTBOUND_MATCHES
+from agent.core.outbound import OutboundWatch
 from agent.core.packet import TCP, UDP, Frame, Match
 from agent.core.sample import CustomMetric
 from agent.core.scan import MATCHES as SCAN_MATCHES
@@ -41,6 +43,7 @@ class Sniffer:
         self._stop = threading.Event()
         self.scan = ScanDetector(hold_s=cfg.scan.hold_s) if cfg.scan.enabled else None
         self.dns = DnsWatch() if cfg.dns.enabled else None
+        self.connections = OutboundWatch() if cfg.connections.enabled else None
         self.broker = BrokerWatch(cfg.broker.ports) if cfg.broker.enabled else None
         self._broker_ports = frozenset(cfg.broker.ports) if self.broker else frozenset()
         clauses: list[Match] = []
@@ -48,6 +51,8 @@ class Sniffer:
             clauses += SCAN_MATCHES
         if self.dns is not None:
             clauses += DNS_MATCHES
+        if self.connections is not None:
+            clauses += OUTBOUND_MATCHES
         if self.broker is not None:
             clauses += broker_matches(cfg.broker.ports)
         self._matches = clauses
@@ -64,7 +69,12 @@ class Sniffer:
 
     @property
     def features(self) -> list[str]:
-        names = (("scan", self.scan), ("dns", self.dns), ("broker", self.broker))
+        names = (
+            ("scan", self.scan),
+            ("dns", self.dns),
+            ("connections", self.connections),
+            ("broker", self.broker),
+        )
         return [name for name, feature in names if feature is not None]
 
     def _open(self) -> bool:
@@ -125,6 +135,8 @@ class Sniffer:
                 self.broker.feed(f)
             if self.scan is not None:
                 self.scan.feed(f)
+            if self.connections is not None:
+                self.connections.feed(f)
         except Exception as e:  # a bug in a feature must not blind the others
             kind = type(e).__name__
             if not self.errors[kind]:
@@ -150,6 +162,9 @@ class Sniffer:
                 custom.append(
                     CustomMetric(self.cfg.dns.resolvers_metric, "ip-address-list", resolvers)
                 )
+            if self.connections is not None:
+                opened = self.connections.take()
+                custom.append(CustomMetric(self.cfg.connections.count_metric, "number", opened))
             clients = self.broker.take(now) if self.broker is not None else None
         return custom, clients
 
@@ -164,6 +179,8 @@ class Sniffer:
             counts: dict[str, int] = {}
             if self.scan is not None:
                 counts.update({f"scan_{k}": v for k, v in self.scan.stats().items()})
+            if self.connections is not None:
+                counts.update({f"connections_{k}": v for k, v in self.connections.stats().items()})
             if self.broker is not None:
                 counts.update({f"broker_{k}": v for k, v in self.broker.stats().items()})
             counts.update({f"feature_errors_{k}": v for k, v in self.errors.items()})

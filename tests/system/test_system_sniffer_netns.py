@@ -1,5 +1,5 @@
 """Packet capture end to end, below the daemon: the Sniffer (kernel filter, reader
-thread, scan and DNS features) in a device namespace, real traffic from a peer
+thread, scan, DNS and connections features) in a device namespace, real traffic from a peer
 namespace over a veth pair, and the metrics a cycle would take."""
 
 from __future__ import annotations
@@ -130,12 +130,94 @@ def test_a_scan_and_a_dns_query_reach_the_metrics_and_a_client_does_not(
         "num_scan_sources": 1,
         "dns_names": ["c2.evil.example"],
         "dns_resolvers": [SCANNER],
+        "num_connections_opened": 0,  # the device answered; it opened nothing
     }
     assert result["clients"] is None  # the broker watch is off
     assert result["drops"] == 0
     # The kernel filter passed the probes, their RSTs, the client's SYNs and SYN-ACKs
     # and the query: not the client's data and ACKs.
     assert 6 * 2 + 10 * 2 + 1 <= result["packets"] < 6 * 2 + 10 * 2 + 1 + 10
+
+
+SILENT = "10.203.0.9"  # a neighbour nobody is: a SYN goes out and is never answered
+CLOSED_PORT = 9009
+
+# Runs in the device namespace: the connections feature alone, the device's own connections
+# (answered, refused, unanswered), and connections to it that it must not count.
+CONNECTIONS_DEVICE_SCRIPT = f"""
+import json, socket, sys, time
+from agent.collect.sniffer import Sniffer
+from agent.config import CaptureConfig, DnsCaptureConfig, ScanCaptureConfig
+sniffer = Sniffer(CaptureConfig(
+    enabled=True, scan=ScanCaptureConfig(enabled=False), dns=DnsCaptureConfig(enabled=False)
+))
+listener = socket.create_server(("0.0.0.0", {OPEN_PORT}))
+print(json.dumps({{"problem": sniffer.problem, "features": sniffer.features}}), flush=True)
+sys.stdin.readline()  # the peer listens, and has connected to us twice
+for _ in range(3):
+    socket.create_connection(("{SCANNER}", {OPEN_PORT}), timeout=2).close()
+for _ in range(2):
+    s = socket.socket()
+    s.settimeout(2)
+    assert s.connect_ex(("{SCANNER}", {CLOSED_PORT})) != 0  # refused: a RST
+    s.close()
+s = socket.socket()
+s.settimeout(3.5)  # the SYN and its retransmits
+assert s.connect_ex(("{SILENT}", {OPEN_PORT})) != 0
+s.close()
+time.sleep(0.3)  # the reader thread polls; let it drain
+custom, _ = sniffer.collect(time.time())
+packets, drops, counts = sniffer.status()
+print(json.dumps({{"custom": {{m.name: m.value for m in custom}}, "counts": counts}}), flush=True)
+sniffer.close()
+"""
+
+CONNECTIONS_PEER_SCRIPT = f"""
+import socket, time
+listener = socket.create_server(("{SCANNER}", {OPEN_PORT}))
+for _ in range(2):
+    socket.create_connection(("{DEVICE}", {OPEN_PORT}), timeout=2).close()
+print("ready", flush=True)
+listener.settimeout(10)
+for _ in range(3):
+    listener.accept()[0].close()
+"""
+
+
+def test_the_connections_the_device_opens_are_counted_exactly(
+    namespaces: tuple[str, str],
+) -> None:
+    device_ns, peer_ns = namespaces
+    ip("-n", device_ns, "neigh", "add", SILENT, "lladdr", "02:00:00:00:00:09", "dev", "eth0")
+    device = in_netns(device_ns, CONNECTIONS_DEVICE_SCRIPT)
+    assert device.stdin is not None and device.stdout is not None
+    peer: subprocess.Popen[str] | None = None
+    try:
+        assert json.loads(device.stdout.readline()) == {
+            "problem": None,
+            "features": ["connections"],
+        }
+        peer = in_netns(peer_ns, CONNECTIONS_PEER_SCRIPT)  # once the device listens
+        assert peer.stdout is not None
+        assert peer.stdout.readline() == "ready\n"
+        device.stdin.write("go\n")
+        device.stdin.flush()
+        result = json.loads(device.stdout.readline())
+        assert peer.wait(timeout=10) == 0
+    finally:
+        for p in (device, peer):
+            if p is not None:
+                p.kill()
+                p.wait()
+    # 3 answered, 2 refused, 1 unanswered; not the peer's 2 connections to the device
+    assert result["custom"] == {"num_connections_opened": 6}
+    counts = result["counts"]
+    assert counts["connections_opened"] == 6
+    # the silent address's SYN again after 1 s and 3 s (or every second since Linux 6.5:
+    # net.ipv4.tcp_syn_linear_timeouts), each one the same attempt
+    assert counts["connections_retransmits"] in (2, 3)
+    assert counts["connections_syns"] == 6 + counts["connections_retransmits"]
+    assert counts["connections_overflow"] == 0
 
 
 def test_without_cap_net_raw_capture_says_why_and_gives_no_values() -> None:
