@@ -29,7 +29,7 @@ from agent.core.metrics import (
     Kind,
     is_finite_number,
 )
-from agent.core.ml_window import Window
+from agent.core.ml_window import Window, metric_kind
 from agent.core.profile import (
     Behavior,
     Dimension,
@@ -133,6 +133,7 @@ class _Rule:
         "last_time",
         "last_value",
         "ml",
+        "ml_kind",
         "ml_window",
         "model",
         "order",
@@ -155,6 +156,7 @@ class _Rule:
         behavior: Behavior,
         signature: str,
         baseline: Baseline | None,
+        counters: frozenset[str] = frozenset(),
     ) -> None:
         criteria = behavior.criteria
         kind = behavior.kind
@@ -177,8 +179,10 @@ class _Rule:
         self.ml = criteria.ml_confidence  # an ML behavior's confidence level
         self.model: Scorer | None = None  # judged only while it holds an active model
         # An ML behavior judges its metric's aggregate over a rolling window, fed with or
-        # without a model so that a model arriving finds it full (agent.core.ml_window).
-        self.ml_window = None if self.ml is None else Window(kind)
+        # without a model so that a model arriving finds it full (agent.core.ml_window);
+        # a custom metric named in `counters` is summed there, as its training sums it.
+        self.ml_kind = metric_kind(behavior.metric, counters) if self.ml is not None else kind
+        self.ml_window = None if self.ml is None else Window(self.ml_kind)
         if criteria.statistic is not None and criteria.operator is not None:
             self.compare = COMPARE[criteria.operator]
             self.percent = statistic_percent(criteria.statistic)
@@ -213,10 +217,10 @@ class _Rule:
     def set_model(self, model: Scorer | None) -> None:
         """An ML behavior's model; a model of another window length starts the window
         again (its aggregates are not what the model was trained on)."""
-        assert self.ml_window is not None and self.behavior.kind is not None
+        assert self.ml_window is not None
         self.model = model
         if model is not None and model.window_s != self.ml_window.window_s:
-            self.ml_window = Window(self.behavior.kind, model.window_s)
+            self.ml_window = Window(self.ml_kind, model.window_s)
 
 
 def rule_key(profile: str, behavior: str, signature: str) -> str:
@@ -304,6 +308,7 @@ class Detector:
         exact_baseline_datapoints: int = DEFAULT_EXACT_BASELINE_DATAPOINTS,
         dimensions: Iterable[Dimension] = (),
         unsourced: Mapping[str, str] | None = None,
+        counters: frozenset[str] = frozenset(),
         id_factory: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         if stale_after_s <= 0 or baseline_s <= 0:
@@ -318,6 +323,8 @@ class Detector:
         self._new_id = id_factory
         # Metrics nothing on this device measures, and why: their behaviors are inactive.
         self.unsourced = dict(unsourced or {})
+        # Custom metrics that are counts since the previous sample: ML sums them.
+        self.counters = counters
         self.datapoints = 0  # behavior datapoints made so far
         self._now = -math.inf
         self._due = math.inf  # no deadline before this (a lower bound of next_deadline)
@@ -375,7 +382,9 @@ class Detector:
                     baseline = None
                     if behavior.criteria.statistic is not None:
                         baseline = self._new_baseline()
-                    rule = _Rule(profile.name, (p_idx, b_idx), behavior, signature, baseline)
+                    rule = _Rule(
+                        profile.name, (p_idx, b_idx), behavior, signature, baseline, self.counters
+                    )
                     if rule.ml is not None:
                         rule.set_model(self._models.get(behavior.metric))
                 rules.append(rule)
@@ -691,10 +700,9 @@ class Detector:
             "acc": None if window["value"] is None else _number(window["value"]),
         }
         if rule.ml_window is not None:
-            assert rule.behavior.kind is not None
             # The window as saved; a model of another length given later starts it again.
             saved = entry.get("mlWindow")
-            kind = rule.behavior.kind
+            kind = rule.ml_kind
             values["ml_window"] = Window(kind) if saved is None else Window.from_json(kind, saved)
         if rule.baseline is not None:
             baseline = self._new_baseline()

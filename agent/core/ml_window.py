@@ -13,10 +13,12 @@ How each kind of metric is aggregated (AGGREGATES, the one table):
   evenly over the time since the previous sample, and only the part inside the window
   is counted, so the sum covers exactly WINDOW_S whatever the sampling interval
   (<= WINDOW_S) and its jitter: a model trained on a 10 s device judges a 30 s one.
+  A custom metric is a counter when the device says so (`counters`: the capture's count
+  of connections opened, agent.service.detect.count_metrics).
 - gauges (listening ports, established connections, message size: read at sampling
-  time) and custom numbers (a level or a count, unknown): the MAX of the samples taken
-  in the window. A beacon that holds a connection for a few seconds every 5 minutes
-  then shows as +1 all the time.
+  time) and other custom numbers (a level or a count, unknown): the MAX of the samples
+  taken in the window. A beacon that holds a connection for a few seconds every 5
+  minutes then shows as +1 all the time (when a sample sees it).
 
 Gaps. The window holds only samples it saw. When two samples are more than WINDOW_S
 apart (missed samples, the agent down, a reboot) it starts again at the later one,
@@ -44,9 +46,12 @@ SUM, MAX = "sum", "max"
 AGGREGATES: dict[Kind, str] = {Kind.COUNTER: SUM, Kind.GAUGE: MAX, Kind.NUMBER: MAX}
 
 
-def metric_kind(metric: str) -> Kind:
-    """The kind of a metric ML can model: an aws: number metric's own, else a custom
-    number. ValueError for an aws: metric that is not a number."""
+def metric_kind(metric: str, counters: frozenset[str] = frozenset()) -> Kind:
+    """The kind of a metric ML can model: an aws: number metric's own, else a counter
+    for a custom metric named in `counters` (its samples are counts since the previous
+    one), else a custom number. ValueError for an aws: metric that is not a number."""
+    if metric in counters and not metric.startswith("aws:"):
+        return Kind.COUNTER
     kind = AWS_METRICS.get(metric, Kind.NUMBER)
     if kind not in AGGREGATES:
         raise ValueError(f"ML detection takes number metrics only, not {metric} ({kind})")

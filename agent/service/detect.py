@@ -46,6 +46,16 @@ def unsourced_metrics(cfg: Config, profiles: Iterable[SecurityProfile]) -> dict[
     return out
 
 
+def count_metrics(cfg: Config) -> frozenset[str]:
+    """The custom metrics of `cfg` whose samples are counts since the previous sample
+    (ML sums them over its window: agent.core.ml_window.metric_kind): the connections
+    opened, when packet capture counts them."""
+    capture = cfg.capture
+    if capture.enabled and capture.connections.enabled:
+        return frozenset({capture.connections.count_metric})
+    return frozenset()
+
+
 def detector_from_config(
     cfg: Config,
     profiles: Iterable[SecurityProfile],
@@ -60,6 +70,7 @@ def detector_from_config(
     when the profiles cannot run together (a name given twice)."""
     profiles = list(profiles)
     dimensions = list(dimensions)
+    counters = count_metrics(cfg)
 
     def make(thing: str, judged: list[SecurityProfile], unsourced: Mapping[str, str]) -> Detector:
         return Detector(
@@ -70,6 +81,7 @@ def detector_from_config(
             min_baseline_datapoints=cfg.detect.min_baseline_datapoints,
             dimensions=dimensions,
             unsourced=unsourced,
+            counters=counters,
         )
 
     if recorded:

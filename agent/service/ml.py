@@ -19,6 +19,7 @@ from agent.core.audit_model import InvalidRequest
 from agent.core.ml_window import WINDOW_S, check_window_s, metric_kind
 from agent.core.profile import SecurityProfile
 from agent.core.report import ReportError
+from agent.service.detect import count_metrics
 from agent.service.profiles import load_detect_files
 from agent.service.reload import ReloadError, reload, running_pid
 from agent.service.status import StatusError
@@ -167,6 +168,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
             check_window_s(args.window_s)
         except ValueError as e:
             raise InvalidRequest("window-s", str(e)) from None
+    counters = count_metrics(cfg)  # summed over the window, as the daemon judges them
     now = time.time()
     old = stored_records(cfg.state_dir)
     # The window of the model in force unless --window-s says otherwise.
@@ -175,12 +177,16 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
         windows = dict.fromkeys(metrics, args.window_s)
     try:
         if args.source is None:
-            trainings = train_from_history(cfg.state_dir, metrics, now, windows=windows)
+            trainings = train_from_history(
+                cfg.state_dir, metrics, now, windows=windows, counters=counters
+            )
             source = "history"
         else:
             # A file is taken whole: it may be older than the training window.
             lines = _lines(args.source)
-            trainings = train(lines, metrics, 0.0, now, utc_offset_s(now), windows=windows)
+            trainings = train(
+                lines, metrics, 0.0, now, utc_offset_s(now), windows=windows, counters=counters
+            )
             source = "stdin" if args.source == "-" else str(Path(args.source).resolve())
     except ReportError as e:
         raise InvalidRequest("from", f"bad metrics report: {e}") from None

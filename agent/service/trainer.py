@@ -99,14 +99,16 @@ def train(
     now: float,
     offset_s: int,
     windows: Mapping[str, float] | None = None,
+    counters: frozenset[str] = frozenset(),
 ) -> list[Training]:
     """Stream metrics-history envelopes (`export-metrics` lines, in time order) through a
-    rolling window per metric (its length from `windows`, else WINDOW_S) into a Trainer,
-    from `start` on, and build each model as of `now`. A malformed envelope, or one
+    rolling window per metric (its length from `windows`, else WINDOW_S; the custom
+    metrics in `counters` summed, as the rule core sums them) into a Trainer, from `start`
+    on, and build each model as of `now`. A malformed envelope, or one
     earlier than the one before, is ReportError naming it. A metric that is not a number
     metric is ValueError."""
     lengths = windows or {}
-    rolling = {m: Window(metric_kind(m), lengths.get(m, WINDOW_S)) for m in metrics}
+    rolling = {m: Window(metric_kind(m, counters), lengths.get(m, WINDOW_S)) for m in metrics}
     trainers = {m: Trainer(start, offset_s, rolling[m].window_s) for m in metrics}
     unusable = dict.fromkeys(metrics, 0)
     for i, envelope in enumerate(envelopes):
@@ -163,16 +165,18 @@ def train_from_history(
     metrics: Sequence[str],
     now: float,
     windows: Mapping[str, float] | None = None,
+    counters: frozenset[str] = frozenset(),
 ) -> list[Training]:
     """Train on the last TRAINING_WINDOW_S of the metrics history the daemon wrote."""
     start = now - TRAINING_WINDOW_S
+    offset = utc_offset_s(now)
     try:
         history = open_history(history_path(state_dir), create=False)
     except StoreNotFound:
-        return train((), metrics, start, now, utc_offset_s(now), windows=windows)
+        return train((), metrics, start, now, offset, windows=windows, counters=counters)
     with history:
         envelopes = history.export_metrics(start, now)
-        return train(envelopes, metrics, start, now, utc_offset_s(now), windows)
+        return train(envelopes, metrics, start, now, offset, windows=windows, counters=counters)
 
 
 def usable_model(record: ModelRecord | None) -> Model | None:

@@ -6,6 +6,7 @@ with a reason until then, and per MQTT client."""
 
 import itertools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,27 @@ def test_a_negative_value_is_a_mismatch_not_a_judgement():
     assert [(m.behavior, m.reason) for m in d.mismatches()] == [
         ("temp", "ML detection needs values >= 0, got -5.0")
     ]
+
+
+def test_a_custom_metric_named_a_counter_is_summed_over_the_window():
+    """A beacon's one connection every 5 minutes, then a second one beside it: summed,
+    the windows that hold both say 2; as a plain custom number (the largest sample in the
+    window) they say 1, as the windows with one connection do."""
+    beacon = [1 if i % 30 == 0 else 0 for i in range(61)]  # 10 s samples
+    doubled = [*beacon[:31], 1, *beacon[32:]]
+
+    def judged(counts: list[int], counters: frozenset[str]) -> list[float]:
+        model = Seen(limit=math.inf)
+        d = Detector([profile(ml("conns", "LOW", metric="opened"))], "t", counters=counters)
+        d.set_models({"opened": model})
+        for i, n in enumerate(counts):
+            assert d.observe(10.0 * i, {"opened": n}) == []
+        return [v for _, v in model.judged]
+
+    summed = judged(beacon, frozenset({"opened"}))
+    assert len(summed) == 31 and set(summed) == {1}  # from 300 s on, one in each window
+    assert max(judged(doubled, frozenset({"opened"}))) == 2
+    assert set(judged(doubled, frozenset())) == {1}  # the largest sample: no difference
 
 
 def test_a_real_model_judges_through_the_detector():

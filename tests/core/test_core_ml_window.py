@@ -30,6 +30,11 @@ def test_the_table_of_aggregates() -> None:
     assert metric_kind("aws:num-established-tcp-connections") is Kind.GAUGE
     assert metric_kind("aws:num-listening-udp-ports") is Kind.GAUGE
     assert metric_kind("temperature") is Kind.NUMBER  # a custom number
+    # a custom metric the device says is a count since the previous sample
+    counts = frozenset({"num_connections_opened", "aws:num-listening-udp-ports"})
+    assert metric_kind("num_connections_opened", counts) is Kind.COUNTER
+    assert metric_kind("temperature", counts) is Kind.NUMBER
+    assert metric_kind("aws:num-listening-udp-ports", counts) is Kind.GAUGE  # aws: its own
     with pytest.raises(ValueError, match="aws:listening-tcp-ports"):
         metric_kind("aws:listening-tcp-ports")
     with pytest.raises(ValueError, match="port-list"):
