@@ -4,7 +4,9 @@ How well the ML Detect model (agent/core/ml.py) finds anomalies in realistic dev
 traffic, against the best static threshold chosen with hindsight. A simulation, no
 network: traffic with a daily cycle (a home hub: a morning and an evening peak on
 weekdays, a broad afternoon on weekends), noise, benign bursts (uploads at random
-waking hours) and a nightly job, for four device-side metrics. Each metric's model
+waking hours) and a nightly job, for five device-side metrics (the fifth, the TCP
+connections the device opened, is the packet capture's count: agent/core/outbound.py,
+summed over a window as the agent sums it). Each metric's model
 trains on 14 days; then a test week holds injected anomalies (a doubled upload at
 night, a new beacon, a slow ramp of exfiltration) and untouched benign days. Every test
 datapoint is scored at each confidence level, and the static rule `value >= c` is given,
@@ -13,10 +15,13 @@ per metric, the c with the best F1 on the very test data it is judged on.
 Two ways of judging, each trained and tested on its own datapoints: each datapoint alone
 (how the agent judged before), and what the agent does now, the rolling 5-minute
 aggregate at every datapoint (agent.core.ml_window.Window, the rule core's own code:
-counters summed, gauges at their largest).
+counters summed, gauges at their largest). The beacon, which moves the count of
+connections opened by one every 5 minutes, is also shown on that metric alone, by night
+(00:00-06:00 local) and by day.
 
 Prints a markdown report and writes it to DIR/ml-eval.md (with --out). --quick: 30 s
-datapoints and a 3-day test (benign, night doubling, benign), as the test runs it."""
+datapoints and a 4-day test (benign, night doubling, benign, beacon), as the test runs
+it."""
 
 from __future__ import annotations
 
@@ -43,13 +48,21 @@ BYTES_OUT = "aws:all-bytes-out"
 PACKETS_OUT = "aws:all-packets-out"
 CONNECTIONS = "aws:num-established-tcp-connections"
 LISTENING = "aws:num-listening-tcp-ports"
-METRICS = (BYTES_OUT, PACKETS_OUT, CONNECTIONS, LISTENING)
-COUNTERS = (BYTES_OUT, PACKETS_OUT)
+OPENED = "num_connections_opened"  # [capture.connections]: a custom metric, a count
+COUNTS = frozenset({OPENED})  # custom metrics that are counts (service.detect.count_metrics)
+METRICS = (BYTES_OUT, PACKETS_OUT, CONNECTIONS, LISTENING, OPENED)
+COUNTERS = (BYTES_OUT, PACKETS_OUT, OPENED)
 GAUGES = (CONNECTIONS, LISTENING)
 STATIC_F1 = "static, best F1"
 STATIC_QUIET = "static, quiet benign days"
 DETECTORS = (*CONFIDENCE_LEVELS, STATIC_F1, STATIC_QUIET)
 TICK_S = 10.0  # the traffic's own step; datapoints sum (counters) or sample (gauges) it
+NIGHT_H = 6.0  # the beacon on OPENED is shown apart before this local hour
+# Connections the device opens, besides its bursts and nightly job: per 10 s at full
+# activity (apps, updates, cloud calls while people are about), and a background of a
+# few an hour at any time (a cloud check-in, an OCSP or time-server query over TCP).
+OPENED_PER_TICK = 0.4
+BACKGROUND_PER_HOUR = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,11 @@ class Setting:
     beacon_every_s: float = 300.0
     ramp_bytes: float = 6_000.0  # added per 10 s at the ramp's end
     window_s: float = 0.0  # judge the rolling aggregate over this long, not each datapoint
+    # (metric, window_s): a metric whose model has another window (`train --window-s`)
+    windows: tuple[tuple[str, float], ...] = ()
+
+    def window_of(self, metric: str) -> float:
+        return dict(self.windows).get(metric, self.window_s) if self.window_s else 0.0
 
     @property
     def benign_days(self) -> list[int]:
@@ -85,20 +103,22 @@ class Setting:
 NIGHT_DOUBLING = Anomaly(
     "night doubling", "bytes and packets out x2, 01:00-04:00", (BYTES_OUT, PACKETS_OUT), 1, 1, 3
 )
+BEACON = "beacon"
+BEACON_24H = Anomaly(
+    BEACON,
+    "a new connection and 800 B out every 5 min, 24 h",
+    (BYTES_OUT, PACKETS_OUT, CONNECTIONS, OPENED),
+    3,
+    0,
+    24,
+)
 FULL = Setting(
     interval_s=10.0,
     train_days=14,
     test_days=7,
     anomalies=(
         NIGHT_DOUBLING,
-        Anomaly(
-            "beacon",
-            "a new connection and 800 B out every 5 min, 24 h",
-            (BYTES_OUT, PACKETS_OUT, CONNECTIONS),
-            3,
-            0,
-            24,
-        ),
+        BEACON_24H,
         Anomaly(
             "slow ramp",
             "bytes out + 0 -> 6 kB per 10 s over 48 h (packets alike)",
@@ -109,7 +129,7 @@ FULL = Setting(
         ),
     ),
 )
-QUICK = Setting(interval_s=30.0, train_days=14, test_days=3, anomalies=(NIGHT_DOUBLING,))
+QUICK = Setting(interval_s=30.0, train_days=14, test_days=4, anomalies=(NIGHT_DOUBLING, BEACON_24H))
 
 
 def _bump(h: float, centre: float, width: float) -> float:
@@ -161,8 +181,10 @@ class Point:
     labels: dict[str, str]  # metric -> the anomaly that changed its value
 
 
-def _ticks(setting: Setting, rng: random.Random) -> Iterator[Point]:
-    """The traffic every TICK_S from the training start to the end of the test period."""
+def _ticks(setting: Setting, rng: random.Random, opened_rng: random.Random) -> Iterator[Point]:
+    """The traffic every TICK_S from the training start to the end of the test period.
+    The connections opened draw on their own generator, so the other metrics' traffic is
+    the same as without them."""
     days = setting.train_days + setting.test_days
     test_start = LOCAL_START + setting.train_days * DAY
     plan: _Day | None = None
@@ -177,10 +199,15 @@ def _ticks(setting: Setting, rng: random.Random) -> Iterator[Point]:
         tele = 1500.0 * rng.uniform(0.9, 1.1)  # telemetry
         user = act * 4e4 * rng.lognormvariate(0, 0.5)  # what people do
         conns = 2 + _poisson(rng, (0.1 + 5 * act))
+        # activity above its night floor (0.03): near nothing at night
+        lam = OPENED_PER_TICK * max(act - 0.03, 0) + BACKGROUND_PER_HOUR * TICK_S / HOUR
+        opened = _poisson(opened_rng, lam)
         for start, end, rate, extra in plan.bursts:
             if start < local + TICK_S and local < end:
                 user += rate * rng.uniform(0.8, 1.2)
                 conns += extra
+            if local <= start < local + TICK_S:
+                opened += extra  # a burst's connections open as it starts
         labels: dict[str, str] = {}
         for a in setting.anomalies if local >= test_start else ():
             a_start = test_start + a.day * DAY + a.start_h * HOUR
@@ -189,10 +216,11 @@ def _ticks(setting: Setting, rng: random.Random) -> Iterator[Point]:
                 continue
             if a.name == "night doubling":
                 tele, user = 2 * tele, 2 * user
-            elif a.name == "beacon":
+            elif a.name == BEACON:
                 if (local - a_start) % setting.beacon_every_s >= TICK_S:
                     continue  # it connects once every beacon_every_s, for one tick
                 conns += 1
+                opened += 1
                 user += 800
             elif a.name == "slow ramp":
                 user += setting.ramp_bytes * (local - a_start) / (a_end - a_start)
@@ -200,16 +228,22 @@ def _ticks(setting: Setting, rng: random.Random) -> Iterator[Point]:
         packets = tele / 300 + user / 1100 * rng.uniform(0.8, 1.2)
         yield Point(
             local - UTC_OFFSET_S,
-            {BYTES_OUT: tele + user, PACKETS_OUT: packets, CONNECTIONS: conns, LISTENING: 3},
+            {
+                BYTES_OUT: tele + user,
+                PACKETS_OUT: packets,
+                CONNECTIONS: conns,
+                LISTENING: 3,
+                OPENED: opened,
+            },
             labels,
         )
 
 
-def traffic(setting: Setting, rng: random.Random) -> Iterator[Point]:
+def traffic(setting: Setting, rng: random.Random, opened_rng: random.Random) -> Iterator[Point]:
     """Datapoints every interval_s: the counters summed over it, the gauges as sampled at
     its end (a gauge misses a beacon's connection that came and went in between)."""
     per = round(setting.interval_s / TICK_S)
-    ticks = _ticks(setting, rng)
+    ticks = _ticks(setting, rng, opened_rng)
     while chunk := list(itertools.islice(ticks, per)):
         last = chunk[-1]
         labels = {m: a for p in chunk for m, a in p.labels.items() if m not in GAUGES}
@@ -220,23 +254,31 @@ def traffic(setting: Setting, rng: random.Random) -> Iterator[Point]:
 
 
 def windowed(setting: Setting, points: Iterator[Point]) -> Iterator[Point]:
-    """With window_s: at each datapoint, each metric's aggregate over the last window_s
-    as the agent makes it (agent.core.ml_window.Window), anomalous on a metric if any
-    datapoint in the window was; none until the first window is full."""
+    """With window_s: at each datapoint, each metric's aggregate over its window (window_s
+    unless `windows` says otherwise) as the agent makes it (agent.core.ml_window.Window),
+    anomalous on a metric if any datapoint in its window was; none until every window is
+    full."""
     if not setting.window_s:
         yield from points
         return
-    windows = {m: Window(metric_kind(m), setting.window_s) for m in METRICS}
+    lengths = {m: setting.window_of(m) for m in METRICS}
+    windows = {m: Window(metric_kind(m, COUNTS), lengths[m]) for m in METRICS}
+    longest = max(lengths.values())
     recent: deque[Point] = deque()
     for p in points:
         values = {m: windows[m].add(p.t, v) for m, v in p.values.items()}
         recent.append(p)
-        while recent[0].t <= p.t - setting.window_s:
+        while recent[0].t <= p.t - longest:
             recent.popleft()
         full = {m: v for m, v in values.items() if v is not None}
         if len(full) == len(values):  # the metrics are sampled together
-            labels = {m: a for q in recent for m, a in q.labels.items()}
+            labels = {m: a for q in recent for m, a in q.labels.items() if q.t > p.t - lengths[m]}
             yield Point(p.t, full, labels)
+
+
+def _part(t: float) -> str:
+    """ "night" before NIGHT_H local time, else "day"."""
+    return "night" if (t + UTC_OFFSET_S) % DAY < NIGHT_H * HOUR else "day"
 
 
 @dataclass
@@ -249,6 +291,9 @@ class Tally:
     benign_alarms: int = 0  # runs of false flags there (a metric's consecutive flags)
     hit: dict[str, int] = field(default_factory=dict)  # anomaly -> flagged datapoints
     first: dict[str, float] = field(default_factory=dict)  # anomaly -> first flag's time
+    # (anomaly, metric, night or day) -> flagged datapoints; (anomaly, metric) -> first flag
+    hit_on: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    first_on: dict[tuple[str, str], float] = field(default_factory=dict)
     _last: dict[str, bool] = field(default_factory=dict)
 
     def add(self, metric: str, t: float, flagged: bool, label: str | None, benign: bool) -> None:
@@ -256,6 +301,9 @@ class Tally:
             self.tp += 1
             self.hit[label] = self.hit.get(label, 0) + 1
             self.first.setdefault(label, t)
+            key = (label, metric, _part(t))
+            self.hit_on[key] = self.hit_on.get(key, 0) + 1
+            self.first_on.setdefault((label, metric), t)
         elif flagged:
             self.fp += 1
             if benign:
@@ -296,6 +344,7 @@ class Result:
     models: dict[str, Model]
     tallies: dict[str, Tally]  # level or "static" -> its flags
     labelled: dict[str, int]  # anomaly -> labelled datapoints
+    labelled_on: dict[tuple[str, str, str], int]  # (anomaly, metric, night or day) -> them
     anomaly_start: dict[str, float]
     statics: dict[str, dict[str, float]]  # static detector -> metric -> c
     train_s: float
@@ -306,9 +355,10 @@ class Result:
 def evaluate(title: str, setting: Setting, seed: int, short: str = "") -> Result:
     rng = random.Random(seed)
     test_start_utc = LOCAL_START + setting.train_days * DAY - UTC_OFFSET_S
-    window_s = setting.window_s or WINDOW_S  # a model's window: the per-datapoint one unused
-    trainers = {m: Trainer(LOCAL_START - UTC_OFFSET_S, UTC_OFFSET_S, window_s) for m in METRICS}
-    points = windowed(setting, traffic(setting, rng))
+    # a model's window (the per-datapoint one unused)
+    window_s = {m: setting.window_of(m) or WINDOW_S for m in METRICS}
+    trainers = {m: Trainer(LOCAL_START - UTC_OFFSET_S, UTC_OFFSET_S, window_s[m]) for m in METRICS}
+    points = windowed(setting, traffic(setting, rng, random.Random(f"opened-{seed}")))
     cpu = time.process_time()
     test: list[Point] = []
     for p in points:
@@ -319,8 +369,8 @@ def evaluate(title: str, setting: Setting, seed: int, short: str = "") -> Result
             trainers[m].add(p.t, p.values[m])
     models: dict[str, Model] = {}
     for m, tr in trainers.items():
-        # a rolling window's first datapoint comes window_s in: its 14 days end so late
-        model = tr.build(test_start_utc + setting.window_s)
+        # the first datapoint comes when every window is full: its 14 days end so late
+        model = tr.build(test_start_utc + max(map(setting.window_of, METRICS)))
         if model is None:
             raise SystemExit(f"ml_eval: no model for {m} after {tr.datapoints} datapoints")
         models[m] = model
@@ -332,9 +382,12 @@ def evaluate(title: str, setting: Setting, seed: int, short: str = "") -> Result
         return t - (t - test_start_utc) % DAY in benign
 
     labelled: dict[str, int] = {}
+    labelled_on: dict[tuple[str, str, str], int] = {}
     for p in test:
-        for name in p.labels.values():
+        for m, name in p.labels.items():
             labelled[name] = labelled.get(name, 0) + 1
+            key = (name, m, _part(p.t))
+            labelled_on[key] = labelled_on.get(key, 0) + 1
     statics = {
         STATIC_F1: {m: best_static([(p.values[m], m in p.labels) for p in test]) for m in METRICS},
         # flags above the largest value of the benign days: no false alarm there
@@ -364,6 +417,7 @@ def evaluate(title: str, setting: Setting, seed: int, short: str = "") -> Result
         models,
         tallies,
         labelled,
+        labelled_on,
         starts,
         statics,
         train_s,
@@ -391,20 +445,39 @@ def _found(r: Result, detector: str, anomaly: str) -> str:
     )
 
 
+def _found_on(r: Result, detector: str, anomaly: str, metric: str, part: str) -> str:
+    """Recall of one anomaly on one metric by night or by day ("missed" when none), and
+    by night the time from its start to its first flag on that metric."""
+    t = r.tallies[detector]
+    hit = t.hit_on.get((anomaly, metric, part), 0)
+    if hit == 0:
+        return "missed"
+    share = f"{hit / r.labelled_on[(anomaly, metric, part)]:.1%}"
+    if part == "day":
+        return share
+    return f"{share}, {_duration(t.first_on[(anomaly, metric)] - r.anomaly_start[anomaly])}"
+
+
+PARTS = (("night", f"00-{NIGHT_H:02.0f} h"), ("day", f"{NIGHT_H:02.0f}-24 h"))
+
+
 def compare(results: Sequence[Result]) -> str:
     """One table over runs: per detector of each run, each anomaly's recall and time to
-    the first flag, and the false alarms on the benign days."""
+    the first flag, the beacon's on the connections opened by night and by day, and the
+    false alarms on the benign days."""
     anomalies = [a.name for a in results[0].setting.anomalies]
+    parts = PARTS if BEACON in anomalies else ()
+    heads = [*anomalies, *(f"beacon on {OPENED}, {hours}" for _, hours in parts)]
     lines = [
-        "| judged | detector | "
-        + " | ".join(anomalies)
-        + " | false alarms (flags) on benign days |",
-        "|---|---|" + "---|" * (len(anomalies) + 1),
+        "| judged | detector | " + " | ".join(heads) + " | false alarms (flags) on benign days |",
+        "|---|---|" + "---|" * (len(heads) + 1),
     ]
     for r in results:
         for name in DETECTORS:
             t = r.tallies[name]
-            cells = " | ".join(_found(r, name, a) for a in anomalies)
+            found = [_found(r, name, a) for a in anomalies]
+            found += [_found_on(r, name, BEACON, OPENED, part) for part, _ in parts]
+            cells = " | ".join(found)
             lines.append(f"| {r.short} | {name} | {cells} | {t.benign_alarms} ({t.benign_fp}) |")
     return "\n".join(lines) + "\n"
 
@@ -419,6 +492,8 @@ def report(r: Result) -> str:
         if st.window_s
         else f"each datapoint of {st.interval_s:.0f} s"
     )
+    for m, w in st.windows:
+        judged += f" ({m}: over the last {w:.0f} s)"
     lines = [
         f"## {r.title}",
         "",
@@ -447,6 +522,11 @@ def report(r: Result) -> str:
     for a in st.anomalies:
         cells = " | ".join(_found(r, name, a.name) for name in DETECTORS)
         lines.append(f"| {a.name} | {r.labelled[a.name]} | {cells} |")
+    if BEACON in r.labelled:
+        for part, hours in PARTS:
+            n = r.labelled_on.get((BEACON, OPENED, part), 0)
+            cells = " | ".join(_found_on(r, name, BEACON, OPENED, part) for name in DETECTORS)
+            lines.append(f"| beacon on {OPENED}, {hours} | {n} | {cells} |")
     lines += [
         "",
         "Thresholds: the model's per level, in spreads (lowest-highest of its 48 hour "
@@ -473,7 +553,10 @@ HEADER = """# ML Detect evaluation (hw/ml_eval.py)
 Simulated traffic of a home hub (metrics: {metrics}): a daily cycle with a morning and an
 evening peak on weekdays and a broad afternoon on weekends, lognormal noise, about 4
 benign uploads a day at random waking hours (20-200 kB per 10 s for 1-10 min) and a
-nightly sync at 05:00. Models train on 14 days; the test follows. Anomalies:
+nightly sync at 05:00. The connections the device opens ({opened}, a count summed over
+the window): Poisson, {per_tick} per 10 s at full activity and nearly none at night, a
+background of {background:g} an hour, those of each upload as it starts and one for the
+sync. Models train on 14 days; the test follows. Anomalies:
 
 {anomalies}
 
@@ -490,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write DIR/ml-eval.md")
-    parser.add_argument("--quick", action="store_true", help="30 s datapoints, a 3-day test")
+    parser.add_argument("--quick", action="store_true", help="30 s datapoints, a 4-day test")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
     step = f"{base.interval_s:.0f} s"
@@ -502,8 +585,19 @@ def main(argv: list[str] | None = None) -> int:
             replace(base, window_s=WINDOW_S),
         ),
     ]
+    if any(a.name == BEACON for a in base.anomalies):
+        runs.append(
+            (
+                f"Rolling 5-minute aggregates, {OPENED} over 1 hour (`train --window-s 3600`)",
+                f"rolling 5 min, {OPENED} 1 h",
+                replace(base, window_s=WINDOW_S, windows=((OPENED, 3600.0),)),
+            )
+        )
     text = HEADER.format(
         metrics=", ".join(METRICS),
+        opened=OPENED,
+        per_tick=OPENED_PER_TICK,
+        background=BACKGROUND_PER_HOUR,
         anomalies="\n".join(f"- {a.name} (test day {a.day}): {a.what}" for a in base.anomalies),
     )
     results = [evaluate(title, setting, args.seed, short) for title, short, setting in runs]

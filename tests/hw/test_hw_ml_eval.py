@@ -1,11 +1,19 @@
 """The ML Detect evaluation (hw/ml_eval.py) in its quick setting: 14 days of 30 s
 datapoints to train, then a benign day, a day with the upload doubled from 01:00 to
-04:00, and a benign weekday; judged as the agent does (the rolling 5-minute aggregate at
-every datapoint) and, for comparison, each datapoint alone. Judged as the agent does,
-the doubling is caught at HIGH within 45 minutes, on more than 40% of its datapoints,
-with no false flag on the benign days at MEDIUM or HIGH; each level catches more of it
-than judging each datapoint alone did. Over seeds 1-5 the first HIGH flag came 5-34 min
-in (recall 50-60%): the bounds leave room."""
+04:00, a benign weekday and a day with a beacon (a connection and 800 B every 5 minutes);
+judged as the agent does (the rolling 5-minute aggregate at every datapoint) and, for
+comparison, each datapoint alone. Judged as the agent does, the doubling is caught at
+HIGH within 45 minutes, on more than 40% of its datapoints, with no false flag on the
+benign days at MEDIUM or HIGH; each level catches more of it than judging each datapoint
+alone did. Over seeds 1-5 the first HIGH flag came 5-34 min in (recall 50-60%): the
+bounds leave room.
+
+The beacon moves the count of connections opened (num_connections_opened) by one every
+5 minutes: a 5-minute sum of 1, which benign nights hold too, so no level sees it there
+(over seeds 1-5: at most 6 of 720 night datapoints flagged, at LOW). Summed over an hour
+(`train --window-s 3600` for that metric) it is 12 against a benign 2 or so: LOW flags
+42-74% of the night's datapoints, the first 1.1-2.5 h in, MEDIUM 0-30%, HIGH none; and
+MEDIUM and HIGH flag nothing on the benign days."""
 
 from __future__ import annotations
 
@@ -15,14 +23,22 @@ from pathlib import Path
 import pytest
 
 from agent.core.ml import CONFIDENCE_LEVELS
-from hw.ml_eval import DETECTORS, QUICK, Result, evaluate, main, report
+from hw.ml_eval import BEACON, DETECTORS, OPENED, QUICK, Result, evaluate, main, report
 
 DOUBLING = "night doubling"
+NIGHT = (BEACON, OPENED, "night")  # the beacon on the connections opened, 00:00-06:00
 
 
 @pytest.fixture(scope="module")
 def rolling() -> Result:
     return evaluate("rolling", replace(QUICK, window_s=300.0), seed=1)
+
+
+@pytest.fixture(scope="module")
+def hourly() -> Result:
+    """As the agent does, with the connections opened trained and judged over an hour."""
+    setting = replace(QUICK, window_s=300.0, windows=((OPENED, 3600.0),))
+    return evaluate("hourly", setting, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +76,20 @@ def test_the_rolling_window_catches_more_than_each_datapoint_alone(
     assert new_high < old_high
 
 
+def test_the_beacon_is_seen_at_night_on_the_hourly_count_of_connections_opened(
+    rolling: Result, hourly: Result
+) -> None:
+    assert QUICK.benign_days == [0, 2]
+    assert rolling.labelled_on[NIGHT] == hourly.labelled_on[NIGHT] == 720  # 6 h of 30 s
+    for level in CONFIDENCE_LEVELS:  # a 5-minute sum of 1: benign nights have those
+        assert rolling.tallies[level].hit_on.get(NIGHT, 0) < 10, level
+    low = hourly.tallies["LOW"]
+    assert low.hit_on[NIGHT] / 720 > 0.35
+    assert low.first_on[(BEACON, OPENED)] - hourly.anomaly_start[BEACON] < 3 * 3600
+    for level in ("MEDIUM", "HIGH"):
+        assert hourly.tallies[level].benign_fp == 0, level
+
+
 def test_the_report_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "ml-eval.md").read_text()
@@ -67,6 +97,7 @@ def test_the_report_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str
     for name in DETECTORS:
         assert f"| rolling 5 min | {name} |" in text
         assert f"| each 30 s | {name} |" in text
+        assert f"| rolling 5 min, {OPENED} 1 h | {name} |" in text
     assert "| night doubling | 720 |" in text  # each datapoint alone
     assert "| night doubling | 738 |" in text  # rolling
 
@@ -74,5 +105,5 @@ def test_the_report_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_the_report_counts_what_was_flagged(rolling: Result) -> None:
     text = report(rolling)
     high = rolling.tallies["HIGH"]
-    share = high.hit[DOUBLING] / 738
+    share = high.tp / sum(rolling.labelled.values())  # the doubling's and the beacon's
     assert f"| HIGH | 100.0% | {share:.1%} | 0 | 0 |" in text
