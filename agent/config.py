@@ -553,6 +553,7 @@ REMOTE_SETTINGS = (
     "capture.scan.enabled",
     "capture.dns.enabled",
     "capture.broker.enabled",
+    "capture.connections.enabled",
     "audit.scheduled",
     "store.retention_days",
     "store.metrics_retention_days",

@@ -51,7 +51,7 @@ class Spool(TypedDict):
 
 
 class CaptureStatus(TypedDict):
-    features: list[str]  # the capture features on: scan, dns, broker
+    features: list[str]  # the capture features on: scan, dns, broker, connections
     packets: int  # packets the kernel filter passed to the agent since it started
     drops: int  # of those, dropped by the kernel: the agent read too slowly
     problem: str | None  # why capture is not running (no CAP_NET_RAW...), None when it is
