@@ -197,6 +197,9 @@ class DnsCaptureConfig:
 class ConnectionsCaptureConfig:
     enabled: bool = True
     count_metric: str = "num_connections_opened"  # number: TCP connections this host opened
+    # The window its ML models start with: a beacon's connection every few minutes shows
+    # over an hour of a quiet night, not over 5 minutes (docs/ml-model.md).
+    ml_window_s: float = _ranged(3600.0, 1, DAY_S)
 
 
 @dataclass(frozen=True)

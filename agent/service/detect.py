@@ -50,10 +50,15 @@ def count_metrics(cfg: Config) -> frozenset[str]:
     """The custom metrics of `cfg` whose samples are counts since the previous sample
     (ML sums them over its window: agent.core.ml_window.metric_kind): the connections
     opened, when packet capture counts them."""
+    return frozenset(ml_windows(cfg))
+
+
+def ml_windows(cfg: Config) -> dict[str, float]:
+    """The ML window a new model of each of those count metrics starts with."""
     capture = cfg.capture
     if capture.enabled and capture.connections.enabled:
-        return frozenset({capture.connections.count_metric})
-    return frozenset()
+        return {capture.connections.count_metric: capture.connections.ml_window_s}
+    return {}
 
 
 def detector_from_config(

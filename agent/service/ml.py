@@ -19,7 +19,7 @@ from agent.core.audit_model import InvalidRequest
 from agent.core.ml_window import WINDOW_S, check_window_s, metric_kind
 from agent.core.profile import SecurityProfile
 from agent.core.report import ReportError
-from agent.service.detect import count_metrics
+from agent.service.detect import count_metrics, ml_windows
 from agent.service.profiles import load_detect_files
 from agent.service.reload import ReloadError, reload, running_pid
 from agent.service.status import StatusError
@@ -171,8 +171,9 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
     counters = count_metrics(cfg)  # summed over the window, as the daemon judges them
     now = time.time()
     old = stored_records(cfg.state_dir)
-    # The window of the model in force unless --window-s says otherwise.
-    windows = windows_in_force(old)
+    # The window of the model in force unless --window-s says otherwise; for a new model
+    # of a count metric, the config's (ml_windows), else WINDOW_S.
+    windows = {**ml_windows(cfg), **windows_in_force(old)}
     if args.window_s is not None:
         windows = dict.fromkeys(metrics, args.window_s)
     try:
@@ -271,7 +272,9 @@ def add_parsers(
         type=float,
         metavar="SECONDS",
         help="the rolling window the models are trained on and judge (sums of counters,"
-        f" largest values of gauges); default: the model in force's, else {WINDOW_S:g}",
+        " largest values of gauges); default: the model in force's, else for the"
+        " connections opened [capture.connections] ml_window_s (3600),"
+        f" else {WINDOW_S:g}",
     )
     p.add_argument(
         "--no-reload",

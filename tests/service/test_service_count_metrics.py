@@ -3,11 +3,16 @@ config, summed over the ML window by the training as by the rule core."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agent.cli import main
 from agent.config import parse_config
 from agent.core.ml import MIN_TRAINING_DAYS
-from agent.service.detect import count_metrics
+from agent.service.detect import count_metrics, ml_windows
 from agent.service.trainer import train
 
 DAY = 86400.0
@@ -22,6 +27,10 @@ def test_the_connections_count_is_a_counter_while_capture_counts_it() -> None:
     assert count_metrics(parse_config(renamed, "f")) == frozenset({"opened"})
     off = on + "[capture.connections]\nenabled = false\n"
     assert count_metrics(parse_config(off, "f")) == frozenset()
+    # A new model of it starts with an hour's window (a beacon shows over an hour).
+    assert ml_windows(parse_config(on, "f")) == {"num_connections_opened": 3600.0}
+    shorter = on + "[capture.connections]\nml_window_s = 600.0\n"
+    assert ml_windows(parse_config(shorter, "f")) == {"num_connections_opened": 600.0}
 
 
 def envelopes(days: float) -> list[dict[str, Any]]:
@@ -48,3 +57,24 @@ def test_training_sums_a_counter_over_the_window() -> None:
     assert not summed.model.anomalous(t, 10, "LOW")
     assert summed.model.anomalous(t, 15, "LOW")
     assert largest.model.anomalous(t, 10, "LOW")
+
+
+def test_train_starts_a_count_metrics_model_with_the_configs_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[detect]\nprofiles = []\n'
+        "[capture]\nenabled = true\n[capture.connections]\ncount_metric = 'opened'\n"
+    )
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(json.dumps(d) + "\n" for d in envelopes(MIN_TRAINING_DAYS + 0.5)))
+    argv = ["train", "--config", str(config), "--from", str(export), "--metric", "opened"]
+    assert main(argv) == 0
+    (model,) = json.loads(capsys.readouterr().out)["models"]
+    assert model["built"] is True and model["windowSeconds"] == 3600.0
+    # --window-s still says otherwise, and later trainings keep the model's window.
+    assert main([*argv, "--window-s", "600"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"][0]["windowSeconds"] == 600.0
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["models"][0]["windowSeconds"] == 600.0
