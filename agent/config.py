@@ -197,6 +197,9 @@ class DnsCaptureConfig:
 class ConnectionsCaptureConfig:
     enabled: bool = True
     count_metric: str = "num_connections_opened"  # number: TCP connections this host opened
+    # Destinations it connects to at a regular interval (agent.core.periodic): a beacon's mark.
+    periodic_metric: str = "periodic_destinations"  # ip-address-list: their addresses
+    periodic_count_metric: str = "num_periodic_destinations"  # number: how many
     # The window its ML models start with: a beacon's connection every few minutes shows
     # over an hour of a quiet night, not over 5 minutes (docs/ml-model.md).
     ml_window_s: float = _ranged(3600.0, 1, DAY_S)
@@ -231,6 +234,11 @@ class CaptureConfig:
             "capture.dns.names_metric": (self.dns.names_metric, dns),
             "capture.dns.resolvers_metric": (self.dns.resolvers_metric, dns),
             "capture.connections.count_metric": (self.connections.count_metric, connections),
+            "capture.connections.periodic_metric": (self.connections.periodic_metric, connections),
+            "capture.connections.periodic_count_metric": (
+                self.connections.periodic_count_metric,
+                connections,
+            ),
         }
 
 

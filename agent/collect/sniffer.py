@@ -163,8 +163,14 @@ class Sniffer:
                     CustomMetric(self.cfg.dns.resolvers_metric, "ip-address-list", resolvers)
                 )
             if self.connections is not None:
+                connections = self.cfg.connections
                 opened = self.connections.take()
-                custom.append(CustomMetric(self.cfg.connections.count_metric, "number", opened))
+                custom.append(CustomMetric(connections.count_metric, "number", opened))
+                periodic, addresses = self.connections.periodic(now)
+                custom.append(
+                    CustomMetric(connections.periodic_metric, "ip-address-list", addresses)
+                )
+                custom.append(CustomMetric(connections.periodic_count_metric, "number", periodic))
             clients = self.broker.take(now) if self.broker is not None else None
         return custom, clients
 

@@ -15,13 +15,17 @@ without deduplication (`overflow` in stats) rather than dropped, so a flood show
 
 Every SYN the host sends out is counted, so a router counts the connections it forwards
 too (on its outgoing interface), and a connection over lo counts once (its outgoing copy).
-Pure: time comes from `Frame.ts`."""
+
+Each attempt is also a contact of its (source, destination, destination port) for
+agent.core.periodic: the destinations contacted at a regular interval, a beacon's mark.
+Pure: time comes from `Frame.ts` and the `now` of `periodic`."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from agent.core.packet import ACK, SYN, TCP, Frame, Match
+from agent.core.packet import ACK, SYN, TCP, Frame, Match, ip_text
+from agent.core.periodic import Periodicity
 
 MATCHES: tuple[Match, ...] = (Match("tcp", direction="out", tcp_flags=(SYN | ACK, SYN)),)
 
@@ -43,6 +47,7 @@ class OutboundWatch:
         self.max_entries = max_entries
         self._seen: OrderedDict[_Key, float] = OrderedDict()  # attempt -> its first SYN's ts
         self._count = 0
+        self._periodicity: Periodicity[tuple[bytes, bytes, int]] = Periodicity()
         self._stats = dict.fromkeys(("syns", "opened", "retransmits", "overflow"), 0)
 
     def feed(self, f: Frame) -> None:
@@ -66,13 +71,23 @@ class OutboundWatch:
             seen[key] = f.ts
         self._stats["opened"] += 1
         self._count += 1
+        self._periodicity.add(f.ts, (f.src, f.dst, f.dport))
 
     def take(self) -> int:
         """The connection attempts since the last take."""
         count, self._count = self._count, 0
         return count
 
+    def periodic(self, now: float) -> tuple[int, list[str]]:
+        """How many (source, destination, port) this host contacts at a regular interval
+        at `now`, and their destination addresses (each once, sorted)."""
+        keys = self._periodicity.periodic(now)
+        addresses = sorted({dst for _, dst, _ in keys}, key=lambda ip: (len(ip), ip))
+        return len(keys), [ip_text(ip) for ip in addresses]
+
     def stats(self) -> dict[str, int]:
         """Cumulative counts: SYNs taken in, attempts counted, retransmits not counted,
-        attempts counted without deduplication because max_entries were remembered."""
-        return dict(self._stats)
+        attempts counted without deduplication because max_entries were remembered; and
+        the periodicity's destinations remembered, periodic, forgotten."""
+        periodicity = {f"destinations_{k}": v for k, v in self._periodicity.stats().items()}
+        return {**self._stats, **periodicity}

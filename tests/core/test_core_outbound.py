@@ -54,7 +54,15 @@ def test_retransmitted_syns_are_one_attempt_even_across_takes() -> None:
     for delay in (15, 31, 63):
         w.feed(syn(100.0 + delay))
     assert w.take() == 0
-    assert w.stats() == {"syns": 7, "opened": 1, "retransmits": 6, "overflow": 0}
+    assert w.stats() == {
+        "syns": 7,
+        "opened": 1,
+        "retransmits": 6,
+        "overflow": 0,
+        "destinations_keys": 1,
+        "destinations_periodic": 0,
+        "destinations_forgotten": 0,
+    }
 
 
 def test_a_reused_four_tuple_with_a_new_isn_is_a_new_connection() -> None:
@@ -91,7 +99,13 @@ def test_past_the_bound_attempts_count_without_dedup() -> None:
     w.feed(syn(101.0, sport=3))  # so its retransmit counts again
     w.feed(syn(101.0, sport=1))  # a remembered one still does not
     assert w.take() == 4
-    assert w.stats() == {"syns": 5, "opened": 4, "retransmits": 1, "overflow": 2}
+    stats = w.stats()
+    assert {k: stats[k] for k in ("syns", "opened", "retransmits", "overflow")} == {
+        "syns": 5,
+        "opened": 4,
+        "retransmits": 1,
+        "overflow": 2,
+    }
 
 
 def test_bad_bounds_are_refused() -> None:
@@ -99,3 +113,26 @@ def test_bad_bounds_are_refused() -> None:
         OutboundWatch(max_entries=0)
     with pytest.raises(ValueError, match="dedup_s"):
         OutboundWatch(dedup_s=0)
+
+
+def test_a_destination_contacted_every_minute_is_periodic_and_retransmits_are_not_contacts() -> (
+    None
+):
+    w = OutboundWatch()
+    for i in range(9):
+        w.feed(syn(60.0 * i, sport=40000 + i, seq=i))
+        w.feed(syn(60.0 * i + 1.0, sport=40000 + i, seq=i))  # a retransmit: the same attempt
+        w.feed(syn(60.0 * i + 3.0, sport=40000 + i, seq=i))
+    assert w.periodic(480.0) == (1, ["198.51.100.7"])
+    assert w.stats()["destinations_keys"] == 1
+    assert w.periodic(480.0 + 2.5 * 60 + 1) == (0, [])  # it stopped
+
+
+def test_two_sources_beaconing_to_one_address_are_two_periodic_keys_and_one_address() -> None:
+    w = OutboundWatch()
+    other = ipaddress.ip_address("192.0.2.2").packed
+    for i in range(9):
+        for n, src in enumerate((DEV, other)):
+            w.feed(syn(30.0 * i + n, sport=40000 + i, seq=i, src=src))
+        w.feed(syn(30.0 * i + 5, sport=41000 + i, seq=i, src=DEV6, dst=SERVER6))
+    assert w.periodic(245.0) == (3, ["198.51.100.7", "2001:db8::2"])

@@ -131,6 +131,8 @@ def test_a_scan_and_a_dns_query_reach_the_metrics_and_a_client_does_not(
         "dns_names": ["c2.evil.example"],
         "dns_resolvers": [SCANNER],
         "num_connections_opened": 0,  # the device answered; it opened nothing
+        "periodic_destinations": [],
+        "num_periodic_destinations": 0,
     }
     assert result["clients"] is None  # the broker watch is off
     assert result["drops"] == 0
@@ -139,6 +141,7 @@ def test_a_scan_and_a_dns_query_reach_the_metrics_and_a_client_does_not(
     assert 6 * 2 + 10 * 2 + 1 <= result["packets"] < 6 * 2 + 10 * 2 + 1 + 10
 
 
+ANSWERED = 10  # 9 intervals: periodic (agent.core.periodic needs 8)
 SILENT = "10.203.0.9"  # a neighbour nobody is: a SYN goes out and is never answered
 CLOSED_PORT = 9009
 
@@ -146,6 +149,7 @@ CLOSED_PORT = 9009
 # (answered, refused, unanswered), and connections to it that it must not count.
 CONNECTIONS_DEVICE_SCRIPT = f"""
 import json, socket, sys, time
+ANSWERED = {ANSWERED}
 from agent.collect.sniffer import Sniffer
 from agent.config import CaptureConfig, DnsCaptureConfig, ScanCaptureConfig
 sniffer = Sniffer(CaptureConfig(
@@ -154,8 +158,6 @@ sniffer = Sniffer(CaptureConfig(
 listener = socket.create_server(("0.0.0.0", {OPEN_PORT}))
 print(json.dumps({{"problem": sniffer.problem, "features": sniffer.features}}), flush=True)
 sys.stdin.readline()  # the peer listens, and has connected to us twice
-for _ in range(3):
-    socket.create_connection(("{SCANNER}", {OPEN_PORT}), timeout=2).close()
 for _ in range(2):
     s = socket.socket()
     s.settimeout(2)
@@ -165,6 +167,9 @@ s = socket.socket()
 s.settimeout(3.5)  # the SYN and its retransmits
 assert s.connect_ex(("{SILENT}", {OPEN_PORT})) != 0
 s.close()
+for i in range(ANSWERED):  # a beacon, every 1.1 s (contacts under 1 s apart merge)
+    time.sleep(1.1 if i else 0)
+    socket.create_connection(("{SCANNER}", {OPEN_PORT}), timeout=2).close()
 time.sleep(0.3)  # the reader thread polls; let it drain
 custom, _ = sniffer.collect(time.time())
 packets, drops, counts = sniffer.status()
@@ -179,7 +184,7 @@ for _ in range(2):
     socket.create_connection(("{DEVICE}", {OPEN_PORT}), timeout=2).close()
 print("ready", flush=True)
 listener.settimeout(10)
-for _ in range(3):
+for _ in range({ANSWERED}):
     listener.accept()[0].close()
 """
 
@@ -209,14 +214,19 @@ def test_the_connections_the_device_opens_are_counted_exactly(
             if p is not None:
                 p.kill()
                 p.wait()
-    # 3 answered, 2 refused, 1 unanswered; not the peer's 2 connections to the device
-    assert result["custom"] == {"num_connections_opened": 6}
+    # 8 answered, 2 refused, 1 unanswered; not the peer's 2 connections to the device.
+    # The answered ones came every 1.1 s: one periodic destination, still live.
+    assert result["custom"] == {
+        "num_connections_opened": ANSWERED + 3,
+        "periodic_destinations": [SCANNER],
+        "num_periodic_destinations": 1,
+    }
     counts = result["counts"]
-    assert counts["connections_opened"] == 6
+    assert counts["connections_opened"] == ANSWERED + 3
     # the silent address's SYN again after 1 s and 3 s (or every second since Linux 6.5:
     # net.ipv4.tcp_syn_linear_timeouts), each one the same attempt
     assert counts["connections_retransmits"] in (2, 3)
-    assert counts["connections_syns"] == 6 + counts["connections_retransmits"]
+    assert counts["connections_syns"] == ANSWERED + 3 + counts["connections_retransmits"]
     assert counts["connections_overflow"] == 0
 
 
