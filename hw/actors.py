@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import math
 import os
+import random
 import select
 import selectors
 import signal
@@ -314,6 +316,35 @@ def connect_probe(
             out.write(f"{start:.6f} ok\n")
 
 
+def beacon(
+    host: str,
+    port: int,
+    every_s: float = 2.0,
+    jitter: float = 0.0,
+    size: int = 64,
+    count_file: str | None = None,
+) -> None:
+    """A beacon: a new TCP connection to host:port that sends `size` bytes and closes,
+    every `every_s` s give or take `jitter` (a fraction: each interval drawn uniformly
+    from every_s * (1 ± jitter), as malware jitters its check-ins to look less regular).
+    `count_file` counts the check-ins that connected."""
+    if every_s <= 0 or not 0 <= jitter < 1:
+        raise ValueError(f"every_s must be > 0 and jitter in [0, 1), got {every_s!r}, {jitter!r}")
+    payload = os.urandom(size)
+    ok = 0
+    due = time.monotonic()
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=TIMEOUT_S) as s:
+                s.sendall(payload)
+            ok += 1
+            _write_count(count_file, ok)
+        except OSError as e:
+            _error(f"beacon {host}:{port}: {e}", retried=True)
+        due += every_s * random.uniform(1 - jitter, 1 + jitter)
+        time.sleep(max(0.0, due - time.monotonic()))
+
+
 def flood(host: str, port: int, n: int, rate_per_s: float = 0.0) -> None:
     """Keep `n` TCP connections open to host:port, opening them at up to `rate_per_s`
     (0: as fast as they connect) and reopening any the server closes."""
@@ -340,9 +371,19 @@ def flood(host: str, port: int, n: int, rate_per_s: float = 0.0) -> None:
                 open_now -= 1
 
 
-def exfil(host: str, port: int, size: int, rate_bps: float = 0.0, chunk: int = 65536) -> None:
+def exfil(
+    host: str,
+    port: int,
+    size: int,
+    rate_bps: float = 0.0,
+    chunk: int = 65536,
+    ramp_s: float = 0.0,
+) -> None:
     """Send `size` bytes to host:port at `rate_bps` bytes a second (0: as fast as the
-    link goes), then close and finish."""
+    link goes), then close and finish. With `ramp_s` the rate grows linearly from 0 to
+    `rate_bps` over the first `ramp_s` seconds (an upload that creeps up), then holds."""
+    if ramp_s < 0 or (ramp_s > 0 and rate_bps <= 0):
+        raise ValueError(f"ramp_s must be >= 0, and needs rate_bps > 0: {ramp_s!r}, {rate_bps!r}")
     data = os.urandom(chunk)
     start = time.monotonic()
     sent = 0
@@ -351,9 +392,18 @@ def exfil(host: str, port: int, size: int, rate_bps: float = 0.0, chunk: int = 6
         while sent < size:
             sent += s.send(data[: min(chunk, size - sent)])
             if rate_bps > 0:
-                time.sleep(max(0.0, start + sent / rate_bps - time.monotonic()))
+                time.sleep(max(0.0, start + _due_s(sent, rate_bps, ramp_s) - time.monotonic()))
         s.shutdown(socket.SHUT_WR)
         s.recv(1)  # the sink closes when it has read everything
+
+
+def _due_s(sent: int, rate_bps: float, ramp_s: float) -> float:
+    """When `sent` bytes are due after the start: the rate r*t/ramp_s over the ramp has
+    sent r*t**2/(2*ramp_s) by t, then r a second on."""
+    ramped = rate_bps * ramp_s / 2  # bytes sent by the ramp's end
+    if sent <= ramped:
+        return math.sqrt(2 * ramp_s * sent / rate_bps)
+    return ramp_s + (sent - ramped) / rate_bps
 
 
 def spawn(n: int, name: str = "edrig-worker") -> None:
@@ -875,6 +925,7 @@ KINDS: dict[str, Callable[..., None]] = {
     "sshd": sshd,
     "connect": connect,
     "connect-probe": connect_probe,
+    "beacon": beacon,
     "flood": flood,
     "exfil": exfil,
     "spawn": spawn,

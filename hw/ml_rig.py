@@ -3,14 +3,20 @@ synthetic `export-metrics` file of 14.5 days shaped like the scenario's own traf
 the DUT trains on with `edge-defender train --from` before the agent starts, so that its
 ML behaviors are judged from the first full window instead of after 14 days.
 
-The shape: one report every `window_s` seconds (the model's rolling window: one sample a
-window is the coarsest that the window still takes, and keeps the file small), the
-metric's count of that report `per_s * window_s` times a daily cycle times lognormal
-noise (sigma NOISE). The cycle puts the device's quiet hours around the time of the
-training (the scenario runs in its "night", whatever the rig's clock says) and its busy
-hours, BUSY_FACTOR times as much, twelve hours away: a doubled night upload is then
-still far below an ordinary evening, as in hw/ml_eval.py. The metric's companion counter
-follows it (a packet per PACKET_BYTES); the other direction's are 0."""
+Two shapes, by the table's keys:
+
+- a network counter (`per_s`): one report every `window_s` seconds (the model's rolling
+  window: one sample a window is the coarsest that the window still takes, and keeps the
+  file small), the metric's count of that report `per_s * window_s` times a daily cycle
+  times lognormal noise (sigma NOISE). The cycle puts the device's quiet hours around the
+  time of the training (the scenario runs in its "night", whatever the rig's clock says)
+  and its busy hours, BUSY_FACTOR times as much, twelve hours away: a doubled night
+  upload is then still far below an ordinary evening, as in hw/ml_eval.py. The metric's
+  companion counter follows it (a packet per PACKET_BYTES); the other direction's are 0.
+- a custom number metric that is a level (`value`: capture's count of periodic
+  destinations), one report every `window_s` seconds holding `value` in its
+  `custom_metrics`, at every hour and without noise: a device's pollers do not change
+  with the time of day, and one more of them is what the model must call anomalous."""
 
 from __future__ import annotations
 
@@ -44,14 +50,28 @@ def rate_factor(t: float, now: float) -> float:
 
 def synthetic_export(training: Mapping[str, Any], now: float, seed: int = 1) -> bytes:
     """`export-metrics` lines (JSON, one envelope a line) ending just before `now` (the
-    device's clock) for a scenario's [ml_training] table (`metric`, `per_s`,
-    `window_s`)."""
+    device's clock) for a scenario's [ml_training] table: `metric`, `window_s`, and
+    `per_s` (a network counter) or `value` (a custom number metric)."""
+    step = float(training["window_s"])
+    n = math.ceil(DAYS * DAY_S / step)
+    if "value" in training:
+        reports = _level_reports(training, n)
+    else:
+        reports = _network_reports(training, now, n, random.Random(seed))
+    lines = [
+        json.dumps({"timestamp": now - (n - i) * step, "report": report}, separators=(",", ":"))
+        for i, report in enumerate(reports)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _network_reports(
+    training: Mapping[str, Any], now: float, n: int, rng: random.Random
+) -> list[dict[str, Any]]:
     key = NETWORK_METRICS[training["metric"]]
     direction = key.rpartition("_")[2]  # "in" or "out"
     per_s, step = float(training["per_s"]), float(training["window_s"])
-    rng = random.Random(seed)
-    n = math.ceil(DAYS * DAY_S / step)
-    lines = []
+    reports = []
     for i in range(n):
         t = now - (n - i) * step
         count = per_s * step * rate_factor(t, now) * rng.lognormvariate(0.0, NOISE)
@@ -59,9 +79,18 @@ def synthetic_export(training: Mapping[str, Any], now: float, seed: int = 1) -> 
         stats = dict.fromkeys(NETWORK_METRICS.values(), 0)  # the other direction: none
         stats[f"bytes_{direction}"] = round(size)
         stats[f"packets_{direction}"] = round(size / PACKET_BYTES)
-        report = {
-            "header": {"report_id": i + 1, "version": "1.0"},
-            "metrics": {"network_stats": stats},
-        }
-        lines.append(json.dumps({"timestamp": t, "report": report}, separators=(",", ":")))
-    return ("\n".join(lines) + "\n").encode()
+        reports.append(
+            {
+                "header": {"report_id": i + 1, "version": "1.0"},
+                "metrics": {"network_stats": stats},
+            }
+        )
+    return reports
+
+
+def _level_reports(training: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    custom = {training["metric"]: [{"number": training["value"]}]}
+    return [
+        {"header": {"report_id": i + 1, "version": "1.0"}, "metrics": {}, "custom_metrics": custom}
+        for i in range(n)
+    ]

@@ -20,9 +20,9 @@ the latency goal counts from then), and mitigation: a `[mitigation]` table (the 
 network, each [[mitigation.auto]] rule naming a behavior of the scenario's profiles and
 actions of its own) and `[[mitigation_actions]]` (`name` and `actionParams`, checked as
 create-mitigation-action checks them), which the DUT creates before the agent starts,
-and `[ml_training]` (`metric`, `per_s`, `window_s`): synthetic training data for the
-scenario's ML behaviors (hw/ml_rig.py), which the DUT trains the agent on with `train
---from` before it starts.
+and `[ml_training]` (`metric`, `window_s`, and `per_s` for a network counter or `value`
+for a custom number metric): synthetic training data for the scenario's ML behaviors
+(hw/ml_rig.py), which the DUT trains the agent on with `train --from` before it starts.
 
 Strings may hold placeholders, "{dut}", "{attacker}", "{peer1}", "{peer2}", "{broker}",
 "{c2}", "{lan}", filled in from the lab's addresses. Every problem raises ScenarioError
@@ -54,6 +54,7 @@ from agent.core.profile import (
     parse_dimension,
     parse_json_document,
 )
+from agent.service.detect import count_metrics
 from hw import actors
 from hw.dut import toml_table
 from hw.ml_rig import NETWORK_METRICS
@@ -107,7 +108,10 @@ _KEYS = {
     "mitigation_actions",
     "ml_training",
 }
-ML_TRAINING_KEYS = ("metric", "per_s", "window_s")
+# The [ml_training] shapes (hw/ml_rig.py): a network counter's rate a second in the quiet
+# hours, or a custom number metric's level (the same at every hour).
+ML_TRAINING_RATE = ("metric", "per_s", "window_s")
+ML_TRAINING_LEVEL = ("metric", "value", "window_s")
 
 
 class ScenarioError(ValueError):
@@ -148,7 +152,8 @@ class Scenario:
     mitigation: dict[str, Any] | None = None  # the agent's whole [mitigation] table (None: off)
     # [{"name", "actionParams"}]: created with create-mitigation-action before the start
     mitigation_actions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    # {"metric", "per_s", "window_s"}: the DUT trains the agent's model on it (hw/ml_rig.py)
+    # {"metric", "per_s" or "value", "window_s"}: the DUT trains the agent's model on it
+    # (hw/ml_rig.py)
     ml_training: dict[str, Any] | None = None
 
 
@@ -245,7 +250,9 @@ class _Loader:
                 raise self.error("expected", "must list the violations the attack causes")
             deadline_s = self.seconds(t, "deadline_s", low=interval_s)
         lead_s = self.seconds(t, "lead_s", low=0.0, high=deadline_s) if "lead_s" in t else 0.0
-        ml_training = self.ml_training(t["ml_training"], profiles) if "ml_training" in t else None
+        ml_training = None
+        if "ml_training" in t:
+            ml_training = self.ml_training(t["ml_training"], profiles, custom_metrics, capture)
         if benign and ml_training is not None:
             raise self.error(
                 "ml_training", "the benign load trains what the other scenarios' tables say"
@@ -273,17 +280,38 @@ class _Loader:
             ml_training=ml_training,
         )
 
-    def ml_training(self, table: Any, profiles: list[dict[str, Any]]) -> dict[str, Any]:
-        """{"metric", "per_s", "window_s"}: a network counter that an ML behavior of the
-        scenario judges, its quiet hours' rate a second, the model's window."""
-        if not isinstance(table, dict) or set(table) != set(ML_TRAINING_KEYS):
+    def ml_training(
+        self,
+        table: Any,
+        profiles: list[dict[str, Any]],
+        custom_metrics: list[dict[str, Any]],
+        capture: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """{"metric", "per_s", "window_s"}: a network counter, its quiet hours' rate a
+        second; or {"metric", "value", "window_s"}: a custom number metric the scenario
+        makes (not a count summed over the window), its level. An ML behavior of the
+        scenario must judge the metric; window_s is the model's window."""
+        shapes = (ML_TRAINING_RATE, ML_TRAINING_LEVEL)
+        if not isinstance(table, dict) or not any(set(table) == set(k) for k in shapes):
             raise self.error(
-                "ml_training", f"must be a table with exactly {', '.join(ML_TRAINING_KEYS)}"
+                "ml_training",
+                f"must be a table with exactly {', '.join(ML_TRAINING_RATE)} (a network"
+                f" counter) or {', '.join(ML_TRAINING_LEVEL)} (a custom number metric)",
             )
         metric = table["metric"]
-        if metric not in NETWORK_METRICS:
+        if "per_s" in table and metric not in NETWORK_METRICS:
             raise self.error(
-                "ml_training.metric", f"must be one of {', '.join(NETWORK_METRICS)}, got {metric!r}"
+                "ml_training.metric",
+                f"with per_s, must be one of {', '.join(NETWORK_METRICS)}, got {metric!r}",
+            )
+        levels = _level_metrics(custom_metrics, capture)
+        if "value" in table and metric not in levels:
+            raise self.error(
+                "ml_training.metric",
+                "with value, must be a custom number metric this scenario makes (a"
+                " [[custom_metrics]] entry of type number, or a number of its [capture]"
+                f" features; not a count, which is summed): {', '.join(levels) or 'none'};"
+                f" got {metric!r}",
             )
         judged = any(
             b.get("metric") == metric and "mlDetectionConfig" in b.get("criteria", {})
@@ -294,14 +322,16 @@ class _Loader:
             raise self.error(
                 "ml_training.metric", f"no ML behavior of the profiles judges {metric}"
             )
-        per_s = table["per_s"]
-        if isinstance(per_s, bool) or not isinstance(per_s, int | float) or not per_s > 0:
-            raise self.error("ml_training.per_s", f"must be a number > 0, got {per_s!r}")
+        key, low = ("per_s", "> 0") if "per_s" in table else ("value", ">= 0")
+        x = table[key]
+        number = not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
+        if not number or not (x > 0 if key == "per_s" else x >= 0):
+            raise self.error(f"ml_training.{key}", f"must be a number {low}, got {x!r}")
         try:
             window_s = check_window_s(table["window_s"])
         except ValueError as e:
             raise self.error("ml_training.window_s", str(e)) from None
-        return {"metric": metric, "per_s": float(per_s), "window_s": window_s}
+        return {"metric": metric, key: float(x), "window_s": window_s}
 
     def seconds(
         self, t: Mapping[str, Any], key: str, *, low: float, high: float = math.inf
@@ -594,6 +624,25 @@ def _covers(
         and int(outer.network_address) <= int(inner.network_address)
         and int(inner.broadcast_address) <= int(outer.broadcast_address)
     )
+
+
+def _level_metrics(
+    custom_metrics: list[dict[str, Any]], capture: dict[str, Any] | None
+) -> list[str]:
+    """The custom number metrics that are levels, which [ml_training] `value` can train:
+    [[custom_metrics]] of type number, and the numbers of the capture features on (their
+    `*count_metric` keys) but for the counts the agent sums over the window."""
+    names = [m["name"] for m in custom_metrics if m.get("type") == "number"]
+    if capture is None:
+        return names
+    cfg = parse_config("\n".join(toml_table("capture", capture)) + "\n", "[capture]")
+    summed = count_metrics(cfg)
+    names += [
+        name
+        for path, (name, collected) in cfg.capture.metric_names().items()
+        if collected and path.endswith("count_metric") and name not in summed
+    ]
+    return names
 
 
 def _custom_metrics_text(metrics: list[dict[str, Any]]) -> str:

@@ -1,13 +1,18 @@
 """The rig's ML scenarios: the synthetic export (hw/ml_rig.py) trains, through the
 agent's own training code, an ACTIVE model whose quiet hours are now and whose busy hours
-are twelve hours away; the DUT trains the agent with its own `train --from` before it
-starts; a scenario's [ml_training] table is checked by name; ml-night-upload holds
-together; the report describes an ML behavior (no threshold to draw)."""
+are twelve hours away, or one of a custom metric's constant level that one more alarms
+at; the DUT trains the agent with its own `train --from` before it starts; a scenario's
+[ml_training] table is checked by name; ml-night-upload, ml-slow-ramp (its lead from the
+model's limits) and ml-beacon hold together; the exfil actor's ramp and the beacon
+actor's jittered check-ins, measured at a socket; the report describes an ML behavior
+(no threshold to draw)."""
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +25,13 @@ from hw.lab import Node
 from hw.machine import REPO
 from hw.ml_rig import BUSY_FACTOR, synthetic_export
 from hw.report import _describe
-from hw.scenario import EXAMPLE_ADDRESSES, ScenarioError, load_scenario, load_scenarios
+from hw.scenario import EXAMPLE_ADDRESSES, Action, ScenarioError, load_scenario, load_scenarios
 from hw.scoring import behaviors
+from hw.traffic import start_actions, stop_actions
 
 SHIPPED = Path(__file__).resolve().parents[2] / "hw" / "scenarios"
 TRAINING = {"metric": "aws:all-bytes-out", "per_s": 52000.0, "window_s": 30.0}
+LEVEL = {"metric": "num_scan_sources", "value": 1.0, "window_s": 30.0}
 HOUR = 3600.0
 
 
@@ -47,7 +54,31 @@ def test_the_export_trains_a_model_quiet_now_and_busy_twelve_hours_away() -> Non
     assert not done.model.anomalous(now + 12 * HOUR, 2 * quiet, "LOW")  # a busy hour's norm
 
 
-def test_the_dut_trains_the_agent_with_its_own_verb(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", [0, 1, 3])
+def test_a_level_export_trains_a_model_that_one_more_alarms(level: int) -> None:
+    now = time.time()
+    training = {**LEVEL, "value": float(level)}
+    envelopes = [json.loads(line) for line in synthetic_export(training, now).splitlines()]
+    assert len(envelopes) == 41760
+    assert {json.dumps(e["report"]["custom_metrics"]) for e in envelopes} == {
+        json.dumps({"num_scan_sources": [{"number": float(level)}]})
+    }
+    (done,) = train(envelopes, ["num_scan_sources"], 0.0, now, 0, windows={"num_scan_sources": 30})
+    assert done.model is not None and done.model.window_s == 30.0
+    for hours in (0, 6, 12, 18):  # the same at every hour
+        t = now + hours * HOUR
+        assert done.model.explain(t, level)["expected"] == pytest.approx(level)
+        assert not done.model.anomalous(t, level, "LOW")
+        assert done.model.anomalous(t, level + 1, "HIGH")
+
+
+@pytest.mark.parametrize(
+    ("training", "file"),
+    [(TRAINING, "ml-aws-all-bytes-out.jsonl"), (LEVEL, "ml-num_scan_sources.jsonl")],
+)
+def test_the_dut_trains_the_agent_with_its_own_verb(
+    tmp_path: Path, training: dict[str, Any], file: str
+) -> None:
     """prepare_ml on a node that runs commands here: the export written, `train --from`
     run, models.db holding an ACTIVE model of the window asked for."""
     state = tmp_path / "state"
@@ -63,17 +94,17 @@ def test_the_dut_trains_the_agent_with_its_own_verb(tmp_path: Path) -> None:
         written.append(name)
         return str(tmp_path / name)
 
-    setup = AgentSetup(profiles=[], interval_s=1.0, ml_training=[TRAINING])
+    setup = AgentSetup(profiles=[], interval_s=1.0, ml_training=[training])
     prepare_ml(node, program, str(config), setup, put, time.time())
-    assert written == ["ml-aws-all-bytes-out.jsonl"]
-    record = stored_records(state)["aws:all-bytes-out"]
+    assert written == [file]
+    record = stored_records(state)[training["metric"]]
     assert record.model is not None and record.model["windowS"] == 30.0
     assert record.source == str(tmp_path / written[0])
 
     refused = tmp_path / "refused.toml"  # a config the agent refuses: train fails
     refused.write_text(config.read_text() + "no_such_key = 1\n")
     refused.chmod(0o600)
-    with pytest.raises(RuntimeError, match="did not train a model of aws:all-bytes-out"):
+    with pytest.raises(RuntimeError, match=f"did not train a model of {training['metric']}"):
         prepare_ml(node, program, str(refused), setup, put, time.time())
 
 
@@ -130,7 +161,16 @@ def test_an_ml_training_table_is_loaded(tmp_path: Path) -> None:
         ),
         (
             '[ml_training]\nmetric = "level"\nper_s = 1\nwindow_s = 30',
-            "ml_training.metric: must be one of aws:all-bytes-in",
+            "ml_training.metric: with per_s, must be one of aws:all-bytes-in",
+        ),
+        (
+            '[ml_training]\nmetric = "aws:all-bytes-out"\nvalue = 1\nwindow_s = 30',
+            "ml_training.metric: with value, must be a custom number metric this scenario"
+            " makes .*: none; got 'aws:all-bytes-out'",
+        ),
+        (
+            '[ml_training]\nmetric = "aws:all-bytes-out"\nper_s = 1\nvalue = 1\nwindow_s = 30',
+            "or metric, value, window_s",
         ),
         (
             '[ml_training]\nmetric = "aws:all-bytes-in"\nper_s = 1\nwindow_s = 30',
@@ -149,6 +189,88 @@ def test_an_ml_training_table_is_loaded(tmp_path: Path) -> None:
 def test_a_bad_ml_training_table_is_named(tmp_path: Path, table: str, said: str) -> None:
     with pytest.raises(ScenarioError, match=said):
         scenario(tmp_path, table)
+
+
+LEVEL_SCENARIO = """\
+description = "One more periodic destination."
+interval_s = 1
+warmup_s = 20
+deadline_s = 30
+{capture}
+[[custom_metrics]]
+name = "workers"
+type = "number"
+source = "command"
+command = ["echo", "1"]
+
+[[profiles]]
+securityProfileName = "p"
+
+[[profiles.behaviors]]
+name = "ml"
+metric = "{metric}"
+criteria = {{ mlDetectionConfig = {{ confidenceLevel = "HIGH" }} }}
+
+[[attack]]
+node = "dut"
+kind = "beacon"
+host = "{{c2}}"
+port = 443
+
+[[expected]]
+profile = "p"
+behavior = "ml"
+
+[ml_training]
+metric = "{metric}"
+value = {value}
+window_s = 10
+"""
+CAPTURE = "\n[capture]\nenabled = true\n"
+
+
+def level_scenario(tmp_path: Path, metric: str, value: str, capture: str = CAPTURE) -> Any:
+    path = tmp_path / "level.toml"
+    path.write_text(LEVEL_SCENARIO.format(metric=metric, value=value, capture=capture))
+    return load_scenario(path, EXAMPLE_ADDRESSES, quick=False)
+
+
+@pytest.mark.parametrize(("metric", "value"), [("num_scan_sources", 0), ("workers", 3)])
+def test_a_level_training_of_a_custom_number_metric_is_loaded(
+    tmp_path: Path, metric: str, value: int
+) -> None:
+    """A capture feature's number or a [[custom_metrics]] number, at its level."""
+    s = level_scenario(tmp_path, metric, str(value))
+    assert s.ml_training == {"metric": metric, "value": float(value), "window_s": 10.0}
+
+
+METRIC_REFUSED = (
+    "ml_training.metric: with value, must be a custom number metric this scenario makes"
+)
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "capture", "said"),
+    [
+        # a count of connections opened is summed over the window: not a level
+        (
+            "num_connections_opened",
+            "1",
+            CAPTURE,
+            f"{METRIC_REFUSED} .*got 'num_connections_opened'",
+        ),
+        ("dns_names", "1", CAPTURE, f"{METRIC_REFUSED} .*got 'dns_names'"),  # a string list
+        ("num_scan_sources", "1", "", f"{METRIC_REFUSED} .*: workers; got 'num_scan_sources'"),
+        ("num_scan_sources", "-1", CAPTURE, "ml_training.value: must be a number >= 0, got -1"),
+        ("num_scan_sources", "true", CAPTURE, "ml_training.value: must be a number >= 0, got True"),
+        ("num_scan_sources", "nan", CAPTURE, "ml_training.value: must be a number >= 0, got nan"),
+    ],
+)
+def test_a_bad_level_training_is_named(
+    tmp_path: Path, metric: str, value: str, capture: str, said: str
+) -> None:
+    with pytest.raises(ScenarioError, match=f"level.toml: {said}"):
+        level_scenario(tmp_path, metric, value, capture)
 
 
 def test_ml_night_upload_holds_together() -> None:
@@ -188,3 +310,134 @@ def test_the_report_describes_an_ml_behavior_without_a_threshold() -> None:
         "aws:all-bytes-out",
         None,
     )
+
+
+def ramp_crossings_s(scenario: Any, now: float) -> dict[str, float]:
+    """Per level, when the ramp's bytes in the model's window (on the wire: the steady
+    upload's headers ratio) first pass what the model trained on the scenario's table
+    calls anomalous at that level, over the quiet hours' sum."""
+    training = scenario.ml_training
+    window = training["window_s"]
+    (steady,) = [a for a in scenario.setup if a.kind == "exfil"]
+    (creep,) = [a for a in scenario.attack if a.kind == "exfil"]
+    wire = training["per_s"] / steady.params["rate_bps"]
+    rate, ramp = creep.params["rate_bps"] * wire, creep.params["ramp_s"]
+    envelopes = [json.loads(line) for line in synthetic_export(training, now).splitlines()]
+    (done,) = train(
+        envelopes, [training["metric"]], 0.0, now, 0, windows={training["metric"]: window}
+    )
+    assert done.model is not None
+    quiet = training["per_s"] * window
+    limits = done.model.explain(now + scenario.warmup_s, quiet)
+
+    def sent(t: float) -> float:  # by t after the start, t within the ramp
+        return rate * max(0.0, t) ** 2 / (2 * ramp)
+
+    crossings = {}
+    for level in ("LOW", "MEDIUM", "HIGH"):
+        t = 0.0
+        while t < ramp and quiet + sent(t) - sent(t - window) <= limits[f"limit_{level}"]:
+            t += 0.01
+        assert t < ramp  # crossed on the ramp, where sent() holds
+        crossings[level] = t
+    return crossings
+
+
+def test_ml_slow_ramp_holds_together_and_its_lead_is_the_models() -> None:
+    ramp, night = load_scenarios(
+        SHIPPED, ["ml-slow-ramp", "ml-night-upload"], EXAMPLE_ADDRESSES, quick=True
+    )
+    # the benign load trains one table per metric: the same device, the same model
+    assert ramp.ml_training == night.ml_training
+    assert [a for a in ramp.setup if a.kind == "exfil"] == [
+        a for a in night.setup if a.kind == "exfil"
+    ]
+    assert [e.behavior for e in ramp.expected] == [e.behavior for e in night.expected]
+    assert ramp.ml_training is not None and ramp.warmup_s >= ramp.ml_training["window_s"] + 2
+    (creep,) = [a for a in ramp.attack if a.kind == "exfil"]
+    assert creep.params["ramp_s"] >= 60  # a creep, not a step: from 0 to its rate
+    crossings = ramp_crossings_s(ramp, time.time())
+    assert crossings["LOW"] < crossings["MEDIUM"] < crossings["HIGH"]
+    # the scenario's latency is its last level's: the lead is when HIGH can first alarm
+    assert crossings["HIGH"] <= ramp.lead_s <= crossings["HIGH"] + 1.5
+    assert ramp.deadline_s >= ramp.lead_s + ramp.interval_s + 1 + 10
+
+
+class Listener:
+    """A TCP server on loopback that records each connection's accept time, and each
+    received chunk's time and size, until its peer closes."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[float] = []
+        self.received: list[list[tuple[float, int]]] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            self.accepted.append(time.monotonic())
+            chunks: list[tuple[float, int]] = []
+            self.received.append(chunks)
+            threading.Thread(target=self._read, args=(conn, chunks), daemon=True).start()
+
+    @staticmethod
+    def _read(conn: socket.socket, chunks: list[tuple[float, int]]) -> None:
+        with conn:
+            while data := conn.recv(1 << 16):
+                chunks.append((time.monotonic(), len(data)))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def run_actor(kind: str, params: dict[str, Any], seconds: float) -> None:
+    node = Node("host", "127.0.0.1", ())
+    running = start_actions([Action("host", kind, params)], {"host": node}, tls=None, broker="")
+    try:
+        time.sleep(seconds)
+    finally:
+        stop_actions(running)
+    assert running.errors() == []
+
+
+def test_the_exfil_ramp_grows_its_rate_linearly() -> None:
+    """From 0 to 100 kB/s over 2 s: a quarter of the ramp's bytes in its first second
+    (a steady sender would send half), all 150 kB by 2 s + 50 kB / 100 kB/s."""
+    listener = Listener()
+    try:
+        params = {"host": "127.0.0.1", "port": listener.port, "size": 150_000}
+        run_actor("exfil", {**params, "rate_bps": 100_000, "ramp_s": 2.0, "chunk": 1000}, 3.5)
+    finally:
+        listener.close()
+    (t0,) = listener.accepted
+    (chunks,) = listener.received
+
+    def by(t: float) -> int:
+        return sum(n for at, n in chunks if at - t0 <= t)
+
+    assert 15_000 <= by(1.0) <= 35_000  # 100 kB/s * 1 s^2 / (2 * 2 s) = 25 kB
+    assert 85_000 <= by(2.0) <= 115_000  # the ramp's 100 kB
+    assert by(1.0) / by(2.0) < 0.35
+    assert sum(n for _, n in chunks) == 150_000
+    assert 2.3 <= chunks[-1][0] - t0 <= 3.0
+
+
+def test_the_beacon_checks_in_with_a_jittered_interval() -> None:
+    listener = Listener()
+    try:
+        params = {"host": "127.0.0.1", "port": listener.port, "size": 50}
+        run_actor("beacon", {**params, "every_s": 0.3, "jitter": 0.2}, 4.0)
+    finally:
+        listener.close()
+    gaps = [b - a for a, b in zip(listener.accepted, listener.accepted[1:], strict=False)]
+    assert len(gaps) >= 9
+    assert all(0.3 * 0.8 - 0.05 <= g <= 0.3 * 1.2 + 0.05 for g in gaps)
+    assert max(gaps) - min(gaps) > 0.03  # jittered, not on a grid
+    # a new connection each time, a small payload, closed by the beacon (the last one may
+    # have been cut by the stop)
+    assert all(sum(n for _, n in chunks) == 50 for chunks in listener.received[:-1])

@@ -448,3 +448,29 @@ def test_two_scenarios_may_not_name_one_capture_metric_two_ways(tmp_path: Path) 
         r" 'scanners' of scenario a",
     ):
         load_scenarios(tmp_path, None, EXAMPLE_ADDRESSES, quick=False)
+
+
+ML = """
+[[profiles.behaviors]]
+name = "workers-ml"
+metric = "workers"
+criteria = { mlDetectionConfig = { confidenceLevel = "HIGH" } }
+"""
+
+
+def test_two_scenarios_may_not_train_one_metric_two_ways(tmp_path: Path) -> None:
+    """The benign load trains one [ml_training] table per metric: two scenarios that
+    train one metric must agree on it, whatever its shape."""
+    with_ml = VALID.replace(FLOOD_BEHAVIOR, FLOOD_BEHAVIOR + ML)
+    training = '\n[ml_training]\nmetric = "workers"\nvalue = {}\nwindow_s = 10\n'
+    write(tmp_path, with_ml + training.format(1), "a")
+    write(tmp_path, with_ml.replace('"p"', '"q"') + training.format(1), "b")
+    loaded = load_scenarios(tmp_path, None, EXAMPLE_ADDRESSES, quick=False)
+    assert [s.ml_training for s in loaded] == [
+        {"metric": "workers", "value": 1.0, "window_s": 10.0}
+    ] * 2
+    write(tmp_path, with_ml.replace('"p"', '"q"') + training.format(2), "b")
+    with pytest.raises(
+        ScenarioError, match=r"b.toml: ML training of 'workers' differs from the one of scenario a"
+    ):
+        load_scenarios(tmp_path, None, EXAMPLE_ADDRESSES, quick=False)
