@@ -4,9 +4,11 @@ How well the ML Detect model (agent/core/ml.py) finds anomalies in realistic dev
 traffic, against the best static threshold chosen with hindsight. A simulation, no
 network: traffic with a daily cycle (a home hub: a morning and an evening peak on
 weekdays, a broad afternoon on weekends), noise, benign bursts (uploads at random
-waking hours) and a nightly job, for five device-side metrics (the fifth, the TCP
-connections the device opened, is the packet capture's count: agent/core/outbound.py,
-summed over a window as the agent sums it). Each metric's model
+waking hours), a check-in every 15 minutes and a nightly job, for six device-side
+metrics (the last two from the packet capture: the TCP connections the device opened,
+agent/core/outbound.py, summed over a window as the agent sums it; and how many
+destinations it connects to at a regular interval, agent/core/periodic.py, fed each
+connection's time and destination). Each metric's model
 trains on 14 days; then a test week holds injected anomalies (a doubled upload at
 night, a new beacon, a slow ramp of exfiltration) and untouched benign days. Every test
 datapoint is scored at each confidence level, and the static rule `value >= c` is given,
@@ -15,9 +17,8 @@ per metric, the c with the best F1 on the very test data it is judged on.
 Two ways of judging, each trained and tested on its own datapoints: each datapoint alone
 (how the agent judged before), and what the agent does now, the rolling 5-minute
 aggregate at every datapoint (agent.core.ml_window.Window, the rule core's own code:
-counters summed, gauges at their largest). The beacon, which moves the count of
-connections opened by one every 5 minutes, is also shown on that metric alone, by night
-(00:00-06:00 local) and by day.
+counters summed, gauges at their largest). The beacon is also shown on the connections
+opened and on the periodic destinations alone, by night (00:00-06:00 local) and by day.
 
 Prints a markdown report and writes it to DIR/ml-eval.md (with --out). --quick: 30 s
 datapoints and a 4-day test (benign, night doubling, benign, beacon), as the test runs
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from agent.core.ml import CONFIDENCE_LEVELS, Model, Trainer
 from agent.core.ml_window import WINDOW_S, Window, metric_kind
+from agent.core.periodic import LIVE_PERIODS, Periodicity
 
 DAY = 86_400.0
 HOUR = 3_600.0
@@ -49,20 +51,28 @@ PACKETS_OUT = "aws:all-packets-out"
 CONNECTIONS = "aws:num-established-tcp-connections"
 LISTENING = "aws:num-listening-tcp-ports"
 OPENED = "num_connections_opened"  # [capture.connections]: a custom metric, a count
+PERIODIC = "num_periodic_destinations"  # [capture.connections]: a custom metric, a gauge
 COUNTS = frozenset({OPENED})  # custom metrics that are counts (service.detect.count_metrics)
-METRICS = (BYTES_OUT, PACKETS_OUT, CONNECTIONS, LISTENING, OPENED)
+METRICS = (BYTES_OUT, PACKETS_OUT, CONNECTIONS, LISTENING, OPENED, PERIODIC)
 COUNTERS = (BYTES_OUT, PACKETS_OUT, OPENED)
-GAUGES = (CONNECTIONS, LISTENING)
+GAUGES = (CONNECTIONS, LISTENING, PERIODIC)
+BEACON_METRICS = (OPENED, PERIODIC)  # the beacon's recall on each is shown by night and day
 STATIC_F1 = "static, best F1"
 STATIC_QUIET = "static, quiet benign days"
 DETECTORS = (*CONFIDENCE_LEVELS, STATIC_F1, STATIC_QUIET)
 TICK_S = 10.0  # the traffic's own step; datapoints sum (counters) or sample (gauges) it
-NIGHT_H = 6.0  # the beacon on OPENED is shown apart before this local hour
+NIGHT_H = 6.0  # the beacon on BEACON_METRICS is shown apart before this local hour
 # Connections the device opens, besides its bursts and nightly job: per 10 s at full
 # activity (apps, updates, cloud calls while people are about), and a background of a
 # few an hour at any time (a cloud check-in, an OCSP or time-server query over TCP).
 OPENED_PER_TICK = 0.4
 BACKGROUND_PER_HOUR = 2.0
+# Where they go: people's to a pool of CDN and cloud addresses, the background to a few
+# services; a cloud check-in every CHECKIN_S (±2%) and the nightly sync each to their own.
+USER_DESTINATIONS = 40
+BACKGROUND_DESTINATIONS = 3
+CHECKIN_S = 900.0
+BEACON_JITTER = 0.2  # the beacon sleeps its period times uniform(1 - this, 1 + this)
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,8 @@ NIGHT_DOUBLING = Anomaly(
 BEACON = "beacon"
 BEACON_24H = Anomaly(
     BEACON,
-    "a new connection and 800 B out every 5 min, 24 h",
-    (BYTES_OUT, PACKETS_OUT, CONNECTIONS, OPENED),
+    "a new connection and 800 B out every 5 min ±20%, 24 h",
+    (BYTES_OUT, PACKETS_OUT, CONNECTIONS, OPENED),  # PERIODIC: its whole time, see _ticks
     3,
     0,
     24,
@@ -181,12 +191,33 @@ class Point:
     labels: dict[str, str]  # metric -> the anomaly that changed its value
 
 
+def _beacon_times(setting: Setting, rng: random.Random) -> list[float]:
+    """The beacon's connections (local time): every beacon_every_s, jittered."""
+    test_start = LOCAL_START + setting.train_days * DAY
+    times: list[float] = []
+    for a in setting.anomalies:
+        if a.name == BEACON:
+            t = test_start + a.day * DAY + a.start_h * HOUR
+            while t < test_start + a.day * DAY + (a.start_h + a.hours) * HOUR:
+                times.append(t)
+                t += setting.beacon_every_s * rng.uniform(1 - BEACON_JITTER, 1 + BEACON_JITTER)
+    return times
+
+
 def _ticks(setting: Setting, rng: random.Random, opened_rng: random.Random) -> Iterator[Point]:
     """The traffic every TICK_S from the training start to the end of the test period.
     The connections opened draw on their own generator, so the other metrics' traffic is
-    the same as without them."""
+    the same as without them; each connection is a contact of its destination for the
+    periodic destinations, which the device had run long enough to know its check-in
+    and its nightly sync by."""
     days = setting.train_days + setting.test_days
     test_start = LOCAL_START + setting.train_days * DAY
+    periodicity: Periodicity[str] = Periodicity()
+    for d in range(-10, 0):
+        periodicity.add(LOCAL_START + d * DAY + 5 * HOUR, "sync")
+    checkin = LOCAL_START - 10 * CHECKIN_S
+    beacons = deque(_beacon_times(setting, opened_rng))
+    beacon_tail = LIVE_PERIODS * setting.beacon_every_s * (1 + BEACON_JITTER)
     plan: _Day | None = None
     for i in range(round(days * DAY / TICK_S)):
         local = LOCAL_START + i * TICK_S
@@ -199,32 +230,47 @@ def _ticks(setting: Setting, rng: random.Random, opened_rng: random.Random) -> I
         tele = 1500.0 * rng.uniform(0.9, 1.1)  # telemetry
         user = act * 4e4 * rng.lognormvariate(0, 0.5)  # what people do
         conns = 2 + _poisson(rng, (0.1 + 5 * act))
+        # (time, destination) of each connection opened in the tick
+        contacts: list[tuple[float, str]] = []
+        for _ in range(_poisson(opened_rng, BACKGROUND_PER_HOUR * TICK_S / HOUR)):
+            where = f"service-{opened_rng.randrange(BACKGROUND_DESTINATIONS)}"
+            contacts.append((local + opened_rng.uniform(0, TICK_S), where))
         # activity above its night floor (0.03): near nothing at night
-        lam = OPENED_PER_TICK * max(act - 0.03, 0) + BACKGROUND_PER_HOUR * TICK_S / HOUR
-        opened = _poisson(opened_rng, lam)
-        for start, end, rate, extra in plan.bursts:
+        for _ in range(_poisson(opened_rng, OPENED_PER_TICK * max(act - 0.03, 0))):
+            where = f"cdn-{opened_rng.randrange(USER_DESTINATIONS)}"
+            contacts.append((local + opened_rng.uniform(0, TICK_S), where))
+        while checkin < local + TICK_S:
+            contacts.append((checkin, "checkin"))
+            checkin += CHECKIN_S * opened_rng.uniform(0.98, 1.02)
+        for n, (start, end, rate, extra) in enumerate(plan.bursts):
             if start < local + TICK_S and local < end:
                 user += rate * rng.uniform(0.8, 1.2)
                 conns += extra
-            if local <= start < local + TICK_S:
-                opened += extra  # a burst's connections open as it starts
+            if local <= start < local + TICK_S:  # a burst's connections open as it starts
+                last = n == len(plan.bursts) - 1
+                where = "sync" if last else f"cdn-{opened_rng.randrange(USER_DESTINATIONS)}"
+                contacts += [(start, where)] * extra
         labels: dict[str, str] = {}
         for a in setting.anomalies if local >= test_start else ():
             a_start = test_start + a.day * DAY + a.start_h * HOUR
             a_end = a_start + a.hours * HOUR
+            if a.name == BEACON and a_start <= local < a_end + beacon_tail:
+                labels[PERIODIC] = BEACON  # from its start until it has missed its beats
             if not a_start <= local < a_end:
                 continue
             if a.name == "night doubling":
                 tele, user = 2 * tele, 2 * user
             elif a.name == BEACON:
-                if (local - a_start) % setting.beacon_every_s >= TICK_S:
-                    continue  # it connects once every beacon_every_s, for one tick
+                if not (beacons and beacons[0] < local + TICK_S):
+                    continue  # it connects for one tick every beacon_every_s or so
+                contacts.append((beacons.popleft(), BEACON))
                 conns += 1
-                opened += 1
                 user += 800
             elif a.name == "slow ramp":
                 user += setting.ramp_bytes * (local - a_start) / (a_end - a_start)
             labels.update(dict.fromkeys(a.metrics, a.name))
+        for t, where in sorted(contacts):
+            periodicity.add(t, where)
         packets = tele / 300 + user / 1100 * rng.uniform(0.8, 1.2)
         yield Point(
             local - UTC_OFFSET_S,
@@ -233,7 +279,8 @@ def _ticks(setting: Setting, rng: random.Random, opened_rng: random.Random) -> I
                 PACKETS_OUT: packets,
                 CONNECTIONS: conns,
                 LISTENING: 3,
-                OPENED: opened,
+                OPENED: len(contacts),
+                PERIODIC: len(periodicity.periodic(local + TICK_S)),
             },
             labels,
         )
@@ -463,11 +510,13 @@ PARTS = (("night", f"00-{NIGHT_H:02.0f} h"), ("day", f"{NIGHT_H:02.0f}-24 h"))
 
 def compare(results: Sequence[Result]) -> str:
     """One table over runs: per detector of each run, each anomaly's recall and time to
-    the first flag, the beacon's on the connections opened by night and by day, and the
-    false alarms on the benign days."""
+    the first flag, the beacon's on BEACON_METRICS by night and by day, and the false
+    alarms on the benign days."""
     anomalies = [a.name for a in results[0].setting.anomalies]
-    parts = PARTS if BEACON in anomalies else ()
-    heads = [*anomalies, *(f"beacon on {OPENED}, {hours}" for _, hours in parts)]
+    beacon = [(m, part, hours) for m in BEACON_METRICS for part, hours in PARTS]
+    if BEACON not in anomalies:
+        beacon = []
+    heads = [*anomalies, *(f"beacon on {m}, {hours}" for m, _, hours in beacon)]
     lines = [
         "| judged | detector | " + " | ".join(heads) + " | false alarms (flags) on benign days |",
         "|---|---|" + "---|" * (len(heads) + 1),
@@ -476,7 +525,7 @@ def compare(results: Sequence[Result]) -> str:
         for name in DETECTORS:
             t = r.tallies[name]
             found = [_found(r, name, a) for a in anomalies]
-            found += [_found_on(r, name, BEACON, OPENED, part) for part, _ in parts]
+            found += [_found_on(r, name, BEACON, m, part) for m, part, _ in beacon]
             cells = " | ".join(found)
             lines.append(f"| {r.short} | {name} | {cells} | {t.benign_alarms} ({t.benign_fp}) |")
     return "\n".join(lines) + "\n"
@@ -523,10 +572,11 @@ def report(r: Result) -> str:
         cells = " | ".join(_found(r, name, a.name) for name in DETECTORS)
         lines.append(f"| {a.name} | {r.labelled[a.name]} | {cells} |")
     if BEACON in r.labelled:
-        for part, hours in PARTS:
-            n = r.labelled_on.get((BEACON, OPENED, part), 0)
-            cells = " | ".join(_found_on(r, name, BEACON, OPENED, part) for name in DETECTORS)
-            lines.append(f"| beacon on {OPENED}, {hours} | {n} | {cells} |")
+        for m in BEACON_METRICS:
+            for part, hours in PARTS:
+                n = r.labelled_on.get((BEACON, m, part), 0)
+                cells = " | ".join(_found_on(r, name, BEACON, m, part) for name in DETECTORS)
+                lines.append(f"| beacon on {m}, {hours} | {n} | {cells} |")
     lines += [
         "",
         "Thresholds: the model's per level, in spreads (lowest-highest of its 48 hour "

@@ -8,9 +8,14 @@ benign days at MEDIUM or HIGH; each level catches more of it than judging each d
 alone did. Over seeds 1-5 the first HIGH flag came 5-34 min in (recall 50-60%): the
 bounds leave room.
 
-The beacon moves the count of connections opened (num_connections_opened) by one every
-5 minutes: a 5-minute sum of 1, which benign nights hold too, so no level sees it there
-(over seeds 1-5: at most 6 of 720 night datapoints flagged, at LOW). Summed over an hour
+The beacon (every 5 minutes ±20%) is one more destination the device connects to at a
+regular interval (num_periodic_destinations), against the check-in and the nightly sync
+it always has: every level flags it from its 9th connection, about 40 minutes in, day
+and night, and flags nothing of that metric on the benign days.
+
+The beacon also moves the count of connections opened (num_connections_opened) by one
+every 5 minutes: a 5-minute sum of 1, which benign nights hold too, so no level sees it there
+(over seeds 1-5: at most 11 of about 700 night datapoints flagged, at LOW). Summed over an hour
 (`train --window-s 3600` for that metric) it is 12 against a benign 2 or so: LOW flags
 42-74% of the night's datapoints, the first 1.1-2.5 h in, MEDIUM 0-30%, HIGH none; and
 MEDIUM and HIGH flag nothing on the benign days."""
@@ -23,7 +28,17 @@ from pathlib import Path
 import pytest
 
 from agent.core.ml import CONFIDENCE_LEVELS
-from hw.ml_eval import BEACON, DETECTORS, OPENED, QUICK, Result, evaluate, main, report
+from hw.ml_eval import (
+    BEACON,
+    DETECTORS,
+    OPENED,
+    PERIODIC,
+    QUICK,
+    Result,
+    evaluate,
+    main,
+    report,
+)
 
 DOUBLING = "night doubling"
 NIGHT = (BEACON, OPENED, "night")  # the beacon on the connections opened, 00:00-06:00
@@ -59,7 +74,8 @@ def test_no_false_flag_on_the_benign_days_at_medium_or_high(rolling: Result) -> 
     assert QUICK.benign_days == [0, 2]
     for level in ("MEDIUM", "HIGH"):
         assert rolling.tallies[level].benign_fp == 0, level
-        assert rolling.tallies[level].fp == 0, level
+        # elsewhere: a benign upload on the beacon's day (4 flags of bytes and packets)
+        assert rolling.tallies[level].fp <= 4, level
     # the static rule that catches as much is noisy: the comparison means something
     assert rolling.tallies["static, best F1"].benign_alarms > 50
 
@@ -80,14 +96,30 @@ def test_the_beacon_is_seen_at_night_on_the_hourly_count_of_connections_opened(
     rolling: Result, hourly: Result
 ) -> None:
     assert QUICK.benign_days == [0, 2]
-    assert rolling.labelled_on[NIGHT] == hourly.labelled_on[NIGHT] == 720  # 6 h of 30 s
+    # 6 h of 30 s datapoints, less those whose window the jittered beacon skipped
+    assert 650 < rolling.labelled_on[NIGHT] < hourly.labelled_on[NIGHT] == 720
     for level in CONFIDENCE_LEVELS:  # a 5-minute sum of 1: benign nights have those
-        assert rolling.tallies[level].hit_on.get(NIGHT, 0) < 10, level
+        assert rolling.tallies[level].hit_on.get(NIGHT, 0) < 0.05 * rolling.labelled_on[NIGHT]
     low = hourly.tallies["LOW"]
-    assert low.hit_on[NIGHT] / 720 > 0.35
+    assert low.hit_on[NIGHT] / hourly.labelled_on[NIGHT] > 0.35
     assert low.first_on[(BEACON, OPENED)] - hourly.anomaly_start[BEACON] < 3 * 3600
     for level in ("MEDIUM", "HIGH"):
         assert hourly.tallies[level].benign_fp == 0, level
+
+
+def test_the_beacon_is_caught_at_every_level_as_one_more_periodic_destination(
+    rolling: Result,
+) -> None:
+    day = (BEACON, PERIODIC, "day")
+    for level in CONFIDENCE_LEVELS:
+        t = rolling.tallies[level]
+        assert t.first_on[(BEACON, PERIODIC)] - rolling.anomaly_start[BEACON] < 45 * 60, level
+        assert t.hit_on[day] >= 0.99 * rolling.labelled_on[day], level
+        night = (BEACON, PERIODIC, "night")
+        assert t.hit_on[night] / rolling.labelled_on[night] > 0.8, level
+    # the device's check-in and nightly sync are periodic too: the model's normal is 2
+    model = rolling.models[PERIODIC]
+    assert {round(model.explain(t, 0)["expected"]) for t in range(0, 7 * 86400, 3600)} == {2}
 
 
 def test_the_report_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
