@@ -76,7 +76,7 @@ def main() -> None:
         rss_before, peak_before = vm_rss_kib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         cpu = time.process_time()
         wall = time.monotonic()
-        trainings = train_from_history(tmp, METRICS[: args.metrics], now)
+        trainings = train_from_history(tmp, "bench", METRICS[: args.metrics], now)
         built = sum(t.model is not None for t in trainings)
         cpu = time.process_time() - cpu
         wall = time.monotonic() - wall

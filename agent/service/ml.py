@@ -179,7 +179,7 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
     try:
         if args.source is None:
             trainings = train_from_history(
-                cfg.state_dir, metrics, now, windows=windows, counters=counters
+                cfg.state_dir, cfg.thing_name, metrics, now, windows=windows, counters=counters
             )
             source = "history"
         else:
@@ -208,6 +208,8 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
             item["trainingDataCollectionStartDate"] = t.first_t
         if t.unusable:
             item["unusableValues"] = t.unusable
+        if t.left_out:
+            item["datapointsInAlarmLeftOut"] = t.left_out
         answer["models"].append(item)
     pid = None if args.no_reload else running_pid(cfg)
     if pid is not None:

@@ -12,12 +12,18 @@ memory that decoding took goes back with the child. The daemon takes the models 
 force with `take()` between samples (Detector.set_models); at its start and at each
 reload `want()` reads models.db at once, so a restart judges with the models it had and
 the `train` verb's models are in
-force when the reload it asks for is answered."""
+force when the reload it asks for is answered.
+
+Training on the history leaves out what the device's own violations on the metric were
+in alarm (rule or ML behaviors; alarm_periods), so that a model retrained daily does not
+learn an attack it alarmed on as normal; violations an operator verified as
+FALSE_POSITIVE or BENIGN_POSITIVE stay in: what they saw is normal."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import shutil
 import subprocess
@@ -38,7 +44,7 @@ from agent.core.profile import SecurityProfile
 from agent.core.report import ReportError, parse_envelope
 from agent.logs import kv
 from agent.store.db import StoreError, StoreNotFound
-from agent.store.history import history_path, open_history
+from agent.store.history import History, history_path, open_history
 from agent.store.models import ModelRecord, models_path, open_models
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,9 @@ CHECK_EVERY_S = 600.0
 STATUSES = ("PENDING_BUILD", "ACTIVE", "EXPIRED")  # AWS's ModelStatus
 # (models by metric, why a metric has none): Detector.set_models's arguments
 InForce = tuple[dict[str, Model | None], dict[str, str]]
+# Verification states that say a violation saw normal behavior: it is trained on.
+NORMAL_STATES = frozenset({"FALSE_POSITIVE", "BENIGN_POSITIVE"})
+Periods = Mapping[str, Sequence[tuple[float, float]]]  # metric -> (start, end), in order
 
 
 class Stopped(Exception):
@@ -70,6 +79,7 @@ class Training:
     datapoints: int
     first_t: float | None
     unusable: int  # values no model takes: negative ones
+    left_out: int = 0  # datapoints in an alarm period (alarm_periods)
 
 
 def ml_metrics(profiles: Iterable[SecurityProfile]) -> list[str]:
@@ -100,17 +110,20 @@ def train(
     offset_s: int,
     windows: Mapping[str, float] | None = None,
     counters: frozenset[str] = frozenset(),
+    left_out: Periods | None = None,
 ) -> list[Training]:
     """Stream metrics-history envelopes (`export-metrics` lines, in time order) through a
     rolling window per metric (its length from `windows`, else WINDOW_S; the custom
     metrics in `counters` summed, as the rule core sums them) into a Trainer, from `start`
-    on, and build each model as of `now`. A malformed envelope, or one
+    on, and build each model as of `now`. A datapoint within its window of one of the
+    metric's `left_out` periods is not trained on. A malformed envelope, or one
     earlier than the one before, is ReportError naming it. A metric that is not a number
     metric is ValueError."""
     lengths = windows or {}
     rolling = {m: Window(metric_kind(m, counters), lengths.get(m, WINDOW_S)) for m in metrics}
     trainers = {m: Trainer(start, offset_s, rolling[m].window_s) for m in metrics}
     unusable = dict.fromkeys(metrics, 0)
+    skip = {m: _Periods((left_out or {}).get(m, ()), rolling[m].window_s) for m in metrics}
     for i, envelope in enumerate(envelopes):
         try:
             t, report = parse_envelope(envelope)
@@ -130,12 +143,67 @@ def train(
                 aggregate = rolling[metric].add(t, v)  # type: ignore[arg-type]
             except ValueError as e:
                 raise ReportError(f"record {i + 1}: {e}") from None
-            if aggregate is not None:
+            if aggregate is not None and not skip[metric].holds(t):
                 trainer.add(t, aggregate)
     return [
-        Training(m, tr.build(now), tr.datapoints, tr.first_t, unusable[m])
+        Training(m, tr.build(now), tr.datapoints, tr.first_t, unusable[m], skip[m].skipped)
         for m, tr in trainers.items()
     ]
+
+
+class _Periods:
+    """Whether times, asked in increasing order, are within window_s of one of the
+    periods: a datapoint aggregates the window_s before it, so those after a period
+    still hold it, and those before it held how it began."""
+
+    def __init__(self, periods: Sequence[tuple[float, float]], window_s: float) -> None:
+        merged: list[list[float]] = []
+        for start, end in sorted(periods):
+            if merged and start - window_s < merged[-1][1] + window_s:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self._spans = [(start - window_s, end + window_s) for start, end in merged]
+        self._i = 0
+        self.skipped = 0
+
+    def holds(self, t: float) -> bool:
+        spans = self._spans
+        while self._i < len(spans) and spans[self._i][1] <= t:
+            self._i += 1
+        inside = self._i < len(spans) and spans[self._i][0] < t
+        self.skipped += inside
+        return inside
+
+
+def alarm_periods(history: History, thing: str, metrics: Sequence[str], now: float) -> Periods:
+    """Per metric of `metrics`, when the device's own violations of behaviors on it were
+    in alarm, from their in-alarm event to the event that ended them (`now` for one
+    still in alarm), oldest first, those verified as NORMAL_STATES left out. The broker
+    watch's clients (other thingNames) are not the device's metrics."""
+    began: dict[str, tuple[str, float]] = {}  # violationId -> (metric, in-alarm time)
+    periods: dict[str, list[tuple[float, float]]] = {m: [] for m in metrics}
+    token: str | None = None
+    while True:
+        page = history.list_violation_events(
+            -math.inf, math.inf, thing_name=thing, next_token=token
+        )
+        for event in page["violationEvents"]:
+            metric = event["behavior"].get("metric")
+            if metric not in periods or event.get("verificationState") in NORMAL_STATES:
+                continue
+            vid, t = event["violationId"], event["violationEventTime"]
+            if event["violationEventType"] == "in-alarm":
+                began[vid] = (metric, t)
+            elif vid in began:
+                metric, start = began.pop(vid)
+                periods[metric].append((start, t))
+        token = page.get("nextToken")
+        if token is None:
+            break
+    for metric, start in began.values():
+        periods[metric].append((start, now))
+    return {m: sorted(p) for m, p in periods.items()}
 
 
 def _numbers_only(report: dict[str, Any]) -> dict[str, Any]:
@@ -162,12 +230,14 @@ def _numbers_only(report: dict[str, Any]) -> dict[str, Any]:
 
 def train_from_history(
     state_dir: str | Path,
+    thing: str,
     metrics: Sequence[str],
     now: float,
     windows: Mapping[str, float] | None = None,
     counters: frozenset[str] = frozenset(),
 ) -> list[Training]:
-    """Train on the last TRAINING_WINDOW_S of the metrics history the daemon wrote."""
+    """Train on the last TRAINING_WINDOW_S of the metrics history the daemon wrote, less
+    the alarm periods of `thing` (the device) on each metric."""
     start = now - TRAINING_WINDOW_S
     offset = utc_offset_s(now)
     try:
@@ -175,8 +245,9 @@ def train_from_history(
     except StoreNotFound:
         return train((), metrics, start, now, offset, windows=windows, counters=counters)
     with history:
+        left_out = alarm_periods(history, thing, metrics, now)
         envelopes = history.export_metrics(start, now)
-        return train(envelopes, metrics, start, now, offset, windows=windows, counters=counters)
+        return train(envelopes, metrics, start, now, offset, windows, counters, left_out=left_out)
 
 
 def usable_model(record: ModelRecord | None) -> Model | None:
@@ -407,6 +478,7 @@ class ModelTrainer:
                     built=model.get("built"),
                     datapoints=model.get("datapoints"),
                     unusable=model.get("unusableValues", 0),
+                    left_out=model.get("datapointsInAlarmLeftOut", 0),
                     wall_s=round(time.monotonic() - began, 2),
                 )
             )

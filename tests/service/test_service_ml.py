@@ -426,3 +426,70 @@ def test_replay_judges_ml_behaviors_with_the_devices_models(
     code = main(["replay", "--config", str(config), "--metrics", str(played)])
     out, err = capsys.readouterr()
     assert code == 0 and "level-high not judged: mlDetectionConfig" in err, err
+
+
+def violation(vid: str, kind: str, t: float, thing: str = "ml-dev") -> dict[str, Any]:
+    return {
+        "violationId": vid,
+        "thingName": thing,
+        "securityProfileName": "ml-profile",
+        "behavior": PROFILE["behaviors"][0],
+        "metricValue": {"number": 1000},
+        "violationEventType": kind,
+        "violationEventTime": t,
+    }
+
+
+def test_training_leaves_out_the_devices_alarms_unless_verified_normal(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two days of an attack at 1000 in the history, alarmed on: a model that learned it
+    would no longer call 1000 anomalous at HIGH (the training's largest value)."""
+    cfg = load_config(str(config))
+    now = time.time()
+    docs = envelopes(now, 14.5)
+    attack = (now - 3 * DAY, now - DAY)
+    for doc in docs:
+        if attack[0] <= doc["timestamp"] < attack[1]:
+            doc["report"]["custom_metrics"]["level"] = [{"number": 1000}]
+    fill_history(cfg.state_dir, docs)
+    active = now - 3600  # in alarm since, still: left out until now
+    with open_history(history_path(cfg.state_dir)) as history:
+        events = [
+            violation("attack", "in-alarm", attack[0] + 60),
+            violation("attack", "alarm-cleared", attack[1] + 60),
+            violation("client", "in-alarm", now - 10 * DAY, thing="a-broker-client"),
+            violation("now", "in-alarm", active),
+        ]
+        history.record(events, [], {})
+
+    def trained() -> tuple[dict[str, Any], Model]:
+        code, answer, err = run(config, capsys, "train", "--metric", "level")
+        assert code == 0, err
+        return answer["models"][0], Model.from_json(
+            stored_records(cfg.state_dir)["level"].model or {}
+        )
+
+    def near(start: float, end: float) -> int:  # datapoints within the 300 s window
+        return sum(start - 300 < d["timestamp"] < end + 300 for d in docs[WARM:])
+
+    summary, model = trained()
+    left_out = near(attack[0] + 60, attack[1] + 60) + near(active, now)
+    assert summary["datapointsInAlarmLeftOut"] == left_out
+    assert summary["datapoints"] == len(docs) - WARM - left_out
+    during = attack[0] + DAY / 2
+    assert model.anomalous(during, 1000, "HIGH")
+
+    code, _, err = run(
+        config,
+        capsys,
+        "put-verification-state-on-violation",
+        "--violation-id",
+        "attack",
+        "--verification-state",
+        "BENIGN_POSITIVE",
+    )
+    assert code == 0, err
+    summary, model = trained()
+    assert summary["datapointsInAlarmLeftOut"] == near(active, now)
+    assert not model.anomalous(during, 1000, "HIGH")  # an operator said it was normal
