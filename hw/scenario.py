@@ -304,15 +304,16 @@ class _Loader:
                 "ml_training.metric",
                 f"with per_s, must be one of {', '.join(NETWORK_METRICS)}, got {metric!r}",
             )
-        levels = _level_metrics(custom_metrics, capture)
-        if "value" in table and metric not in levels:
-            raise self.error(
-                "ml_training.metric",
-                "with value, must be a custom number metric this scenario makes (a"
-                " [[custom_metrics]] entry of type number, or a number of its [capture]"
-                f" features; not a count, which is summed): {', '.join(levels) or 'none'};"
-                f" got {metric!r}",
-            )
+        if "value" in table:
+            levels = _level_metrics(custom_metrics, capture)
+            if metric not in levels:
+                raise self.error(
+                    "ml_training.metric",
+                    "with value, must be a custom number metric this scenario makes (a"
+                    " [[custom_metrics]] entry of type number, or a number of its [capture]"
+                    " features; not a count, which is summed):"
+                    f" {', '.join(levels) or 'none'}; got {metric!r}",
+                )
         judged = any(
             b.get("metric") == metric and "mlDetectionConfig" in b.get("criteria", {})
             for p in profiles

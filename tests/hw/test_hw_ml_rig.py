@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from agent.core.periodic import INTERVALS
 from agent.service.trainer import stored_records, train
 from hw.dut import AgentSetup, prepare_ml
 from hw.lab import Node
@@ -353,11 +354,13 @@ def test_ml_slow_ramp_holds_together_and_its_lead_is_the_models() -> None:
         a for a in night.setup if a.kind == "exfil"
     ]
     assert [e.behavior for e in ramp.expected] == [e.behavior for e in night.expected]
-    assert ramp.ml_training is not None and ramp.warmup_s >= ramp.ml_training["window_s"] + 2
     (creep,) = [a for a in ramp.attack if a.kind == "exfil"]
     assert creep.params["ramp_s"] >= 60  # a creep, not a step: from 0 to its rate
     crossings = ramp_crossings_s(ramp, time.time())
     assert crossings["LOW"] < crossings["MEDIUM"] < crossings["HIGH"]
+    # the model's window is full (with a margin) before its lowest level can alarm
+    assert ramp.ml_training is not None
+    assert ramp.warmup_s + crossings["LOW"] >= ramp.ml_training["window_s"] + 5
     # the scenario's latency is its last level's: the lead is when HIGH can first alarm
     assert crossings["HIGH"] <= ramp.lead_s <= crossings["HIGH"] + 1.5
     assert ramp.deadline_s >= ramp.lead_s + ramp.interval_s + 1 + 10
@@ -441,3 +444,34 @@ def test_the_beacon_checks_in_with_a_jittered_interval() -> None:
     # a new connection each time, a small payload, closed by the beacon (the last one may
     # have been cut by the stop)
     assert all(sum(n for _, n in chunks) == 50 for chunks in listener.received[:-1])
+
+
+def test_ml_beacon_holds_together() -> None:
+    beacon, benign = load_scenarios(SHIPPED, ["ml-beacon", "benign"], EXAMPLE_ADDRESSES, quick=True)
+    assert beacon.capture is not None and beacon.capture["connections"]["enabled"]
+    training = beacon.ml_training
+    assert training is not None and training["metric"] == "num_periodic_destinations"
+    # The trained level is what the benign load's device makes (the benign load judges
+    # this model too): of its own clients, only the HTTP poll opens a new TCP connection
+    # each round (MQTT telemetry holds one; DNS and NTP are UDP). The scenario runs the
+    # same poll, so its level before the attack is the same.
+    pollers = [a for a in benign.setup if a.node == "dut" and a.kind == "http"]
+    assert training["value"] == len(pollers) == 1
+    assert pollers[0] in beacon.setup
+    (check_in,) = beacon.attack
+    assert check_in.kind == "beacon" and check_in.params["host"] == EXAMPLE_ADDRESSES["c2"]
+    jitter = check_in.params["jitter"]
+    assert 0 < jitter <= 0.2  # periodic.py: ±20% passes every time
+    # the window is full at the attack, and the poller periodic (INTERVALS + 1 contacts)
+    # well before the beacon can be
+    assert beacon.warmup_s >= training["window_s"]
+    soonest = beacon.warmup_s + INTERVALS * check_in.params["every_s"] * (1 - jitter)
+    assert INTERVALS * pollers[0].params["every_s"] + 5 <= soonest
+    # the lead: its 9th contact, after INTERVALS of the longest jittered interval
+    assert beacon.lead_s == pytest.approx(INTERVALS * check_in.params["every_s"] * (1 + jitter))
+    assert beacon.deadline_s >= beacon.lead_s + beacon.interval_s + 1 + 5
+    assert [e.behavior for e in beacon.expected] == [
+        "periodic-ml-low",
+        "periodic-ml-medium",
+        "periodic-ml-high",
+    ]
