@@ -29,6 +29,7 @@ from agent.core.metrics import (
     Kind,
     is_finite_number,
 )
+from agent.core.ml import Drift
 from agent.core.ml_window import Window, metric_kind
 from agent.core.profile import (
     Behavior,
@@ -71,12 +72,20 @@ class InactiveBehavior(NamedTuple):
 
 class Scorer(Protocol):
     """What the rule core needs of an ML model (agent.core.ml.Model): the rolling window
-    its datapoints aggregate, and its verdict on one."""
+    its datapoints aggregate, its verdict on one, and its hourly drift (agent.core.ml.Drift
+    keeps the cusum)."""
 
     @property
     def window_s(self) -> float: ...
 
+    @property
+    def utc_offset_s(self) -> int: ...
+
     def anomalous(self, t: float, value: float, confidence: str) -> bool: ...
+
+    def drift_step(self, cusum: float, hour: int, median_y: float) -> float: ...
+
+    def drifting(self, cusum: float, confidence: str) -> bool: ...
 
 
 NO_MODEL = "no model trained yet (PENDING_BUILD)"
@@ -133,6 +142,7 @@ class _Rule:
         "last_time",
         "last_value",
         "ml",
+        "ml_drift",
         "ml_kind",
         "ml_window",
         "model",
@@ -183,6 +193,7 @@ class _Rule:
         # a custom metric named in `counters` is summed there, as its training sums it.
         self.ml_kind = metric_kind(behavior.metric, counters) if self.ml is not None else kind
         self.ml_window = None if self.ml is None else Window(self.ml_kind)
+        self.ml_drift = None if self.ml is None else Drift()  # kept across models
         if criteria.statistic is not None and criteria.operator is not None:
             self.compare = COMPARE[criteria.operator]
             self.percent = statistic_percent(criteria.statistic)
@@ -653,6 +664,8 @@ class Detector:
             entry["window"] = {"end": r.win_end, "value": r.acc}
         if r.ml_window is not None and len(r.ml_window):
             entry["mlWindow"] = r.ml_window.to_json()
+        if r.ml_drift is not None and r.ml_drift.hour is not None:
+            entry["mlDrift"] = r.ml_drift.to_json()
         if r.baseline is not None and r.baseline.pending:
             entry["pending"] = [[t, v] for t, v in r.baseline.pending]
         if r.fleet is not None:
@@ -704,6 +717,8 @@ class Detector:
             saved = entry.get("mlWindow")
             kind = rule.ml_kind
             values["ml_window"] = Window(kind) if saved is None else Window.from_json(kind, saved)
+            drift = entry.get("mlDrift")
+            values["ml_drift"] = Drift() if drift is None else Drift.from_json(drift)
         if rule.baseline is not None:
             baseline = self._new_baseline()
             baseline.load(buckets)
@@ -802,7 +817,10 @@ class Detector:
             v = rule.ml_window.add(t, v)  # the aggregate is the datapoint judged and shown
             if v is None or rule.model is None:
                 return  # not judged: no event, counters untouched, staleness runs on
-            ok = not rule.model.anomalous(t, v, rule.ml)
+            assert rule.ml_drift is not None
+            rule.ml_drift.add(rule.model, t, v)
+            model, cusum = rule.model, rule.ml_drift.cusum
+            ok = not (model.anomalous(t, v, rule.ml) or model.drifting(cusum, rule.ml))
         else:
             baseline = rule.baseline
             assert baseline is not None and rule.compare is not None and rule.percent is not None

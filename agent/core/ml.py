@@ -26,20 +26,42 @@ quantile of the bucket's training datapoints reached (99.9%, 99.99%, the largest
 same three hours pooled). So LOW alarms most, HIGH least, and HIGH never alarms on a
 value like one the same hours saw in training.
 
+A slow drift (an exfiltration growing by a few percent an hour, or a beacon's extra
+connections every hour) stays below every datapoint's threshold for hours; the model
+also judges each local hour as a whole. An hour's drift score is how far the median of
+its datapoints' y lies above the hour's expected value, in spreads, less the training
+hours' median of that, over their robust spread (1.4826 x their median absolute
+deviation, at least DRIFT_SCALE_FLOOR). The scores add up hour by hour in a one-sided
+CUSUM, each clipped at DRIFT_CLIP and less DRIFT_K (an hour at normal takes 0.5 off):
+
+    cusum = min(cap, max(0, cusum + min(score, DRIFT_CLIP) - DRIFT_K))
+
+A level alarms while the cusum is above its drift threshold: the level's base (LOW 6,
+MEDIUM 8, HIGH 10) or, if higher, DRIFT_FACTOR (1.5, 2, 2.5) times the largest cusum
+the training hours themselves reached. The cusum is capped at DRIFT_CAP_ABOVE (2) over
+HIGH's threshold so that the alarms end within hours of the drift's end. A median
+ignores a burst that fills less than half an hour; an hour with fewer than
+MIN_HOUR_DATAPOINTS datapoints, or a gap, leaves the cusum as it was. With fewer than
+MIN_DRIFT_HOURS hours in training the model has no drift judgement.
+
 Training streams datapoints into a fixed array of counts, 48 buckets of 768 bins of
 1/16 on y (a bin is 4.4% wide in value; values up to 2**48 - 1, larger ones are counted
 in the top bin; each bucket's least and largest value kept exact), so its state is
-about 150 KiB however many datapoints it sees. Pure: time comes in as arguments, as
-does the device's UTC offset that makes "night" local.
+about 150 KiB however many datapoints it sees, and each hour's median (the datapoints
+of the hour in progress, and at most MAX_DRIFT_HOURS medians: about 23 KiB). Datapoints
+come in time order, as a history gives them. Pure: time comes in as arguments, as does
+the device's UTC offset that makes "night" local.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import accumulate
+from typing import Any, Protocol
 
 from agent.core.ml_window import WINDOW_S, check_window_s
 from agent.core.profile import CONFIDENCE_LEVELS as CONFIDENCE_LEVELS
@@ -60,7 +82,19 @@ P99_Z = 2.326  # the standard normal's 99th percentile
 # Per level: the base threshold (in spreads) and the share of training scores it passes.
 LEVEL_BASE = {"LOW": 3.0, "MEDIUM": 4.5, "HIGH": 6.0}
 LEVEL_QUANTILE = {"LOW": 0.999, "MEDIUM": 0.9999, "HIGH": 1.0}
-FORMAT = 3  # of to_json (1: one threshold per level; 2: trained on single samples)
+# The hourly drift (a CUSUM of the hours' medians): see the module's docstring.
+DRIFT_K = 0.5
+DRIFT_CLIP = 3.0
+DRIFT_SCALE_FLOOR = 0.1  # in spreads
+DRIFT_BASE = {"LOW": 6.0, "MEDIUM": 8.0, "HIGH": 10.0}
+DRIFT_FACTOR = {"LOW": 1.5, "MEDIUM": 2.0, "HIGH": 2.5}
+DRIFT_CAP_ABOVE = 2.0
+MIN_HOUR_DATAPOINTS = 6
+MIN_DRIFT_HOURS = 7 * HOURS
+MAX_DRIFT_HOURS = 60 * HOURS  # a longer training keeps its last 60 days' hours
+MAD_SD = 1.4826  # a normal distribution's standard deviation per median absolute deviation
+# of to_json (1: one threshold per level; 2: trained on single samples; 3: no drift)
+FORMAT = 4
 
 
 def _y(value: float) -> float:
@@ -108,12 +142,27 @@ def _bucket(hour: int) -> int:
 
 class Trainer:
     """Streams (t, value) datapoints of one metric into bounded state (a fixed array of
-    counts, whatever the number of points), then builds a Model. Feed in any order of t;
-    datapoints before `start` (the start of the training window) are refused. The
+    counts, whatever the number of points, and the hours' medians), then builds a Model.
+    Feed in time order; datapoints before `start` (the start of the training window) or
+    before the one fed last are refused. The
     datapoints are aggregates over `window_s` (agent.core.ml_window.Window gives them);
     the model records it so that the rule core judges the same aggregates."""
 
-    __slots__ = ("_counts", "_first_t", "_high", "_low", "_n", "_offset", "_start", "_window_s")
+    __slots__ = (
+        "_counts",
+        "_first_t",
+        "_high",
+        "_hour",
+        "_hour_ys",
+        "_hours",
+        "_last_t",
+        "_low",
+        "_medians",
+        "_n",
+        "_offset",
+        "_start",
+        "_window_s",
+    )
 
     def __init__(self, start: float, utc_offset_s: int = 0, window_s: float = WINDOW_S) -> None:
         self._start = check_time(start)
@@ -126,6 +175,11 @@ class Trainer:
         self._high = [0.0] * BUCKETS
         self._n = 0
         self._first_t: float | None = None
+        self._last_t = -math.inf
+        self._hour: int | None = None  # the local hour in progress, and its datapoints' y
+        self._hour_ys = array("d")
+        self._hours = array("q")  # the hours done, and their medians of y
+        self._medians = array("d")
 
     @property
     def start(self) -> float:
@@ -154,16 +208,33 @@ class Trainer:
             raise ValueError(
                 f"ML datapoint time {t!r} is before the training start {self._start!r}"
             )
-        b = _bucket(_hour_index(t + self._offset))
-        i = int(_y(v) * BINS_PER_UNIT)
+        if t < self._last_t:
+            raise ValueError(f"ML datapoint time {t!r} is before the last one, {self._last_t!r}")
+        self._last_t = t
+        hour = _hour_index(t + self._offset)
+        if hour != self._hour:
+            self._end_hour()
+            self._hour = hour
+        y = _y(v)
+        self._hour_ys.append(y)
+        b = _bucket(hour)
+        i = int(y * BINS_PER_UNIT)
         self._counts[b * BINS + (i if i < BINS else BINS - 1)] += 1
         if v > self._high[b]:
             self._high[b] = v
         if v < self._low[b]:
             self._low[b] = v
         self._n += 1
-        if self._first_t is None or t < self._first_t:
+        if self._first_t is None:
             self._first_t = t
+
+    def _end_hour(self) -> None:
+        if len(self._hour_ys) >= MIN_HOUR_DATAPOINTS and self._hour is not None:
+            self._hours.append(self._hour)
+            self._medians.append(statistics.median(self._hour_ys))
+            if len(self._hours) > MAX_DRIFT_HOURS:
+                del self._hours[0], self._medians[0]
+        self._hour_ys = array("d")
 
     def build(self, now: float) -> Model | None:
         """The model, or None until the data spans MIN_TRAINING_DAYS before `now` and
@@ -175,6 +246,12 @@ class Trainer:
         pooled = [self._pool(b) for b in range(BUCKETS)]
         expected = [_quantile(bins, 0.5, low, high) for bins, low, high in pooled]
         tails = [_tail(pooled, expected, b) for b in range(BUCKETS)]
+        spread = [s for s, _ in tails]
+        # the hour in progress is not whole: its median is not one the judging would take
+        scores = [
+            (m - expected[_bucket(h)]) / spread[_bucket(h)]
+            for h, m in zip(self._hours, self._medians, strict=True)
+        ]
         return Model(
             trained_at=now,
             datapoints=self._n,
@@ -182,8 +259,9 @@ class Trainer:
             utc_offset_s=self._offset,
             window_s=self._window_s,
             expected=tuple(expected),
-            spread=tuple(spread for spread, _ in tails),
+            spread=tuple(spread),
             thresholds=tuple(tuple(levels[i] for _, levels in tails) for i in range(3)),
+            drift=_drift(scores),
         )
 
     def _pool(self, b: int) -> tuple[Sequence[int], float, float]:
@@ -261,12 +339,45 @@ def _tail(
     return spread, levels
 
 
+def _drift(scores: Sequence[float]) -> DriftParams | None:
+    """The drift judgement from the training hours' scores (in time order): their
+    centre and robust scale, and each level's threshold; None with too few hours."""
+    if len(scores) < MIN_DRIFT_HOURS:
+        return None
+    center = statistics.median(scores)
+    scale = max(MAD_SD * statistics.median(abs(x - center) for x in scores), DRIFT_SCALE_FLOOR)
+    top = max(
+        accumulate((min((x - center) / scale, DRIFT_CLIP) for x in scores), _cusum, initial=0.0)
+    )
+    return DriftParams(
+        center,
+        scale,
+        tuple(max(DRIFT_BASE[lv], DRIFT_FACTOR[lv] * top) for lv in CONFIDENCE_LEVELS),
+    )
+
+
+def _cusum(total: float, score: float) -> float:
+    """The one-sided CUSUM's step, uncapped."""
+    return max(0.0, total + score - DRIFT_K)
+
+
+@dataclass(frozen=True)
+class DriftParams:
+    """A model's drift judgement: the training hours' median score and robust scale, and
+    per level of CONFIDENCE_LEVELS the cusum above which it alarms."""
+
+    center: float
+    scale: float
+    thresholds: tuple[float, ...]
+
+
 @dataclass(frozen=True)
 class Model:
     """A trained model of one metric. Per bucket, on y = log2(1 + value): `expected`
     (the median) and `spread`; `thresholds` holds, per level of CONFIDENCE_LEVELS, the
     score above which that level alarms in each bucket. `window_s`: the rolling window
-    its datapoints aggregate (agent.core.ml_window), which the rule core judges on."""
+    its datapoints aggregate (agent.core.ml_window), which the rule core judges on.
+    `drift`: the hourly drift's parameters (None: too few hours in training)."""
 
     trained_at: float
     datapoints: int
@@ -276,6 +387,7 @@ class Model:
     expected: tuple[float, ...]
     spread: tuple[float, ...]
     thresholds: tuple[tuple[float, ...], ...]
+    drift: DriftParams | None = None
 
     def _at(self, t: float, per_bucket: tuple[float, ...]) -> float:
         """A per-bucket figure at t: linear between the two nearest hour centres, so
@@ -299,6 +411,23 @@ class Model:
 
     def anomalous(self, t: float, value: float, confidence: str) -> bool:
         return self.score(t, value) > self.threshold(t, confidence)
+
+    def drift_step(self, cusum: float, hour: int, median_y: float) -> float:
+        """The cusum after a whole local hour (hours since the epoch) whose datapoints'
+        median y was `median_y` (0 without a drift judgement)."""
+        d = self.drift
+        if d is None:
+            return 0.0
+        b = _bucket(hour)
+        score = ((median_y - self.expected[b]) / self.spread[b] - d.center) / d.scale
+        return min(_cusum(cusum, min(score, DRIFT_CLIP)), d.thresholds[-1] + DRIFT_CAP_ABOVE)
+
+    def drifting(self, cusum: float, confidence: str) -> bool:
+        """Whether `confidence` alarms on this cusum."""
+        if confidence not in CONFIDENCE_LEVELS:
+            raise ValueError(f"confidence level {confidence!r} is not one of {CONFIDENCE_LEVELS}")
+        d = self.drift
+        return d is not None and cusum > d.thresholds[CONFIDENCE_LEVELS.index(confidence)]
 
     def explain(self, t: float, value: float) -> dict[str, float]:
         """The value, the expected value at t, the spread (on log2(1 + value)), the
@@ -329,6 +458,13 @@ class Model:
             "thresholds": {
                 level: list(self.thresholds[i]) for i, level in enumerate(CONFIDENCE_LEVELS)
             },
+            "drift": None
+            if self.drift is None
+            else {
+                "center": self.drift.center,
+                "scale": self.drift.scale,
+                "thresholds": dict(zip(CONFIDENCE_LEVELS, self.drift.thresholds, strict=True)),
+            },
         }
 
     @classmethod
@@ -338,8 +474,8 @@ class Model:
             raise ValueError(f"ML model {doc!r} is not an object")
         if doc.get("format") != FORMAT:
             raise ValueError(
-                f"ML model format: {doc.get('format')!r} is not {FORMAT} (format 2 models"
-                " judged single samples, not rolling windows)"
+                f"ML model format: {doc.get('format')!r} is not {FORMAT} (format 3 models"
+                " had no hourly drift, format 2 ones judged single samples)"
             )
         datapoints = doc.get("datapoints")
         if type(datapoints) is not int or datapoints < 0:
@@ -364,7 +500,76 @@ class Model:
             expected=_numbers(doc, "expected", 0.0),
             spread=_numbers(doc, "spread", SPREAD_FLOOR),
             thresholds=levels,
+            drift=_drift_from_json(doc.get("drift")),
         )
+
+
+def _drift_from_json(doc: object) -> DriftParams | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"ML model drift: {doc!r} is not an object or null")
+    thresholds = doc.get("thresholds")
+    if not isinstance(thresholds, Mapping) or set(thresholds) != set(CONFIDENCE_LEVELS):
+        raise ValueError(
+            f"ML model drift.thresholds: must map each of {CONFIDENCE_LEVELS} to a number"
+        )
+    levels = tuple(_number(thresholds, k, "drift.thresholds.") for k in CONFIDENCE_LEVELS)
+    if not 0 <= levels[0] <= levels[1] <= levels[2]:
+        raise ValueError("ML model drift.thresholds: 0 <= LOW <= MEDIUM <= HIGH does not hold")
+    scale = _number(doc, "scale", "drift.")
+    if scale <= 0:
+        raise ValueError(f"ML model drift.scale: {scale!r} is not > 0")
+    return DriftParams(_number(doc, "center", "drift."), scale, levels)
+
+
+class Hourly(Protocol):
+    """What Drift needs of a model."""
+
+    @property
+    def utc_offset_s(self) -> int: ...
+
+    def drift_step(self, cusum: float, hour: int, median_y: float) -> float: ...
+
+
+class Drift:
+    """One judged ML behavior's hourly drift: the local hour in progress, its datapoints'
+    y, and the cusum of the hours before (Model.drift_step). The hour in progress is not
+    kept across restarts (to_json): a restart loses it, not the cusum."""
+
+    __slots__ = ("_ys", "cusum", "hour")
+
+    def __init__(self, hour: int | None = None, cusum: float = 0.0) -> None:
+        self.hour = hour
+        self.cusum = cusum
+        self._ys = array("d")
+
+    def add(self, model: Hourly, t: float, value: float) -> None:
+        """A datapoint judged with `model`; a new hour first ends the one before. A
+        datapoint of an earlier hour (the clock set back) is left out."""
+        hour = _hour_index(t + model.utc_offset_s)
+        if self.hour is not None and hour < self.hour:
+            return
+        if hour != self.hour:
+            if self.hour is not None and len(self._ys) >= MIN_HOUR_DATAPOINTS:
+                self.cusum = model.drift_step(self.cusum, self.hour, statistics.median(self._ys))
+            self.hour, self._ys = hour, array("d")
+        self._ys.append(_y(value))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hour": self.hour, "cusum": self.cusum}
+
+    @classmethod
+    def from_json(cls, doc: object) -> Drift:
+        """Raises ValueError naming what is wrong."""
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"ML drift state {doc!r} is not an object")
+        hour, cusum = doc.get("hour"), _finite(doc.get("cusum"))
+        if hour is not None and type(hour) is not int:
+            raise ValueError(f"ML drift state hour: {hour!r} is not an integer or null")
+        if cusum is None or cusum < 0:
+            raise ValueError(f"ML drift state cusum: {doc.get('cusum')!r} is not a number >= 0")
+        return cls(hour, cusum)
 
 
 def _number(doc: Mapping[str, Any], key: str, where: str = "") -> float:

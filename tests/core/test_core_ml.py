@@ -15,8 +15,11 @@ import pytest
 
 from agent.core.ml import (
     CONFIDENCE_LEVELS,
+    DRIFT_CAP_ABOVE,
     MIN_DATAPOINTS,
+    MIN_DRIFT_HOURS,
     MIN_TRAINING_DAYS,
+    Drift,
     Model,
     Trainer,
 )
@@ -189,21 +192,18 @@ def test_a_counter_zero_most_of_the_time() -> None:
     assert all(model.anomalous(t, 10, level) for level in CONFIDENCE_LEVELS)
 
 
-def test_order_of_datapoints_does_not_matter() -> None:
-    data = list(points(daily, 30.0))
-    shuffled = data[:]
-    random.Random(5).shuffle(shuffled)
-    models = []
-    for feed in (data, shuffled):
-        trainer = Trainer(T0)
-        for t, v in feed:
-            trainer.add(t, v)
-        models.append(trainer.build(T0 + TRAIN_S))
-    assert models[0] == models[1]
+def test_datapoints_out_of_time_order_are_refused() -> None:
+    trainer = Trainer(T0)
+    trainer.add(T0 + 100, 1.0)
+    trainer.add(T0 + 100, 2.0)  # the same instant is in order
+    with pytest.raises(ValueError, match=r"ML datapoint time 1.+ is before the last one"):
+        trainer.add(T0 + 99, 1.0)
+    assert trainer.datapoints == 2
 
 
 def test_training_state_is_bounded_whatever_the_count() -> None:
-    """14 days at 10 s (120,960 datapoints) in at most 256 KiB, no more than 1 day."""
+    """14 days at 10 s (120,960 datapoints) in at most 256 KiB, no more than 1 day but
+    for the hours' medians (16 B an hour)."""
     sizes = []
     for days in (1, 14):
         tracemalloc.start()
@@ -215,7 +215,7 @@ def test_training_state_is_bounded_whatever_the_count() -> None:
         sizes.append(size)
         assert trainer.datapoints == days * 8640
     assert sizes[1] <= 256 * 1024
-    assert sizes[1] < sizes[0] + 4096
+    assert sizes[1] < sizes[0] + 13 * 24 * 16 * 2  # arrays grow by more than they need
 
 
 def test_huge_values_are_counted_and_scored() -> None:
@@ -258,7 +258,8 @@ def test_json_round_trip_is_small_and_exact(model: Model) -> None:
     doc = json.loads(json.dumps(model.to_json()))
     assert Model.from_json(doc) == model
     assert len(json.dumps(doc)) < 8 * 1024
-    assert doc["format"] == 3 and doc["windowS"] == 300.0  # the window it judges over
+    assert doc["format"] == 4 and doc["windowS"] == 300.0  # the window it judges over
+    assert doc["drift"] is not None
 
 
 def test_a_model_keeps_the_window_it_was_trained_on() -> None:
@@ -276,7 +277,7 @@ def test_a_model_keeps_the_window_it_was_trained_on() -> None:
     ("change", "field"),
     [
         (lambda d: d.pop("format"), "format"),
-        (lambda d: d.update(format=2), "format: 2 is not 3 \\(format 2 models judged single"),
+        (lambda d: d.update(format=3), "format: 3 is not 4 \\(format 3 models had no hourly"),
         (lambda d: d.pop("windowS"), "windowS"),
         (lambda d: d.update(windowS=-300), "windowS"),
         (lambda d: d.update(datapoints=-1), "datapoints"),
@@ -297,3 +298,104 @@ def test_a_bad_saved_model_names_its_field(
     change(doc)
     with pytest.raises(ValueError, match=f"ML model {field}"):
         Model.from_json(doc)
+
+
+def judge_drift(model: Model, factor: Callable[[float], float], days: float = 5) -> dict:
+    """Fresh daily traffic after the training, times factor(hours since its start): the
+    hour each level first drifted into alarm, the first datapoint anomalous at LOW on its
+    own while changed, and the largest cusum."""
+    drift, found, top = Drift(), {}, 0.0
+    for t, v in points(daily, 30.0, seed=7, days=days):
+        t += TRAIN_S
+        hours = (t - T0 - TRAIN_S) / HOUR
+        v *= factor(hours)
+        drift.add(model, t, v)
+        top = max(top, drift.cusum)
+        for level in CONFIDENCE_LEVELS:
+            if model.drifting(drift.cusum, level):
+                found.setdefault(level, hours)
+            elif level in found and level == "LOW":
+                found.setdefault("LOW ended", hours)
+        if model.anomalous(t, v, "LOW") and factor(hours) > 1:
+            found.setdefault("datapoint", hours)
+    return {**found, "top": top}
+
+
+def test_a_slow_ramp_drifts_into_alarm_hours_before_a_datapoint_alarms(model: Model) -> None:
+    """+30% over 24 h from hour 24, held for a day, then normal again."""
+
+    def ramp(h: float) -> float:
+        return 1.0 if not 24 <= h < 72 else 1 + 0.3 * min((h - 24) / 24, 1)
+
+    found = judge_drift(model, ramp)
+    assert found["LOW"] <= found["MEDIUM"] <= found["HIGH"] < 24 + 12
+    assert found["datapoint"] > found["HIGH"] + 4  # at about +20%
+    assert model.drift is not None
+    assert found["top"] == model.drift.thresholds[-1] + DRIFT_CAP_ABOVE  # capped
+    assert 72 < found["LOW ended"] < 72 + 14  # the cap lets it end within hours
+
+
+def test_benign_days_do_not_drift(model: Model) -> None:
+    found = judge_drift(model, lambda h: 1.0, days=7)
+    assert set(found) == {"top"} and found["top"] < 6
+
+
+def test_drift_needs_a_week_of_hours_in_training() -> None:
+    trainer = Trainer(T0)
+    trainer.add(T0, 2000.0)
+    for t, v in points(daily, 20.0, days=6):  # 25,920 datapoints in 144 hours
+        trainer.add(t + 8 * DAY, v)
+    model = trainer.build(T0 + TRAIN_S)
+    assert model is not None and model.drift is None
+    assert MIN_DRIFT_HOURS > 6 * 24
+    drift = Drift()
+    for t, v in points(lambda r, t: 1e9, 30.0, days=1):  # far above normal for a day
+        drift.add(model, t + TRAIN_S, v)
+    assert drift.cusum == 0 and not model.drifting(drift.cusum, "LOW")
+
+
+def test_drift_state_keeps_the_cusum_not_the_hour_in_progress(model: Model) -> None:
+    drift = Drift()
+    for t, v in points(daily, 30.0, days=1):
+        drift.add(model, t + TRAIN_S, 3 * v)
+    saved = json.loads(json.dumps(drift.to_json()))
+    assert saved["cusum"] > 0 and saved["hour"] == (T0 + TRAIN_S + DAY) // HOUR - 1
+    again = Drift.from_json(saved)
+    assert (again.hour, again.cusum) == (drift.hour, drift.cusum)
+    again.add(model, T0 + TRAIN_S, 1.0)  # an earlier hour (the clock set back): left out
+    assert (again.hour, again.cusum) == (drift.hour, drift.cusum)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([], "ML drift state \\[\\] is not an object"),
+        ({"hour": 1.5, "cusum": 0}, "ML drift state hour: 1.5 is not an integer or null"),
+        ({"hour": None, "cusum": -1}, "ML drift state cusum: -1 is not a number >= 0"),
+        ({"hour": None}, "ML drift state cusum: None is not a number >= 0"),
+    ],
+)
+def test_a_bad_drift_state_names_what_is_wrong(doc: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Drift.from_json(doc)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda d: d.update(drift=[]), "drift: \\[\\] is not an object or null"),
+        (lambda d: d["drift"].pop("scale"), "drift.scale"),
+        (lambda d: d["drift"].update(scale=0), "drift.scale: 0.0 is not > 0"),
+        (lambda d: d["drift"]["thresholds"].pop("LOW"), "drift.thresholds: must map"),
+        (lambda d: d["drift"]["thresholds"].update(LOW=99), "drift.thresholds: 0 <= LOW"),
+        (lambda d: d["drift"]["thresholds"].update(HIGH="x"), "drift.thresholds.HIGH"),
+    ],
+)
+def test_a_bad_saved_drift_names_its_field(
+    model: Model, change: Callable[[dict], object], field: str
+) -> None:
+    doc = json.loads(json.dumps(model.to_json()))
+    change(doc)
+    with pytest.raises(ValueError, match=f"ML model {field}"):
+        Model.from_json(doc)
+    assert Model.from_json({**model.to_json(), "drift": None}).drift is None

@@ -21,8 +21,20 @@ BYTES = "aws:all-bytes-out"
 LEVEL_LIMITS = {"LOW": 100.0, "MEDIUM": 200.0, "HIGH": 300.0}
 
 
+class NoDrift:
+    """No hourly drift judgement (agent.core.ml.Model.drift None)."""
+
+    utc_offset_s = 0
+
+    def drift_step(self, cusum: float, hour: int, median_y: float) -> float:
+        return 0.0
+
+    def drifting(self, cusum: float, confidence: str) -> bool:
+        return False
+
+
 @dataclass(frozen=True)
-class StepModel:
+class StepModel(NoDrift):
     """A model whose verdict is plain to read: anomalous above the level's limit. Its
     10 s window holds one 10 s sample: a datapoint is that sample, from the second on."""
 
@@ -33,7 +45,7 @@ class StepModel:
 
 
 @dataclass
-class Seen:
+class Seen(NoDrift):
     """A 5-minute model that notes what it was asked to judge."""
 
     limit: float
@@ -346,3 +358,35 @@ def test_a_model_of_another_window_length_starts_the_window_again():
     d.set_models({BYTES: same})  # the same length: the window goes on
     feed(d, [10], start=440.0)
     assert same.judged == [(440.0, 30)]
+
+
+@dataclass
+class Drifting(Seen):
+    """Normal datapoint by datapoint; each whole hour adds 1 to the cusum, and a level
+    alarms above its number of hours."""
+
+    def drift_step(self, cusum: float, hour: int, median_y: float) -> float:
+        return cusum + 1
+
+    def drifting(self, cusum: float, confidence: str) -> bool:
+        return cusum > {"LOW": 2, "MEDIUM": 3, "HIGH": 4}[confidence]
+
+
+def test_an_hourly_drift_alarms_and_its_cusum_survives_a_restart():
+    p = profile(ml("low", "LOW"), ml("high", "HIGH"))
+    d = detector(p)
+    d.set_models({BYTES: Drifting(limit=10**9)})
+    hour = 360  # samples of 10 s
+    events = feed(d, [10] * (3 * hour + 1))
+    # the window's first datapoint is at 300 s; hours 0, 1 and 2 end at 3600, 7200, 10800
+    assert brief(events) == [("in-alarm", "low", 10800.0)]
+    rules = d.export_changes().rules
+    entries = [e for k, e in rules.items() if k != "detector"]
+    assert sorted(e["mlDrift"]["cusum"] for e in entries) == [3, 3]
+    again = detector(p)
+    again.restore(json.loads(json.dumps(rules)), {})
+    again.set_models({BYTES: Drifting(limit=10**9)})
+    # back 10 minutes into hour 3 (its datapoints before the restart are lost, the rest
+    # count), on into hour 5
+    events = feed(again, [10] * (2 * hour), start=3 * 3600.0 + 600)
+    assert brief(events) == [("in-alarm", "high", 5 * 3600.0)]
