@@ -56,7 +56,8 @@ class AgentSetup:
     mitigation: dict[str, Any] | None = None  # the [mitigation] table (None: the default, off)
     # [{"name", "actionParams"}]: created with create-mitigation-action before the start
     mitigation_actions: list[dict[str, Any]] = field(default_factory=list)
-    # [{"metric", "per_s", "window_s"}]: models trained with `train --from` before the start
+    # [{"metric", "per_s" or "value", "window_s"}]: models trained with `train --from`
+    # before the start
     ml_training: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -48,6 +48,8 @@ REQUIRED = {
     "mqtt-flood",
     "mqtt-message-size-spike",
     "ml-night-upload",
+    "ml-slow-ramp",
+    "ml-beacon",
     "benign",
 }
 
