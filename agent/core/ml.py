@@ -32,14 +32,17 @@ also judges each local hour as a whole. An hour's drift score is how far the med
 its datapoints' y lies above the hour's expected value, in spreads, less the training
 hours' median of that, over their robust spread (1.4826 x their median absolute
 deviation, at least DRIFT_SCALE_FLOOR). The scores add up hour by hour in a one-sided
-CUSUM, each clipped at DRIFT_CLIP and less DRIFT_K (an hour at normal takes 0.5 off):
+CUSUM, each clipped at DRIFT_CLIP and less DRIFT_K, and an hour at or below normal
+halves it (so that a drift's alarms end within hours of it, and benign hours do not
+pile up):
 
-    cusum = min(cap, max(0, cusum + min(score, DRIFT_CLIP) - DRIFT_K))
+    cusum = cusum / 2                                   if score <= 0
+            min(cap, max(0, cusum + min(score, DRIFT_CLIP) - DRIFT_K))  otherwise
 
 A level alarms while the cusum is above its drift threshold: the level's base (LOW 6,
 MEDIUM 8, HIGH 10) or, if higher, DRIFT_FACTOR (1.5, 2, 2.5) times the largest cusum
 the training hours themselves reached. The cusum is capped at DRIFT_CAP_ABOVE (2) over
-HIGH's threshold so that the alarms end within hours of the drift's end. A median
+HIGH's threshold, which also keeps its alarms short after a drift ends. A median
 ignores a burst that fills less than half an hour; an hour with fewer than
 MIN_HOUR_DATAPOINTS datapoints, or a gap, leaves the cusum as it was. With fewer than
 MIN_DRIFT_HOURS hours in training the model has no drift judgement.
@@ -357,8 +360,8 @@ def _drift(scores: Sequence[float]) -> DriftParams | None:
 
 
 def _cusum(total: float, score: float) -> float:
-    """The one-sided CUSUM's step, uncapped."""
-    return max(0.0, total + score - DRIFT_K)
+    """The one-sided CUSUM's step, uncapped; an hour at or below normal halves it."""
+    return total / 2 if score <= 0 else max(0.0, total + score - DRIFT_K)
 
 
 @dataclass(frozen=True)
