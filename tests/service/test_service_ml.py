@@ -375,28 +375,28 @@ def test_ml_violations_are_listed_by_criteria_type_and_targeted_by_mitigation(
 def test_a_model_of_an_older_format_is_not_used_and_is_retrained_at_once(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A format 2 model judged single samples: against 5-minute sums it would alarm all
-    the time. It is not in force, and the thread retrains it without waiting a day."""
+    """A format 3 model has no hourly drift judgement (format 2 ones judged single
+    samples). It is not in force, and the thread retrains it without waiting a day."""
     cfg = load_config(str(config))
     now = time.time()
     docs = envelopes(now, 14.5)
     fill_history(cfg.state_dir, docs)
     assert run(config, capsys, "train", "--metric", "level")[0] == 0
     current = stored_records(cfg.state_dir)["level"]
-    old = {**(current.model or {}), "format": 2}
-    old.pop("windowS")
+    old = {**(current.model or {}), "format": 3}
+    old.pop("drift")
     with open_models(cfg.state_dir) as store:
         store.put([ModelRecord("level", old, now, current.datapoints, current.first_t, now, "x")])
     models, reasons = in_force(stored_records(cfg.state_dir), ["level"], now)
     assert models == {"level": None}
     assert reasons["level"].startswith(
-        "the stored model is unusable (ML model format: 2 is not 3 (format 2 models judged"
-        " single samples, not rolling windows)); train it again"
+        "the stored model is unusable (ML model format: 3 is not 4 (format 3 models had no"
+        " hourly drift, format 2 ones judged single samples)); train it again"
     )
     trainer = ModelTrainer(lambda: cfg, ["level"], first_check_s=0.01)
     try:
         deadline = time.monotonic() + 30
-        while (stored_records(cfg.state_dir)["level"].model or {}).get("format") != 3:
+        while (stored_records(cfg.state_dir)["level"].model or {}).get("format") != 4:
             assert time.monotonic() < deadline, "the thread did not retrain the old model"
             time.sleep(0.05)
     finally:
