@@ -29,7 +29,7 @@ from agent.core.metrics import (
     Kind,
     is_finite_number,
 )
-from agent.core.ml import Drift
+from agent.core.ml import Drift, Hourly
 from agent.core.ml_window import Window, metric_kind
 from agent.core.profile import (
     Behavior,
@@ -70,7 +70,7 @@ class InactiveBehavior(NamedTuple):
     reason: str
 
 
-class Scorer(Protocol):
+class Scorer(Hourly, Protocol):
     """What the rule core needs of an ML model (agent.core.ml.Model): the rolling window
     its datapoints aggregate, its verdict on one, and its hourly drift (agent.core.ml.Drift
     keeps the cusum)."""
@@ -78,12 +78,7 @@ class Scorer(Protocol):
     @property
     def window_s(self) -> float: ...
 
-    @property
-    def utc_offset_s(self) -> int: ...
-
     def anomalous(self, t: float, value: float, confidence: str) -> bool: ...
-
-    def drift_step(self, cusum: float, hour: int, median_y: float) -> float: ...
 
     def drifting(self, cusum: float, confidence: str) -> bool: ...
 

@@ -408,9 +408,7 @@ class Model:
 
     def threshold(self, t: float, confidence: str) -> float:
         """The score above which `confidence` alarms at t."""
-        if confidence not in CONFIDENCE_LEVELS:
-            raise ValueError(f"confidence level {confidence!r} is not one of {CONFIDENCE_LEVELS}")
-        return self._at(t, self.thresholds[CONFIDENCE_LEVELS.index(confidence)])
+        return self._at(t, self.thresholds[_level(confidence)])
 
     def anomalous(self, t: float, value: float, confidence: str) -> bool:
         return self.score(t, value) > self.threshold(t, confidence)
@@ -427,10 +425,8 @@ class Model:
 
     def drifting(self, cusum: float, confidence: str) -> bool:
         """Whether `confidence` alarms on this cusum."""
-        if confidence not in CONFIDENCE_LEVELS:
-            raise ValueError(f"confidence level {confidence!r} is not one of {CONFIDENCE_LEVELS}")
-        d = self.drift
-        return d is not None and cusum > d.thresholds[CONFIDENCE_LEVELS.index(confidence)]
+        level = _level(confidence)
+        return self.drift is not None and cusum > self.drift.thresholds[level]
 
     def explain(self, t: float, value: float) -> dict[str, float]:
         """The value, the expected value at t, the spread (on log2(1 + value)), the
@@ -573,6 +569,13 @@ class Drift:
         if cusum is None or cusum < 0:
             raise ValueError(f"ML drift state cusum: {doc.get('cusum')!r} is not a number >= 0")
         return cls(hour, cusum)
+
+
+def _level(confidence: str) -> int:
+    """The index of a confidence level in CONFIDENCE_LEVELS; ValueError naming it."""
+    if confidence not in CONFIDENCE_LEVELS:
+        raise ValueError(f"confidence level {confidence!r} is not one of {CONFIDENCE_LEVELS}")
+    return CONFIDENCE_LEVELS.index(confidence)
 
 
 def _number(doc: Mapping[str, Any], key: str, where: str = "") -> float:

@@ -41,7 +41,7 @@ class Periodicity(Generic[K]):
         if max_keys < 1:
             raise ValueError(f"max_keys must be >= 1, got {max_keys}")
         self.max_keys = max_keys
-        self._contacts: OrderedDict[K, array[float]] = OrderedDict()  # last first
+        self._contacts: OrderedDict[K, array[float]] = OrderedDict()  # least recent first
         self._periodic: dict[K, float] = {}  # key -> its period
         self._forgotten = 0
 
