@@ -123,7 +123,7 @@ def train(
     rolling = {m: Window(metric_kind(m, counters), lengths.get(m, WINDOW_S)) for m in metrics}
     trainers = {m: Trainer(start, offset_s, rolling[m].window_s) for m in metrics}
     unusable = dict.fromkeys(metrics, 0)
-    skip = {m: _Periods((left_out or {}).get(m, ()), rolling[m].window_s) for m in metrics}
+    skip = {m: _LeftOut((left_out or {}).get(m, ()), rolling[m].window_s) for m in metrics}
     for i, envelope in enumerate(envelopes):
         try:
             t, report = parse_envelope(envelope)
@@ -151,7 +151,7 @@ def train(
     ]
 
 
-class _Periods:
+class _LeftOut:
     """Whether times, asked in increasing order, are within window_s of one of the
     periods: a datapoint aggregates the window_s before it, so those after a period
     still hold it, and those before it held how it began."""
