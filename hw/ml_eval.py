@@ -643,6 +643,46 @@ F1, or just above the largest value of the benign days (no false alarm there).
 """
 
 
+def runs(base: Setting) -> list[tuple[str, str, Setting]]:
+    """(title, short name, setting) of each way of judging: each datapoint alone, the
+    rolling 5-minute window, and with a beacon the connections opened over an hour."""
+    step = f"{base.interval_s:.0f} s"
+    out = [
+        (f"Each {step} datapoint alone (before)", f"each {step}", base),
+        (
+            f"Rolling 5-minute aggregates at every {step} datapoint (what the agent does)",
+            "rolling 5 min",
+            replace(base, window_s=WINDOW_S),
+        ),
+    ]
+    if any(a.name == BEACON for a in base.anomalies):
+        out.append(
+            (
+                f"Rolling 5-minute aggregates, {OPENED} over 1 hour (`train --window-s 3600`)",
+                f"rolling 5 min, {OPENED} 1 h",
+                replace(base, window_s=WINDOW_S, windows=((OPENED, 3600.0),)),
+            )
+        )
+    return out
+
+
+def document(base: Setting, seed: int, results: Sequence[Result]) -> str:
+    """The markdown report of the runs of `base`."""
+    text = HEADER.format(
+        metrics=", ".join(METRICS),
+        opened=OPENED,
+        per_tick=OPENED_PER_TICK,
+        background=BACKGROUND_PER_HOUR,
+        anomalies="\n".join(f"- {a.name} (test day {a.day}): {a.what}" for a in base.anomalies),
+    )
+    text += (
+        f"\n## Compared (seed {seed})\n\nPer anomaly: recall, time from its start to the"
+        " first flag. The static rules' c is chosen with hindsight on each run's own test"
+        " datapoints.\n\n" + compare(results)
+    )
+    return text + "".join("\n" + report(r) for r in results)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hw.ml_eval", description=__doc__.splitlines()[0]
@@ -652,38 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="30 s datapoints, a 4-day test")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
-    step = f"{base.interval_s:.0f} s"
-    runs = [
-        (f"Each {step} datapoint alone (before)", f"each {step}", base),
-        (
-            f"Rolling 5-minute aggregates at every {step} datapoint (what the agent does)",
-            "rolling 5 min",
-            replace(base, window_s=WINDOW_S),
-        ),
-    ]
-    if any(a.name == BEACON for a in base.anomalies):
-        runs.append(
-            (
-                f"Rolling 5-minute aggregates, {OPENED} over 1 hour (`train --window-s 3600`)",
-                f"rolling 5 min, {OPENED} 1 h",
-                replace(base, window_s=WINDOW_S, windows=((OPENED, 3600.0),)),
-            )
-        )
-    text = HEADER.format(
-        metrics=", ".join(METRICS),
-        opened=OPENED,
-        per_tick=OPENED_PER_TICK,
-        background=BACKGROUND_PER_HOUR,
-        anomalies="\n".join(f"- {a.name} (test day {a.day}): {a.what}" for a in base.anomalies),
-    )
-    results = [evaluate(title, setting, args.seed, short) for title, short, setting in runs]
-    text += (
-        f"\n## Compared (seed {args.seed})\n\nPer anomaly: recall, time from its start to the"
-        " first flag. The static rules' c is chosen with hindsight on each run's own test"
-        " datapoints.\n\n" + compare(results)
-    )
-    for r in results:
-        text += "\n" + report(r)
+    results = [evaluate(title, setting, args.seed, short) for title, short, setting in runs(base)]
+    text = document(base, args.seed, results)
     sys.stdout.write(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

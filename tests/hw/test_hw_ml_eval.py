@@ -22,9 +22,6 @@ MEDIUM and HIGH flag nothing on the benign days."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
 import pytest
 
 from agent.core.ml import CONFIDENCE_LEVELS
@@ -35,9 +32,10 @@ from hw.ml_eval import (
     PERIODIC,
     QUICK,
     Result,
+    document,
     evaluate,
-    main,
     report,
+    runs,
 )
 
 DOUBLING = "night doubling"
@@ -45,20 +43,28 @@ NIGHT = (BEACON, OPENED, "night")  # the beacon on the connections opened, 00:00
 
 
 @pytest.fixture(scope="module")
-def rolling() -> Result:
-    return evaluate("rolling", replace(QUICK, window_s=300.0), seed=1)
+def quick() -> list[Result]:
+    """The runs `python -m hw.ml_eval --quick` makes: alone, rolling, hourly."""
+    return [evaluate(title, setting, 1, short) for title, short, setting in runs(QUICK)]
 
 
 @pytest.fixture(scope="module")
-def hourly() -> Result:
+def alone(quick: list[Result]) -> Result:
+    return quick[0]
+
+
+@pytest.fixture(scope="module")
+def rolling(quick: list[Result]) -> Result:
+    """As the agent does: the rolling 5-minute window."""
+    assert quick[1].setting.window_s == 300.0 and not quick[1].setting.windows
+    return quick[1]
+
+
+@pytest.fixture(scope="module")
+def hourly(quick: list[Result]) -> Result:
     """As the agent does, with the connections opened trained and judged over an hour."""
-    setting = replace(QUICK, window_s=300.0, windows=((OPENED, 3600.0),))
-    return evaluate("hourly", setting, seed=1)
-
-
-@pytest.fixture(scope="module")
-def alone() -> Result:
-    return evaluate("alone", QUICK, seed=1)
+    assert quick[2].setting.windows == ((OPENED, 3600.0),)
+    return quick[2]
 
 
 def test_the_night_doubling_is_caught_at_high_within_45_minutes(rolling: Result) -> None:
@@ -123,16 +129,15 @@ def test_the_beacon_is_caught_at_every_level_as_one_more_periodic_destination(
     assert {round(model.explain(t, 0)["expected"]) for t in range(0, 7 * 86400, 3600)} == {2}
 
 
-def test_the_report_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--quick", "--out", str(tmp_path)]) == 0
-    text = (tmp_path / "ml-eval.md").read_text()
-    assert text == capsys.readouterr().out
+def test_the_document_holds_every_run(quick: list[Result]) -> None:
+    text = document(QUICK, 1, quick)
     for name in DETECTORS:
         assert f"| rolling 5 min | {name} |" in text
         assert f"| each 30 s | {name} |" in text
         assert f"| rolling 5 min, {OPENED} 1 h | {name} |" in text
     assert "| night doubling | 720 |" in text  # each datapoint alone
     assert "| night doubling | 738 |" in text  # rolling
+    assert "## Compared (seed 1)" in text and text.count("\n## ") == 4
 
 
 def test_the_report_counts_what_was_flagged(rolling: Result) -> None:
