@@ -70,6 +70,18 @@ class InactiveBehavior(NamedTuple):
     reason: str
 
 
+class MlJudgement(NamedTuple):
+    """An ML behavior with a model: when its window covers its length (None: no sample
+    yet; until then it judges nothing), its drift sum and its level's drift threshold
+    (None: the model has no drift judgement)."""
+
+    profile: str
+    behavior: str
+    judged_from: float | None
+    cusum: float
+    drift_threshold: float | None
+
+
 class Scorer(Hourly, Protocol):
     """What the rule core needs of an ML model (agent.core.ml.Model): the rolling window
     its datapoints aggregate, its verdict on one, and its hourly drift (agent.core.ml.Drift
@@ -79,6 +91,8 @@ class Scorer(Hourly, Protocol):
     def window_s(self) -> float: ...
 
     def anomalous(self, t: float, value: float, confidence: str) -> bool: ...
+
+    def drift_threshold(self, confidence: str) -> float | None: ...
 
     def drifting(self, cusum: float, confidence: str) -> bool: ...
 
@@ -469,6 +483,21 @@ class Detector:
             if r.ml is not None and r.model is None
         ]
         return [*self._inactive, *waiting]
+
+    def ml_judgements(self) -> list[MlJudgement]:
+        """The ML behaviors judged with a model, in profile and behavior order."""
+        out = []
+        for r in self._rules:
+            if r.ml is None or r.model is None:
+                continue
+            assert r.ml_window is not None and r.ml_drift is not None
+            since = r.ml_window.since if len(r.ml_window) else None
+            judged_from = None if since is None else since + r.ml_window.window_s
+            threshold = r.model.drift_threshold(r.ml)
+            out.append(
+                MlJudgement(r.profile, r.behavior.name, judged_from, r.ml_drift.cusum, threshold)
+            )
+        return out
 
     def mismatches(self) -> list[InactiveBehavior]:
         """Behaviors that got a sample value of the wrong shape (a number for a list

@@ -423,10 +423,15 @@ class Model:
         score = ((median_y - self.expected[b]) / self.spread[b] - d.center) / d.scale
         return min(_cusum(cusum, min(score, DRIFT_CLIP)), d.thresholds[-1] + DRIFT_CAP_ABOVE)
 
+    def drift_threshold(self, confidence: str) -> float | None:
+        """The cusum above which `confidence` alarms (None: no drift judgement)."""
+        level = _level(confidence)
+        return None if self.drift is None else self.drift.thresholds[level]
+
     def drifting(self, cusum: float, confidence: str) -> bool:
         """Whether `confidence` alarms on this cusum."""
-        level = _level(confidence)
-        return self.drift is not None and cusum > self.drift.thresholds[level]
+        threshold = self.drift_threshold(confidence)
+        return threshold is not None and cusum > threshold
 
     def explain(self, t: float, value: float) -> dict[str, float]:
         """The value, the expected value at t, the spread (on log2(1 + value)), the

@@ -41,7 +41,7 @@ from agent.service.cycle import Cycle, Step
 from agent.service.detect import detector_from_config, unsourced_metrics
 from agent.service.notify import Notifier
 from agent.service.profiles import DetectFiles, load_detect_files
-from agent.service.status import AgentStatus, Reload, link_status, write_status
+from agent.service.status import AgentStatus, Reload, link_status, ml_line, write_status
 from agent.store.history import (
     History,
     StoreError,
@@ -725,10 +725,11 @@ class Daemon:
         drops = pub.get("drops", {})
         detector = self.cycle.detector
         active = detector.active_violations()
+        now = self.wall()
         status: AgentStatus = {
             "pid": os.getpid(),
             "started_at": self.started_at,
-            "updated_at": self.wall(),
+            "updated_at": now,
             "interval_s": self.cfg.sampling.interval_s,
             "last_sample_time": self.cycle.last_sample_time,
             "samples": self.cycle.samples,
@@ -754,6 +755,7 @@ class Daemon:
             "inactive_behaviors": [
                 f"{i.profile}/{i.behavior}: {i.reason}" for i in detector.inactive_behaviors()
             ],
+            "ml": [ml_line(j, now) for j in detector.device.ml_judgements()],
             "degraded": [f"{part}: {problem}" for part, problem in self.degraded.items()],
             "errors": dict(self.errors),
             "quarantined": int(pub.get("quarantined", 0)),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
 from agent.config import SERVICE_USER, Config
+from agent.core.evaluator import MlJudgement
 from agent.files import replace_file
 from agent.service.text import iso_time, printable
 from agent.store.history import StoreError, StoreNotFound, history_path, open_history
@@ -98,6 +99,7 @@ class AgentStatus(TypedDict):
     active_violations: int
     profiles: list[str]  # security profile names
     inactive_behaviors: list[str]  # "profile/behavior: why it is not judged"
+    ml: NotRequired[list[str]]  # "profile/behavior: ..." per ML behavior with a model (ml_line)
     degraded: NotRequired[list[str]]  # one line per current problem (store unwritable...)
     errors: NotRequired[dict[str, int]]  # failures per job, counted by the error boundary
     quarantined: NotRequired[int]  # messages that cannot be sent, kept aside
@@ -368,7 +370,26 @@ def _table(answer: dict[str, Any], now: float) -> str:
     row("reload", "last reload", lambda r: _reload_text(r, now))
     row("inactive_behaviors", "inactive behaviors", lambda items: str(len(items)))
     lines("", status.get("inactive_behaviors", []))
+    row("ml", "ML behaviors", lambda items: str(len(items)))
+    lines("", status.get("ml", []))
     return "\n".join(f"{key:<20}{printable(value)}".rstrip() for key, value in rows)
+
+
+def ml_line(j: MlJudgement, now: float) -> str:
+    """An ML behavior's state in one line: judging or filling its window, and its drift
+    sum against its level's drift threshold."""
+    if j.judged_from is None:
+        state = "no sample yet"
+    elif j.judged_from > now:
+        state = f"filling its window, judging in {j.judged_from - now:.0f} s"
+    else:
+        state = "judging"
+    drift = (
+        "no drift judgement (too few hours trained)"
+        if j.drift_threshold is None
+        else f"drift {j.cusum:.1f} of {j.drift_threshold:.1f}"
+    )
+    return f"{j.profile}/{j.behavior}: {state}; {drift}"
 
 
 def _capture_text(c: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.core.evaluator import Detector
+from agent.core.evaluator import Detector, MlJudgement
 from agent.core.judge import CLIENT_ML_REASON, Judge
 from agent.core.ml import MIN_TRAINING_DAYS, Trainer
 from agent.core.ml_window import Window, metric_kind
@@ -28,6 +28,9 @@ class NoDrift:
 
     def drift_step(self, cusum: float, hour: int, median_y: float) -> float:
         return 0.0
+
+    def drift_threshold(self, confidence: str) -> float | None:
+        return None
 
     def drifting(self, cusum: float, confidence: str) -> bool:
         return False
@@ -368,6 +371,9 @@ class Drifting(Seen):
     def drift_step(self, cusum: float, hour: int, median_y: float) -> float:
         return cusum + 1
 
+    def drift_threshold(self, confidence: str) -> float | None:
+        return {"LOW": 2, "MEDIUM": 3, "HIGH": 4}[confidence]
+
     def drifting(self, cusum: float, confidence: str) -> bool:
         return cusum > {"LOW": 2, "MEDIUM": 3, "HIGH": 4}[confidence]
 
@@ -390,3 +396,17 @@ def test_an_hourly_drift_alarms_and_its_cusum_survives_a_restart():
     # count), on into hour 5
     events = feed(again, [10] * (2 * hour), start=3 * 3600.0 + 600)
     assert brief(events) == [("in-alarm", "high", 5 * 3600.0)]
+
+
+def test_ml_judgements_say_when_each_window_is_full_and_the_drift_sum():
+    d = detector(profile(ml("low", "LOW"), ml("high", "HIGH"), ml("other", "LOW", metric="x")))
+    assert d.ml_judgements() == []  # no model yet: inactive instead
+    d.set_models({BYTES: Drifting(limit=10**9)})
+    assert d.ml_judgements() == [
+        MlJudgement("p", "low", None, 0.0, 2),
+        MlJudgement("p", "high", None, 0.0, 4),
+    ]
+    feed(d, [10] * 2, start=100.0)
+    assert [j.judged_from for j in d.ml_judgements()] == [400.0, 400.0]
+    feed(d, [10] * 361, start=110.0)  # into the next hour: one whole hour done
+    assert [j.cusum for j in d.ml_judgements()] == [1, 1]

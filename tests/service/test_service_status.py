@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from agent.cli import main
+from agent.core.evaluator import MlJudgement
 from agent.service.status import (
     STATUS_FILE,
     AgentStatus,
     StatusError,
+    ml_line,
     not_running_reason,
     read_status,
     write_status,
@@ -407,3 +409,24 @@ def test_mitigation_is_shown_when_on(tmp_path: Path, capsys: pytest.CaptureFixtu
     write_status(tmp_path, sample_status())
     _, out, _ = status_cli(tmp_path, capsys)
     assert "mitigation" not in out
+
+
+def test_ml_behaviors_say_whether_they_judge_and_their_drift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = 1_800_000_000.0
+    lines = [
+        ml_line(MlJudgement("p", "filling", now + 120.4, 0.0, 6.0), now),
+        ml_line(MlJudgement("p", "judging", now - 1, 4.25, 10.0), now),
+        ml_line(MlJudgement("p", "young", None, 0.0, None), now),
+    ]
+    assert lines == [
+        "p/filling: filling its window, judging in 120 s; drift 0.0 of 6.0",
+        "p/judging: judging; drift 4.2 of 10.0",
+        "p/young: no sample yet; no drift judgement (too few hours trained)",
+    ]
+    write_status(tmp_path, sample_status(ml=lines))
+    _, out, _ = status_cli(tmp_path, capsys)
+    shown = out.splitlines()
+    assert "ML behaviors        3" in shown
+    assert all(any(line in s for s in shown) for line in lines)

@@ -119,6 +119,8 @@ def test_train_from_an_export_then_an_anomaly_raises_an_ml_violation(tmp_path: P
         assert model["windowSeconds"] == WINDOW_S
         assert trained["reloadedAgent"] == agent.process.pid  # type: ignore[union-attr]
         assert agent.status()["inactive_behaviors"] == []  # in force when reload answered
+        (line,) = agent.status()["ml"]  # with the hourly drift: 14.5 days of hours trained
+        assert line.startswith("ml-profile/level-ml: ") and "; drift 0.0 of " in line
         (active,) = agent.cli("get-behavior-model-training-summaries")["summaries"]
         assert active["modelStatus"] == "ACTIVE"
         assert active["datapointsCollectionPercentage"] == 100.0
