@@ -55,23 +55,30 @@ def synthetic_export(training: Mapping[str, Any], now: float, seed: int = 1) -> 
     step = float(training["window_s"])
     n = math.ceil(DAYS * DAY_S / step)
     if "value" in training:
-        reports = _level_reports(training, n)
+        bodies = _level_bodies(training, n)
     else:
-        reports = _network_reports(training, now, n, random.Random(seed))
+        bodies = _network_bodies(training, now, n, random.Random(seed))
     lines = [
-        json.dumps({"timestamp": now - (n - i) * step, "report": report}, separators=(",", ":"))
-        for i, report in enumerate(reports)
+        json.dumps(
+            {
+                "timestamp": now - (n - i) * step,
+                "report": {"header": {"report_id": i + 1, "version": "1.0"}, **body},
+            },
+            separators=(",", ":"),
+        )
+        for i, body in enumerate(bodies)
     ]
     return ("\n".join(lines) + "\n").encode()
 
 
-def _network_reports(
+def _network_bodies(
     training: Mapping[str, Any], now: float, n: int, rng: random.Random
 ) -> list[dict[str, Any]]:
+    """The reports' metrics, without their headers."""
     key = NETWORK_METRICS[training["metric"]]
     direction = key.rpartition("_")[2]  # "in" or "out"
     per_s, step = float(training["per_s"]), float(training["window_s"])
-    reports = []
+    bodies = []
     for i in range(n):
         t = now - (n - i) * step
         count = per_s * step * rate_factor(t, now) * rng.lognormvariate(0.0, NOISE)
@@ -79,18 +86,12 @@ def _network_reports(
         stats = dict.fromkeys(NETWORK_METRICS.values(), 0)  # the other direction: none
         stats[f"bytes_{direction}"] = round(size)
         stats[f"packets_{direction}"] = round(size / PACKET_BYTES)
-        reports.append(
-            {
-                "header": {"report_id": i + 1, "version": "1.0"},
-                "metrics": {"network_stats": stats},
-            }
-        )
-    return reports
+        bodies.append({"metrics": {"network_stats": stats}})
+    return bodies
 
 
-def _level_reports(training: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
-    custom = {training["metric"]: [{"number": training["value"]}]}
+def _level_bodies(training: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    """The reports' metrics, without their headers: the level at every one."""
     return [
-        {"header": {"report_id": i + 1, "version": "1.0"}, "metrics": {}, "custom_metrics": custom}
-        for i in range(n)
-    ]
+        {"metrics": {}, "custom_metrics": {training["metric"]: [{"number": training["value"]}]}}
+    ] * n
