@@ -515,6 +515,8 @@ _ACTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")  # AWS's mitigation action na
 def _check_mitigation(m: MitigationConfig) -> None:
     for i, cidr in enumerate(m.allow_cidrs):
         try:
+            if len(cidr) > 64:  # longer than any network: ipaddress would quote it whole
+                raise ValueError(f"{_shown.repr(cidr)} is too long for an IPv4 or IPv6 network")
             ipaddress.ip_network(cidr)
         except ValueError as e:
             raise ConfigError(f"mitigation.allow_cidrs[{i}]: {e}") from None
